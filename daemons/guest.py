@@ -1,0 +1,43 @@
+"""vfs-guest: a guest emulator with one virtio-fs device, mounted, reachable on a control socket.
+
+    vfs-guest --socket-path HOST_SOCK --control PATH [--tag TAG] [--cache none] [--name NAME]
+              [--num-request-queues N] [--queue-size N] [--ram-size MiB]
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+
+from vfscluster.cliutil import ArgumentParser, fail
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="vfs-guest", description="virtio-fs guest emulator (vhost-user frontend)")
+    p.add_argument("--socket-path", required=True, help="the host's vhost-user socket")
+    p.add_argument("--control", required=True, help="Unix socket to serve control requests on")
+    p.add_argument("--name", default=f"guest-{os.getpid()}")
+    p.add_argument("--tag", default="vfs")
+    p.add_argument("--cache", choices=("none", "auto", "always"), default="none")
+    p.add_argument("--num-request-queues", type=int, default=1)
+    p.add_argument("--queue-size", type=int, default=128)
+    p.add_argument("--ram-size", type=int, default=64, help="guest RAM in MiB")
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    a = p.parse_args(argv)
+    if a.ram_size < 4:
+        fail("vfs-guest", "--ram-size must be at least 4 (MiB)")
+    from vfscluster.guest.process import run_guest
+    ram_name = f"/vfsc-{os.getpid()}-{secrets.token_hex(3)}-{a.name}-ram"
+    try:
+        return run_guest(a.name, a.socket_path, a.control, ram_name=ram_name, tag=a.tag, cache=a.cache,
+                         num_request_queues=a.num_request_queues, queue_size=a.queue_size,
+                         ram_size=a.ram_size << 20, log_level=a.log_level,
+                         ready=lambda info: print(f"vfs-guest {a.name}: control socket {a.control}",
+                                                  file=sys.stderr, flush=True))
+    except OSError as exc:
+        fail("vfs-guest", str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

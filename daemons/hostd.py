@@ -1,0 +1,42 @@
+"""vfs-hostd: the host server (a vhost-user-fs backend), with virtiofsd's option names.
+
+    vfs-hostd --socket-path PATH --shared-dir DIR [--tag TAG] [--cache none|auto|always]
+              [--thread-pool-size N] [--trace FILE]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from vfscluster.cliutil import ArgumentParser, fail
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="vfs-hostd", description="virtio-fs host server (vhost-user backend)")
+    p.add_argument("--socket-path", required=True, help="vhost-user Unix socket to listen on")
+    p.add_argument("--shared-dir", required=True, help="directory to share")
+    p.add_argument("--tag", help="tag advertised in the device config space (GET_CONFIG)")
+    p.add_argument("--cache", choices=("none", "auto", "always"), default="auto",
+                   help="cache policy the host suggests (entry/attr timeouts)")
+    p.add_argument("--thread-pool-size", type=int, default=4, help="workers for blocking requests")
+    p.add_argument("--num-request-queues", type=int, default=16, help="request queues offered per guest")
+    p.add_argument("--trace", metavar="FILE", help="append one line per FUSE request to FILE")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("-o", dest="options", action="append", default=[],
+                   help="virtiofsd-style options (accepted for compatibility, e.g. -o cache=none)")
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.shared_dir):
+        fail("vfs-hostd", f"--shared-dir {a.shared_dir!r} is not a directory")
+    if a.thread_pool_size < 0:
+        fail("vfs-hostd", "--thread-pool-size must be >= 0")
+    if a.num_request_queues < 1:
+        fail("vfs-hostd", "--num-request-queues must be >= 1")
+    from vfscluster.host.process import run_host
+    print(f"vfs-hostd: serving {a.shared_dir} on {a.socket_path}", file=sys.stderr, flush=True)
+    return run_host(a.shared_dir, a.socket_path, tag=a.tag, thread_pool_size=a.thread_pool_size,
+                    num_request_queues=a.num_request_queues, trace=a.trace, log_level=a.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The driver and device halves of a split ring talking in one process (device in a thread)."""
+
+import os
+import select
+import threading
+
+import pytest
+
+from vfscluster.errors import QueueError
+from vfscluster.virtio.chain import Reader, Writer
+from vfscluster.virtio.device_queue import QueueState
+from vfscluster.virtio.driver_queue import DriverQueue, QueueClosed
+
+from virtio_helpers import anon_memory
+
+GPA = 0x10000
+
+
+def make_pair(size, event_idx):
+    mem, mm = anon_memory(gpa=GPA)
+    ram = memoryview(mm)
+    user = mem.regions[0].user_addr
+    dq = DriverQueue(ram, 0, size, gpa_base=GPA, user_base=user, event_idx=event_idx)
+    st = QueueState(size=size, desc_addr=dq.desc_user, avail_addr=dq.avail_user, used_addr=dq.used_user,
+                    event_idx=event_idx, indirect=True, enabled=True)
+    dq.kick_fd = st.kick_fd = os.eventfd(0, os.EFD_NONBLOCK)
+    dq.call_fd = st.call_fd = os.eventfd(0, os.EFD_NONBLOCK)
+    return mem, ram, dq, st.build(mem)
+
+
+class EchoDevice(threading.Thread):
+    """Reverses every request into its reply buffer."""
+
+    def __init__(self, q):
+        super().__init__(daemon=True)
+        self.q = q
+        self.stop_r, self.stop_w = os.pipe()
+
+    def run(self):
+        q = self.q
+        while True:
+            while True:
+                chain = q.pop()
+                if chain is None:
+                    break
+                data = Reader(chain.readable).read_all()
+                w = Writer(chain.writable)
+                w.write(data[::-1])
+                with q.lock:
+                    q.add_used(chain.head, w.written)
+                    if q.needs_notification():
+                        q.notify()
+            if q.enable_kicks():
+                continue
+            r, _, _ = select.select([q.state.kick_fd, self.stop_r], [], [])
+            if self.stop_r in r:
+                return
+            try:
+                os.eventfd_read(q.state.kick_fd)
+            except BlockingIOError:
+                pass
+            q.disable_kicks()
+
+    def close(self):
+        os.write(self.stop_w, b"x")
+        self.join(10)
+
+
+class Reaper(threading.Thread):
+    def __init__(self, dq):
+        super().__init__(daemon=True)
+        self.dq = dq
+        self.results = {}
+        self.done = threading.Condition()
+        self.stop_r, self.stop_w = os.pipe()
+
+    def complete(self, token, length):
+        with self.done:
+            self.results[token] = length
+            self.done.notify_all()
+
+    def run(self):
+        while True:
+            r, _, _ = select.select([self.dq.call_fd, self.stop_r], [], [])
+            if self.stop_r in r:
+                return
+            try:
+                os.eventfd_read(self.dq.call_fd)
+            except BlockingIOError:
+                pass
+            with self.dq.lock:
+                self.dq.reap(self.complete)
+            self.dq.enable_calls()
+            with self.dq.lock:
+                self.dq.reap(self.complete)
+
+    def close(self):
+        os.write(self.stop_w, b"x")
+        self.join(10)
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_full_ring_many_threads(event_idx):
+    """Queue of 8, 64 requests from 8 threads: submitters wait for room, all replies right."""
+    mem, ram, dq, q = make_pair(8, event_idx)
+    dev, reaper = EchoDevice(q), Reaper(dq)
+    dev.start()
+    reaper.start()
+    dq.enable_calls()
+    errors = []
+
+    def worker(t):
+        try:
+            for k in range(8):
+                msg = f"t{t}-k{k}".encode()
+                off = 0x40000 + (t * 8 + k) * 256
+                ram[off:off + len(msg)] = msg
+                token = (t, k, off, len(msg))
+                if dq.add([(GPA + off, len(msg))], [(GPA + off + 128, 64)], token):
+                    dq.kick()
+        except Exception as exc:   # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with reaper.done:
+        assert reaper.done.wait_for(lambda: len(reaper.results) == 64, 30)
+    assert not errors
+    for (t, k, off, n), length in reaper.results.items():
+        assert length == n
+        assert bytes(ram[off + 128:off + 128 + n]) == f"t{t}-k{k}".encode()[::-1]
+    assert dq.full_waits > 0           # the ring really was full at times
+    reaper.close()
+    dev.close()
+
+
+def test_index_wraps_past_65535():
+    mem, ram, dq, q = make_pair(4, True)
+    dq.avail_idx = dq._kicked_at = dq.last_used = 65534
+    q.next_avail = q.next_used = q._signalled_used = 65534
+    import struct
+    struct.pack_into("<H", dq.avail, 2, 65534)
+    struct.pack_into("<H", dq.used, 2, 65534)
+    got = []
+    for i in range(5):
+        dq.add([(GPA + 0x1000, 4)], [(GPA + 0x2000, 4)], i)
+        chain = q.pop()
+        q.add_used(chain.head, 4)
+        with dq.lock:
+            dq.reap(lambda tok, n: got.append(tok))
+    assert got == [0, 1, 2, 3, 4]
+    assert dq.avail_idx == 3
+
+
+def test_avail_index_jump_is_refused():
+    mem, ram, dq, q = make_pair(4, True)
+    import struct
+    struct.pack_into("<H", dq.avail, 2, 100)
+    with pytest.raises(QueueError, match="jumped"):
+        q.pop()
+
+
+def test_event_idx_suppresses_kicks_while_device_polls():
+    mem, ram, dq, q = make_pair(8, True)
+    assert q.enable_kicks() is False
+    assert dq.add([(GPA + 0x1000, 4)], [], 1) is True          # device asked for a kick
+    q.disable_kicks()
+    assert dq.add([(GPA + 0x1000, 4)], [], 2) is False         # device is polling: no kick
+    q.pop(), q.pop()
+    assert q.enable_kicks() is False
+    assert dq.add([(GPA + 0x1000, 4)], [], 3) is True
+
+
+def test_close_wakes_waiting_submitter():
+    mem, ram, dq, q = make_pair(2, True)
+    dq.add([(GPA + 0x1000, 4)], [], 1)
+    dq.add([(GPA + 0x1000, 4)], [], 2)
+    out = []
+
+    def blocked():
+        try:
+            dq.add([(GPA + 0x1000, 4)], [], 3)
+        except QueueClosed:
+            out.append("closed")
+    t = threading.Thread(target=blocked)
+    t.start()
+    dq.close()          # whether the submitter already waits or not, it must get QueueClosed
+    t.join(10)
+    assert out == ["closed"]

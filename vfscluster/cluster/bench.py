@@ -1,0 +1,136 @@
+"""Benchmarks with baselines measured in the same run (``vfscluster bench …``).
+
+``rtt``: the round trip of a ``cache=none`` ``stat`` through a guest's virtqueue to vfs-hostd and
+back, against (a) an AF_UNIX SEQPACKET ping-pong between two processes carrying the same bytes
+(request 42 B, reply 144 B) with the server doing the same ``os.stat``, and (b) ``os.stat``
+in-process.  Goals (issue: foundation): ring ≤ 0.25× SEQPACKET and ≤ 4× in-process ``os.stat``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from .launcher import Cluster, _context
+from .topology import Topology
+
+REQUEST = 42       # fuse_in_header + "f\0"
+REPLY = 144        # fuse_out_header + fuse_entry_out
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    us: float
+    n: int
+
+
+def _timed_loop(fn, seconds: float) -> tuple[float, int]:
+    for _ in range(200):
+        fn()
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(200):
+            fn()
+        n += 200
+        t = time.perf_counter()
+        if t >= end:
+            return (t - t0) / n * 1e6, n
+
+
+def _guest_stat_loop(gos, name: str, seconds: float):
+    return _timed_loop(lambda: gos.stat(name), seconds)
+
+
+def _seqpacket_server(sock, path: str) -> None:
+    reply = bytes(REPLY)
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            return
+        os.stat(path)
+        sock.send(reply)
+
+
+def bench_rtt(seconds: float = 2.0, console: Console | None = None) -> list[Result]:
+    console = console or Console()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
+        path = os.path.join(share, "f")
+        with open(path, "wb") as f:
+            f.write(b"x" * 100)
+        with console.status("ring: cache=none stat through the virtqueue…"):
+            with Cluster.start(Topology(share, 1, cache="none")) as c:
+                us, n = c.guests[0].run(_guest_stat_loop, "f", seconds)
+                results.append(Result("ring stat (guest → vfs-hostd)", us, n))
+        with console.status("SEQPACKET ping-pong between two processes…"):
+            ctx = _context()
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            proc = ctx.Process(target=_seqpacket_server, args=(b, path), daemon=True)
+            proc.start()
+            b.close()
+            req = bytes(REQUEST)
+
+            def ping():
+                a.send(req)
+                a.recv(4096)
+            us, n = _timed_loop(ping, seconds)
+            a.close()
+            proc.join(5)
+            results.append(Result("AF_UNIX SEQPACKET + os.stat", us, n))
+        us, n = _timed_loop(lambda: os.stat(path), seconds)
+        results.append(Result("os.stat in-process", us, n))
+    return results
+
+
+def _report(title: str, results: list[Result], goals: list[tuple[str, float, float]], console: Console) -> bool:
+    t = Table(title=title)
+    t.add_column("measurement")
+    t.add_column("µs/op", justify="right")
+    t.add_column("ops", justify="right")
+    t.add_column("× first row", justify="right")
+    base = results[0].us
+    for r in results:
+        t.add_row(r.name, f"{r.us:.2f}", str(r.n), f"{r.us / base:.2f}")
+    console.print(t)
+    ok = True
+    for text, ratio, limit in goals:
+        met = ratio <= limit
+        ok &= met
+        console.print(f"{'[green]met[/green]' if met else '[red]missed[/red]'}: {text}: {ratio:.2f} (goal ≤ {limit})")
+    return ok
+
+
+def _plot(path: str, title: str, results: list[Result]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh([r.name for r in results], [r.us for r in results])
+    ax.set_xlabel("µs per operation")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(which: str, *, seconds: float = 2.0, plot: str | None = None) -> int:
+    console = Console()
+    if which == "rtt":
+        res = bench_rtt(seconds, console)
+        ring, seq, local = res
+        _report("round trip of one stat", res, [
+            ("ring / SEQPACKET", ring.us / seq.us, 0.25),
+            ("ring / in-process os.stat", ring.us / local.us, 4.0)], console)
+        if plot:
+            _plot(plot, "round trip of one stat", res)
+            console.print(f"plot written to {plot}")
+        return 0
+    raise ValueError(which)

@@ -1,0 +1,205 @@
+"""The control channel between a cluster's caller and its guest processes.
+
+Frames are length-prefixed msgpack arrays on a Unix stream socket:
+
+* request ``[id, method, args, kwargs]``
+* reply ``[id, OK, value]``, ``[id, OSERROR, [errno, strerror, filename, filename2]]`` or
+  ``[id, ERROR, pickled-exception-or-text]``
+
+Values msgpack cannot carry (``os.stat_result``, functions for ``run``, tuples, arbitrary results)
+travel as ext type 2: a dill pickle (multiprocess's serializer).  ``OSError`` is rebuilt on the caller
+side with the same errno, so ``FileNotFoundError`` stays ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+import traceback
+from typing import Any, Callable
+
+import dill
+import msgpack
+
+log = logging.getLogger(__name__)
+
+OK, OSERROR, ERROR = 0, 1, 2
+_EXT_PICKLE = 2
+_EXT_TUPLE = 3
+_LEN = struct.Struct("<I")
+MAX_FRAME = 256 << 20
+
+
+def _default(obj: Any):
+    if isinstance(obj, tuple) and type(obj) is tuple:
+        return msgpack.ExtType(_EXT_TUPLE, pack(list(obj)))
+    return msgpack.ExtType(_EXT_PICKLE, dill.dumps(obj, recurse=True))
+
+
+def _ext_hook(code: int, data: bytes):
+    if code == _EXT_PICKLE:
+        return dill.loads(data)
+    if code == _EXT_TUPLE:
+        return tuple(unpack(data))
+    return msgpack.ExtType(code, data)
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("control connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def send_frame(sock: socket.socket, obj: Any) -> None:
+    data = pack(obj)
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def recv_frame(sock: socket.socket) -> Any:
+    (n,) = _LEN.unpack(_recv_exact(sock, 4))
+    if n > MAX_FRAME:
+        raise EOFError(f"control frame of {n} bytes refused")
+    return unpack(_recv_exact(sock, n))
+
+
+class ControlServer:
+    """Serves control requests on a listening Unix socket; one thread per connection.
+
+    ``handler(method, args, kwargs) -> value`` does the work; exceptions become error replies.
+    """
+
+    def __init__(self, path: str, handler: Callable[[str, list, dict], Any]) -> None:
+        self.path = path
+        self.handler = handler
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        self._threads: list[threading.Thread] = []
+        self._conns: set[socket.socket] = set()
+        self.closed = threading.Event()
+
+    def serve_forever(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                break
+            self._conns.add(conn)
+            t = threading.Thread(target=self._serve_conn, args=(conn,), name="control", daemon=True)
+            t.start()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                try:
+                    msg = recv_frame(conn)
+                except (EOFError, OSError):
+                    return
+                try:
+                    rid, method, args, kwargs = msg
+                except (TypeError, ValueError):
+                    log.warning("malformed control request refused: %r", msg)
+                    return
+                try:
+                    reply = [rid, OK, self.handler(method, list(args), dict(kwargs))]
+                except OSError as exc:
+                    reply = [rid, OSERROR, [exc.errno, exc.strerror, exc.filename, exc.filename2]]
+                except BaseException as exc:   # reported to the caller, who re-raises it
+                    try:
+                        payload = dill.dumps(exc)
+                        dill.loads(payload)
+                    except Exception:
+                        payload = "".join(traceback.format_exception(exc))
+                    reply = [rid, ERROR, payload]
+                try:
+                    send_frame(conn, reply)
+                except OSError:
+                    return
+        finally:
+            self._conns.discard(conn)
+            conn.close()
+
+    def close(self) -> None:
+        self.closed.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for c in list(self._conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class RemoteError(Exception):
+    """An exception raised inside a guest that could not be sent back as itself."""
+
+
+class ControlClient:
+    """The caller's end: one connection per calling thread, made on first use."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._ids = iter(range(1, 1 << 62))
+        self._all: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def _sock(self) -> socket.socket:
+        s = getattr(self._local, "sock", None)
+        if s is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(self.path)
+            self._local.sock = s
+            with self._lock:
+                self._all.append(s)
+        return s
+
+    def call(self, method: str, *args, **kwargs) -> Any:
+        sock = self._sock()
+        rid = next(self._ids)
+        try:
+            send_frame(sock, [rid, method, list(args), kwargs])
+            got, status, value = recv_frame(sock)
+        except (EOFError, OSError) as exc:
+            self._local.sock = None
+            raise ConnectionError(f"guest control channel {self.path}: {exc}") from None
+        if status == OK:
+            return value
+        if status == OSERROR:
+            err, msg, f1, f2 = value
+            if f2 is not None:
+                raise OSError(err, msg, f1, None, f2)
+            if f1 is not None:
+                raise OSError(err, msg, f1)
+            raise OSError(err, msg)
+        if isinstance(value, BaseException):
+            raise value
+        raise RemoteError(value)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._all:
+                s.close()
+            self._all.clear()

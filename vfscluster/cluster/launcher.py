@@ -1,0 +1,325 @@
+"""Start and stop N-guest clusters; reach into guests; sweep what dead clusters left behind.
+
+::
+
+    with Cluster.start(Topology(share=d, guests=3)) as c:
+        c.guests[0].os.open("a.txt", os.O_CREAT | os.O_WRONLY, 0o644)
+        c.guests[1].os.stat("a.txt")
+        c.guests[2].run(fn, *args)          # fn(guest_os, *args) inside that guest process
+
+Processes are started with ``multiprocess`` (dill pickling).  Each cluster has an id
+``<launcher pid>-<random>``; its sockets live in ``$TMPDIR/vfsc-<id>/`` and its shared-memory
+objects are named ``/vfsc-<id>-…``.  Leaving the ``with`` block (normally, by exception or Ctrl-C)
+stops every member and removes all of it; members die with the launcher (parent-death signal), and
+:func:`sweep` (``vfscluster clean``) removes what a cluster whose launcher is gone left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import multiprocess
+
+from ..errors import ConfigError
+from .control import ControlClient
+from .procutil import pid_alive
+from .topology import GuestSpec, Topology
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vfsc-"
+SHM_DIR = "/dev/shm"
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def runtime_root() -> str:
+    return tempfile.gettempdir()
+
+
+def _context():
+    method = os.environ.get("VFSCLUSTER_START_METHOD", "forkserver")
+    ctx = multiprocess.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["vfscluster.host.process", "vfscluster.guest.process"])
+    return ctx
+
+
+def _host_main(conn, kwargs):
+    from ..host.process import run_host
+    try:
+        run_host(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
+    except BaseException as exc:
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise
+
+
+def _guest_main(conn, kwargs):
+    from ..guest.process import run_guest
+    try:
+        run_guest(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
+    except BaseException as exc:
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise
+
+
+class _GuestOSProxy:
+    """``guest.os.NAME(*args)`` runs ``GuestOS.NAME`` inside the guest process."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            return self._client.call("os." + name, *args, **kwargs)
+        call.__name__ = name
+        return call
+
+
+@dataclass
+class Member:
+    """A process of the cluster."""
+
+    name: str
+    role: str
+    process: Any
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        os.kill(self.pid, sig)
+
+
+class GuestHandle(Member):
+    """A guest of a running cluster."""
+
+    def __init__(self, name: str, process, spec: GuestSpec, control_path: str) -> None:
+        super().__init__(name, "guest", process)
+        self.spec = spec
+        self.control_path = control_path
+        self.client = ControlClient(control_path)
+        self.os = _GuestOSProxy(self.client)
+
+    def run(self, fn: Callable, *args, **kwargs):
+        """Run ``fn(guest_os, *args, **kwargs)`` inside the guest process and return its result."""
+        return self.client.call("run", fn, *args, **kwargs)
+
+    def stats(self) -> dict:
+        return self.client.call("stats")
+
+
+class Cluster:
+    """A running host and its guests.  Use :meth:`start` (a context manager)."""
+
+    def __init__(self, topology: Topology, cid: str, runtime_dir: str) -> None:
+        self.topology = topology
+        self.id = cid
+        self.runtime_dir = runtime_dir
+        self.socket_path = os.path.join(runtime_dir, "host.sock")
+        self.host: Member | None = None
+        self.guests: list[GuestHandle] = []
+        self._ctx = _context()
+        self._stopped = False
+
+    # -- start ---------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, topology: Topology, *, log_level: str = "WARNING", trace: str | None = None,
+              startup_timeout: float = STARTUP_TIMEOUT) -> "Cluster":
+        if not isinstance(topology, Topology):
+            raise ConfigError(f"Cluster.start needs a Topology, not {type(topology).__name__}")
+        if not os.path.isdir(topology.share):
+            raise ConfigError(f"share directory {topology.share!r} does not exist")
+        cid = f"{os.getpid()}-{secrets.token_hex(3)}"
+        rdir = os.path.join(runtime_root(), PREFIX + cid)
+        os.mkdir(rdir, 0o700)
+        c = cls(topology, cid, rdir)
+        try:
+            c._start_host(log_level, trace, startup_timeout)
+            procs = [c._spawn_guest(spec, log_level) for spec in topology.guests]
+            for spec, (proc, conn, ctl) in zip(topology.guests, procs):
+                c._await_ready(spec.name, proc, conn, startup_timeout)
+                c.guests.append(GuestHandle(spec.name, proc, spec, ctl))
+        except BaseException:
+            c.stop()
+            raise
+        return c
+
+    def _record(self, pid: int, role: str) -> None:
+        with open(os.path.join(self.runtime_dir, "pids"), "a") as f:
+            f.write(f"{pid} {role}\n")
+
+    def _start_host(self, log_level: str, trace: str | None, timeout: float) -> None:
+        t = self.topology
+        kwargs = dict(shared_dir=t.share, socket_path=self.socket_path, tag=t.tag,
+                      thread_pool_size=t.thread_pool_size, num_request_queues=t.host_queues,
+                      trace=trace, log_level=log_level)
+        parent, child = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_host_main, args=(child, kwargs), name="vfs-hostd", daemon=False)
+        proc.start()
+        child.close()
+        self.host = Member("host", "host", proc)
+        self._record(proc.pid, "host")
+        self._await_ready("host", proc, parent, timeout)
+
+    def _spawn_guest(self, spec: GuestSpec, log_level: str):
+        ctl = os.path.join(self.runtime_dir, f"{spec.name}.ctl")
+        kwargs = dict(name=spec.name, socket_path=self.socket_path, control_path=ctl,
+                      ram_name=f"/{PREFIX}{self.id}-{spec.name}-ram", tag=self.topology.tag,
+                      cache=spec.cache, num_request_queues=spec.num_request_queues,
+                      queue_size=spec.queue_size, ram_size=spec.ram_size, log_level=log_level,
+                      versions=spec.versions, writeback=spec.writeback, timeout=spec.timeout,
+                      dax=spec.dax, window_size=spec.window_size)
+        parent, child = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_guest_main, args=(child, kwargs), name=f"vfs-guest-{spec.name}")
+        proc.start()
+        child.close()
+        self._record(proc.pid, f"guest {spec.name}")
+        return proc, parent, ctl
+
+    @staticmethod
+    def _await_ready(name: str, proc, conn, timeout: float) -> dict:
+        try:
+            if not conn.poll(timeout):
+                raise RuntimeError(f"{name} did not start within {timeout:.0f} s")
+            status, info = conn.recv()
+        except EOFError:
+            proc.join(1)
+            raise RuntimeError(f"{name} exited during start-up (exit code {proc.exitcode})") from None
+        finally:
+            conn.close()
+        if status != "ready":
+            raise RuntimeError(f"{name} failed to start: {info}")
+        return info
+
+    # -- stop ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every member (guests first, so they unmount cleanly) and remove every resource."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for g in self.guests:
+            try:
+                if g.alive():
+                    g.client.call("shutdown")
+            except (ConnectionError, OSError):
+                pass
+            g.client.close()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for g in self.guests:
+            self._reap(g.process, deadline)
+        if self.host is not None:
+            if self.host.alive():
+                try:
+                    os.kill(self.host.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            self._reap(self.host.process, deadline)
+        _remove_cluster_files(self.id)
+
+    @staticmethod
+    def _reap(proc, deadline: float) -> None:
+        if proc.pid is None:
+            return
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            log.warning("%s did not stop in time; killing it", proc.name)
+            proc.kill()
+            proc.join(5)
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.id} {len(self.guests)} guests on {self.topology.share}>"
+
+
+def _remove_cluster_files(cid: str) -> list[str]:
+    removed = []
+    rdir = os.path.join(runtime_root(), PREFIX + cid)
+    if os.path.isdir(rdir):
+        shutil.rmtree(rdir, ignore_errors=True)
+        removed.append(rdir)
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        names = []
+    for n in names:
+        if n.startswith(f"{PREFIX}{cid}-"):
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+                removed.append(os.path.join(SHM_DIR, n))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _cluster_ids() -> set[str]:
+    ids = set()
+    for n in os.listdir(runtime_root()):
+        if n.startswith(PREFIX) and os.path.isdir(os.path.join(runtime_root(), n)):
+            ids.add(n[len(PREFIX):])
+    try:
+        for n in os.listdir(SHM_DIR):
+            if n.startswith(PREFIX):
+                parts = n[len(PREFIX):].split("-")
+                if len(parts) >= 2:
+                    ids.add(f"{parts[0]}-{parts[1]}")
+    except FileNotFoundError:
+        pass
+    return ids
+
+
+def sweep(*, everything: bool = False) -> list[str]:
+    """Remove what clusters whose launcher is dead left behind (all clusters with ``everything``):
+    kill their member processes still alive, unlink their shared memory, remove their sockets."""
+    removed = []
+    for cid in sorted(_cluster_ids()):
+        try:
+            owner = int(cid.split("-")[0])
+        except ValueError:
+            continue
+        if not everything and pid_alive(owner) and owner != os.getpid():
+            continue
+        pids = os.path.join(runtime_root(), PREFIX + cid, "pids")
+        if os.path.exists(pids):
+            with open(pids) as f:
+                for line in f:
+                    pid, _, role = line.strip().partition(" ")
+                    if pid.isdigit() and pid_alive(int(pid)) and _is_ours(int(pid)):
+                        os.kill(int(pid), signal.SIGKILL)
+                        removed.append(f"process {pid} ({role})")
+        removed += _remove_cluster_files(cid)
+    return removed
+
+
+def _is_ours(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() in ("vfs-hostd", "vfs-guest")
+    except OSError:
+        return False

@@ -1,0 +1,363 @@
+"""The guest's virtio-fs device: config, virtqueues in guest RAM, the vhost-user frontend, completion.
+
+It implements the client's :class:`~vfscluster.guest.transport.Transport`: a request becomes a chain
+of two buffers in guest RAM (device-readable ``fuse_in_header`` + args, device-writable
+``fuse_out_header`` + reply space), published on a request queue and kicked (respecting EVENT_IDX).
+The submitting thread spins briefly on the used ring — reaping for everyone it finds — and then
+sleeps; a completion thread reaps when the host calls.  A full ring makes the submitter wait for the
+next used buffer.  If the host goes away (the vhost-user socket hangs up) every pending and every later
+request fails with ``ENOTCONN`` at once.
+
+Queue indexes follow Linux and QEMU: 0 = hiprio (FORGET, BATCH_FORGET, INTERRUPT), 1..N = requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..errors import RemoteProtocolError
+from ..virtio.driver_queue import DriverQueue, QueueClosed
+from ..virtio.ring import F_EVENT_IDX, F_VERSION_1
+from ..virtio.spin import SpinBudget
+from .ram import PAGE, GuestRam
+from .transport import Credentials
+
+log = logging.getLogger(__name__)
+
+IN_HEADER = struct.Struct("<IIQQIIIHH")   # fuse_in_header, 40 bytes
+OUT_HEADER = struct.Struct("<IiQ")        # fuse_out_header, 16 bytes
+TAG_MAX = 36
+MAX_IO = 1 << 20
+HIPRIO = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """virtio-fs device configuration (virtio spec §5.11.4): ``tag`` and ``num_request_queues``."""
+
+    tag: str
+    num_request_queues: int = 1
+    queue_size: int = 128
+
+    def __post_init__(self) -> None:
+        raw = self.tag.encode("utf-8") if isinstance(self.tag, str) else b""
+        if not isinstance(self.tag, str) or not 1 <= len(raw) <= TAG_MAX:
+            raise OSError(errno.EINVAL, f"virtio-fs tag must be 1 to {TAG_MAX} bytes of UTF-8, "
+                                        f"got {len(raw)} bytes: {self.tag!r}")
+        if "\n" in self.tag or "\0" in self.tag:
+            raise OSError(errno.EINVAL, f"virtio-fs tag {self.tag!r} contains a newline or NUL")
+        if not isinstance(self.num_request_queues, int) or self.num_request_queues < 1:
+            raise OSError(errno.EINVAL, f"virtio-fs num_request_queues must be >= 1, "
+                                        f"got {self.num_request_queues!r}")
+        qs = self.queue_size
+        if not isinstance(qs, int) or qs < 2 or qs > 32768 or qs & (qs - 1):
+            raise OSError(errno.EINVAL, f"queue size must be a power of two in 2..32768, got {qs!r}")
+
+    def config_space(self) -> bytes:
+        """The 40-byte ``struct virtio_fs_config``."""
+        return self.tag.encode().ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_request_queues)
+
+
+class _Pending:
+    """One request on a ring: its buffer in guest RAM and its completion."""
+
+    __slots__ = ("page", "npages", "out_off", "out_size", "unique", "done", "length", "error", "lock")
+
+    def __init__(self, page: int, npages: int, out_off: int, out_size: int, unique: int) -> None:
+        self.page = page
+        self.npages = npages
+        self.out_off = out_off
+        self.out_size = out_size
+        self.unique = unique
+        self.done = False
+        self.length = 0
+        self.error = 0
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+
+class VirtioFsDevice:
+    """A virtio-fs device of one guest, driven over vhost-user by this (frontend) process."""
+
+    def __init__(self, ram: GuestRam, config: DeviceConfig, *, spin_ns: int | None = None) -> None:
+        self.ram = ram
+        self.config = config
+        self.max_io = MAX_IO
+        self.queues: list[DriverQueue] = []
+        for i in range(1 + config.num_request_queues):
+            from ..virtio.ring import layout
+            need = layout(config.queue_size)[3]
+            base = ram.alloc_static(need, 4096)
+            self.queues.append(DriverQueue(ram.view, base, config.queue_size, gpa_base=ram.gpa,
+                                           user_base=ram.user_addr, event_idx=True, index=i))
+        self._spin = [SpinBudget() if spin_ns is None else SpinBudget(max_ns=spin_ns)
+                      for _ in self.queues]
+        self._spinners = [0] * len(self.queues)
+        self._spin_lock = threading.Lock()
+        self._unique = itertools.count(2, 2)
+        self._affinity = threading.local()
+        self._next_queue = itertools.count()
+        self._stop_r, self._stop_w = os.pipe()
+        self.frontend = None
+        self.backend_channel = None
+        self.disconnected = False
+        self.connected = False
+        self._completer: threading.Thread | None = None
+        self.features = 0
+        self.fallback_wakeups = 0
+
+    # -- vhost-user set-up ---------------------------------------------------------------------
+    def connect(self, socket_path: str) -> None:
+        """Connect to the vhost-user backend at ``socket_path`` and start the rings (QEMU's order)."""
+        from ..vhost_user import Frontend, ProtocolFeatures, VHOST_USER_F_PROTOCOL_FEATURES
+        from ..vhost_user.message import MemoryRegion, VringAddr
+
+        fe = Frontend.connect(socket_path)
+        self.frontend = fe
+        offered = fe.get_features()
+        if not offered & F_VERSION_1:
+            raise OSError(errno.EPROTO, f"vhost-user backend at {socket_path} lacks VIRTIO_F_VERSION_1")
+        want_proto = (ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIG
+                      | ProtocolFeatures.BACKEND_REQ | ProtocolFeatures.BACKEND_SEND_FD)
+        proto = 0
+        if offered & VHOST_USER_F_PROTOCOL_FEATURES:
+            proto = fe.get_protocol_features() & want_proto
+            fe.set_protocol_features(proto)
+            if proto & ProtocolFeatures.MQ:
+                nq = fe.get_queue_num()
+                if nq < len(self.queues):
+                    raise OSError(errno.EINVAL, f"backend serves {nq} queues; device needs {len(self.queues)}")
+        fe.set_owner()
+        self.features = offered & (F_VERSION_1 | F_EVENT_IDX | VHOST_USER_F_PROTOCOL_FEATURES)
+        fe.set_features(self.features)
+        event_idx = bool(self.features & F_EVENT_IDX)
+        ram = self.ram
+        fe.set_mem_table([MemoryRegion(ram.gpa, ram.size, ram.user_addr, 0)], [ram.fd])
+        for q in self.queues:
+            q.event_idx = event_idx
+            q.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            q.call_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            fe.set_vring_num(q.index, q.size)
+            fe.set_vring_base(q.index, 0)
+            fe.set_vring_addr(VringAddr(q.index, 0, q.desc_user, q.used_user, q.avail_user, 0))
+            fe.set_vring_kick(q.index, q.kick_fd)
+            fe.set_vring_call(q.index, q.call_fd)
+        if self.features & VHOST_USER_F_PROTOCOL_FEATURES:
+            for q in self.queues:
+                fe.set_vring_enable(q.index, True)
+        self.connected = True
+        self._completer = threading.Thread(target=self._complete_loop, name="virtio-fs-completion",
+                                           daemon=True)
+        self._completer.start()
+
+    # -- Transport -----------------------------------------------------------------------------
+    def _pick_queue(self) -> DriverQueue:
+        try:
+            return self.queues[self._affinity.q]
+        except AttributeError:
+            n = len(self.queues) - 1
+            self._affinity.q = 1 + next(self._next_queue) % n
+            return self.queues[self._affinity.q]
+
+    def _submit(self, q: DriverQueue, opcode: int, nodeid: int, args: Sequence, reply_size: int,
+                creds: Credentials | None) -> _Pending:
+        if self.disconnected or not self.connected:
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        in_len = 40 + sum(len(a) for a in args)
+        out_size = 16 + reply_size if reply_size >= 0 else 0
+        in_pages = (in_len + PAGE - 1) // PAGE
+        npages = in_pages + (out_size + PAGE - 1) // PAGE
+        page = self.ram.pages.alloc(npages)
+        unique = next(self._unique)
+        base = page * PAGE
+        view = self.ram.view
+        if creds is None:
+            uid, gid, pid = os.getuid(), os.getgid(), os.getpid()
+        else:
+            uid, gid, pid = creds.uid, creds.gid, creds.pid
+        IN_HEADER.pack_into(view, base, in_len, opcode, unique, nodeid, uid, gid, pid, 0, 0)
+        off = base + 40
+        for a in args:
+            n = len(a)
+            view[off:off + n] = a
+            off += n
+        out_off = base + in_pages * PAGE
+        p = _Pending(page, npages, out_off, out_size, unique)
+        writable = ((self.ram.gpa + out_off, out_size),) if out_size else ()
+        try:
+            kick = q.add(((self.ram.gpa + base, in_len),), writable, p)
+        except QueueClosed:
+            self.ram.pages.free(page, npages)
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN)) from None
+        if kick:
+            q.kick()
+        return p
+
+    def request(self, opcode: int, nodeid: int, args: Sequence, reply_size: int,
+                creds: Credentials | None = None) -> tuple[int, bytes]:
+        q = self._pick_queue()
+        p = self._submit(q, opcode, nodeid, args, reply_size, creds)
+        self._wait(q, p)
+        return self._finish(p)
+
+    def submit(self, opcode: int, nodeid: int, args: Sequence, reply_size: int,
+               creds: Credentials | None = None) -> "PendingRequest":
+        """Publish a request without waiting (several may be in flight per thread)."""
+        q = self._pick_queue()
+        return PendingRequest(self, q, self._submit(q, opcode, nodeid, args, reply_size, creds))
+
+    def send_noreply(self, opcode: int, nodeid: int, args: Sequence) -> None:
+        self._submit(self.queues[HIPRIO], opcode, nodeid, args, -1, None)
+
+    def _finish(self, p: _Pending) -> tuple[int, bytes]:
+        try:
+            if p.error:
+                raise OSError(p.error, os.strerror(p.error))
+            length, error, unique = OUT_HEADER.unpack_from(self.ram.view, p.out_off)
+            if unique != p.unique or length < 16 or length > p.out_size or not -4095 <= error <= 0:
+                raise RemoteProtocolError(f"bad fuse_out_header: len={length} error={error} "
+                                          f"unique={unique} (expected {p.unique}, room {p.out_size})")
+            body = bytes(self.ram.view[p.out_off + 16:p.out_off + length])
+            return error, body
+        finally:
+            self.ram.pages.free(p.page, p.npages)
+
+    # -- waiting -------------------------------------------------------------------------------
+    def _reap_locked(self, q: DriverQueue) -> None:
+        q.reap(self._complete)
+
+    def _complete(self, p: _Pending, length: int) -> None:
+        p.length = length
+        p.done = True
+        if p.out_size == 0:            # a hiprio request with no reply: just give back its buffer
+            self.ram.pages.free(p.page, p.npages)
+        else:
+            p.lock.release()
+
+    def _wait(self, q: DriverQueue, p: _Pending) -> None:
+        if p.done:
+            p.lock.acquire()
+            return
+        budget = self._spin[q.index]
+        if budget.ns:
+            i = q.index
+            with self._spin_lock:
+                self._spinners[i] += 1
+                if self._spinners[i] == 1:
+                    q.suppress_calls()
+            deadline = time.perf_counter_ns() + budget.ns
+            try:
+                while not p.done:
+                    if q.has_used():
+                        if q.lock.acquire(False):
+                            try:
+                                q.reap(self._complete)
+                            finally:
+                                q.lock.release()
+                        continue
+                    if self.disconnected or time.perf_counter_ns() > deadline:
+                        break
+            finally:
+                with self._spin_lock:
+                    self._spinners[i] -= 1
+                    last = self._spinners[i] == 0
+                if last and q.enable_calls():
+                    with q.lock:
+                        q.reap(self._complete)
+            if p.done:
+                budget.hit()
+                p.lock.acquire()
+                return
+            budget.miss()
+        t0 = time.perf_counter_ns()
+        p.lock.acquire()
+        if time.perf_counter_ns() - t0 < 200_000:
+            budget.reset()
+
+    def _complete_loop(self) -> None:
+        poller = select.poll()
+        by_fd = {}
+        for q in self.queues:
+            poller.register(q.call_fd, select.POLLIN)
+            by_fd[q.call_fd] = q
+        poller.register(self._stop_r, select.POLLIN)
+        sock_fd = self.frontend.fileno()
+        poller.register(sock_fd, 0)          # only hang-up / error are reported
+        while True:
+            for fd, ev in poller.poll():
+                if fd == self._stop_r:
+                    return
+                if fd == sock_fd:
+                    if ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        log.warning("vhost-user backend hung up: failing every request with ENOTCONN")
+                        self._fail_all(errno.ENOTCONN)
+                        return
+                    continue
+                q = by_fd[fd]
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    pass
+                with q.lock:
+                    q.reap(self._complete)
+
+    def _fail_all(self, err: int) -> None:
+        self.disconnected = True
+        for q in self.queues:
+            q.close()
+            with q.lock:
+                for p in q.pending_tokens():
+                    if not p.done:
+                        p.error = err
+                        p.done = True
+                        if p.out_size:
+                            p.lock.release()
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def in_flight(self) -> int:
+        return sum(q.in_flight() for q in self.queues[1:])
+
+    def shutdown(self) -> None:
+        """Stop the rings (GET_VRING_BASE), close the connection and the completion thread."""
+        fe = self.frontend
+        if fe is not None and not self.disconnected:
+            try:
+                for q in self.queues:
+                    fe.get_vring_base(q.index)
+            except (OSError, RemoteProtocolError, EOFError) as exc:
+                log.info("stopping rings: %s", exc)
+        self.disconnected = True
+        for q in self.queues:
+            q.close()
+        os.write(self._stop_w, b"x")
+        if self._completer is not None and self._completer is not threading.current_thread():
+            self._completer.join(5)
+        if fe is not None:
+            fe.close()
+        for q in self.queues:
+            for fd in (q.kick_fd, q.call_fd):
+                if fd is not None:
+                    os.close(fd)
+            q.kick_fd = q.call_fd = None
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+
+class PendingRequest:
+    """A request in flight (from :meth:`VirtioFsDevice.submit`)."""
+
+    def __init__(self, dev: VirtioFsDevice, q: DriverQueue, p: _Pending) -> None:
+        self._dev, self._q, self._p = dev, q, p
+
+    def wait(self) -> tuple[int, bytes]:
+        self._dev._wait(self._q, self._p)
+        return self._dev._finish(self._p)

@@ -1,0 +1,92 @@
+"""A guest machine: its RAM, its virtio-fs devices (by tag) and its mounts.
+
+This is the "VMM + guest kernel" half of a guest emulator process: ``add_device`` is QEMU's
+``-device vhost-user-fs-pci,chardev=…,tag=…``; ``mount`` is ``mount -t virtiofs TAG /mnt``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+
+from .device import DeviceConfig, VirtioFsDevice
+from .ram import GuestRam
+
+log = logging.getLogger(__name__)
+
+
+class Mount:
+    """A mounted virtio-fs: the device, its FUSE client and the os-like API."""
+
+    def __init__(self, tag: str, device: VirtioFsDevice, *, cache: str = "none") -> None:
+        from .client import FuseClient
+        from .gos import GuestOS
+        self.tag = tag
+        self.device = device
+        self.client = FuseClient(device)
+        self.client.init()
+        self.os = GuestOS(self.client)
+
+    def unmount(self) -> None:
+        """Drain in-flight requests, send DESTROY, stop the rings."""
+        dev = self.device
+        try:
+            if not dev.disconnected:
+                self.client.destroy()
+        except OSError as exc:
+            log.info("unmount %s: %s", self.tag, exc)
+
+
+class GuestMachine:
+    """One guest: RAM in POSIX shared memory and virtio-fs devices keyed by tag."""
+
+    def __init__(self, name: str, *, ram_name: str, ram_size: int = 64 << 20) -> None:
+        self.name = name
+        self.ram = GuestRam(ram_name, ram_size)
+        self.devices: dict[str, VirtioFsDevice] = {}
+        self.mounts: dict[str, Mount] = {}
+        self._lock = threading.Lock()
+
+    def add_device(self, socket_path: str, tag: str, *, num_request_queues: int = 1,
+                   queue_size: int = 128, spin_ns: int | None = None) -> VirtioFsDevice:
+        """Plug a vhost-user-fs device connected to ``socket_path``; EEXIST if ``tag`` is taken."""
+        config = DeviceConfig(tag, num_request_queues, queue_size)      # EINVAL on a bad config
+        with self._lock:
+            if tag in self.devices:
+                raise OSError(errno.EEXIST, f"virtio-fs: a device with tag <{tag}> already exists in {self.name}")
+            dev = VirtioFsDevice(self.ram, config, spin_ns=spin_ns)
+            self.devices[tag] = dev
+        try:
+            dev.connect(socket_path)
+        except BaseException:
+            with self._lock:
+                del self.devices[tag]
+            dev.shutdown()
+            raise
+        return dev
+
+    def mount(self, tag: str, *, cache: str = "none") -> Mount:
+        """Mount the device with ``tag``; EINVAL naming the tag if there is none (as Linux says)."""
+        dev = self.devices.get(tag)
+        if dev is None:
+            raise OSError(errno.EINVAL, f"virtio-fs: tag <{tag}> not found")
+        if tag in self.mounts:
+            raise OSError(errno.EBUSY, f"virtio-fs: tag <{tag}> is already mounted")
+        m = Mount(tag, dev, cache=cache)
+        self.mounts[tag] = m
+        return m
+
+    def umount(self, tag: str) -> None:
+        m = self.mounts.pop(tag, None)
+        if m is None:
+            raise OSError(errno.EINVAL, f"virtio-fs: tag <{tag}> is not mounted")
+        m.unmount()
+
+    def close(self) -> None:
+        for tag in list(self.mounts):
+            self.umount(tag)
+        for dev in self.devices.values():
+            dev.shutdown()
+        self.devices.clear()
+        self.ram.close()

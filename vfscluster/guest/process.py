@@ -1,0 +1,77 @@
+"""The vfs-guest process body: a guest machine with one virtio-fs device, mounted, served over a
+control socket (used by ``daemons/guest.py`` and by the cluster launcher)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from ..cluster.control import ControlServer
+from ..cluster.procutil import die_with_parent, set_process_name, setup_logging
+from .machine import GuestMachine
+
+log = logging.getLogger(__name__)
+
+
+class GuestService:
+    """Answers control requests with the guest's mount: ``os.NAME`` calls, ``run``, ``stats``."""
+
+    def __init__(self, name: str, machine: GuestMachine, mount) -> None:
+        self.name = name
+        self.machine = machine
+        self.mount = mount
+        self.stop = threading.Event()
+
+    def handle(self, method: str, args: list, kwargs: dict):
+        if method.startswith("os."):
+            attr = method[3:]
+            if attr.startswith("_") or not hasattr(self.mount.os, attr):
+                raise AttributeError(f"GuestOS has no operation {attr!r}")
+            return getattr(self.mount.os, attr)(*args, **kwargs)
+        if method == "run":
+            fn, *rest = args
+            return fn(self.mount.os, *rest, **kwargs)
+        if method == "ping":
+            return {"name": self.name, "pid": os.getpid()}
+        if method == "stats":
+            dev = self.mount.device
+            return {"in_flight": dev.in_flight(),
+                    "queues": [{"index": q.index, "kicks": q.kicks, "full_waits": q.full_waits}
+                               for q in dev.queues]}
+        if method == "shutdown":
+            self.stop.set()
+            return True
+        raise AttributeError(f"unknown control request {method!r}")
+
+
+def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, tag: str = "vfs",
+              cache: str = "none", num_request_queues: int = 1, queue_size: int = 128,
+              ram_size: int = 64 << 20, log_level: str = "WARNING", ready=None, managed: bool = False,
+              **_future_options) -> int:
+    """Boot a guest, mount ``tag`` and serve control requests until shutdown or SIGTERM."""
+    set_process_name("vfs-guest")
+    setup_logging(log_level, f"vfs-guest[{name}] ")
+    if managed:
+        die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    machine = GuestMachine(name, ram_name=ram_name, ram_size=ram_size)
+    try:
+        machine.add_device(socket_path, tag, num_request_queues=num_request_queues, queue_size=queue_size)
+        mount = machine.mount(tag, cache=cache)
+        service = GuestService(name, machine, mount)
+        ctl = ControlServer(control_path, service.handle)
+        stopper = threading.Thread(target=lambda: (service.stop.wait(), ctl.close()), daemon=True)
+        stopper.start()
+        for sig in (signal.SIGTERM,) + (() if managed else (signal.SIGINT,)):
+            signal.signal(sig, lambda *_: service.stop.set())
+        if ready is not None:
+            ready({"control": control_path, "pid": os.getpid()})
+        try:
+            ctl.serve_forever()
+        finally:
+            ctl.close()
+    finally:
+        machine.close()
+    return 0

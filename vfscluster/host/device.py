@@ -1,0 +1,212 @@
+"""The host's view of one guest's virtio-fs device: the vhost-user backend state of one connection.
+
+It answers the frontend's vhost-user requests (features, memory table, vring set-up, config space)
+and turns plain :class:`~vfscluster.virtio.device_queue.QueueState` into live checked queues when a ring
+has its memory, addresses and kick fd and is enabled.  The FUSE work itself is done by the server loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+
+from ..errors import QueueError, VhostUserError
+from ..virtio.device_queue import Queue, QueueState
+from ..virtio.memory import GuestMemory, Region
+from ..virtio.ring import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
+from ..vhost_user import BackendHandler, ProtocolFeatures, VHOST_USER_F_PROTOCOL_FEATURES
+
+log = logging.getLogger(__name__)
+
+TAG_MAX = 36
+DEVICE_FEATURES = F_VERSION_1 | F_EVENT_IDX | F_INDIRECT_DESC | VHOST_USER_F_PROTOCOL_FEATURES
+PROTOCOL_FEATURES = (ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIG
+                     | ProtocolFeatures.BACKEND_REQ | ProtocolFeatures.BACKEND_SEND_FD)
+MAX_QUEUES = 1 + 64
+
+
+class FsBackendDevice(BackendHandler):
+    """vhost-user backend state of one guest connection (one virtio-fs device)."""
+
+    def __init__(self, name: str, *, num_request_queues: int = 64, tag: str | None = None) -> None:
+        self.name = name
+        self.num_queues = 1 + num_request_queues
+        self.tag = tag
+        self.acked_features = 0
+        self.protocol_features = 0
+        self.owner = False
+        self.mem: GuestMemory | None = None
+        self.states = [QueueState() for _ in range(self.num_queues)]
+        self.queues: list[Queue | None] = [None] * self.num_queues
+        self.backend_channel = None
+        self.status = 0
+        self.generation = 0         # bumped whenever the set of live queues changes
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _state(self, index: int) -> QueueState:
+        if not 0 <= index < self.num_queues:
+            raise VhostUserError(f"vring index {index} out of range (device has {self.num_queues} queues)")
+        return self.states[index]
+
+    def _refresh(self, index: int) -> None:
+        """(Re)build or drop the live queue ``index`` from its state."""
+        st = self.states[index]
+        old = self.queues[index]
+        live = None
+        if st.enabled and st.kick_fd is not None and self.mem is not None and st.size:
+            if old is not None:
+                old.sync_state()
+            try:
+                live = st.build(self.mem)
+            except QueueError as exc:
+                log.warning("%s: queue %d refused: %s", self.name, index, exc)
+                live = None
+        elif old is not None:
+            old.sync_state()
+        self.queues[index] = live
+        self.generation += 1
+
+    def live_queues(self) -> list[tuple[int, Queue]]:
+        return [(i, q) for i, q in enumerate(self.queues) if q is not None and q.broken is None]
+
+    # -- BackendHandler --------------------------------------------------------------------------
+    def get_features(self) -> int:
+        return DEVICE_FEATURES
+
+    def set_features(self, features: int) -> None:
+        if features & ~DEVICE_FEATURES:
+            raise VhostUserError(f"SET_FEATURES {features:#x} has bits we did not offer")
+        self.acked_features = features
+        for st in self.states:
+            st.event_idx = bool(features & F_EVENT_IDX)
+            st.indirect = bool(features & F_INDIRECT_DESC)
+            if not features & VHOST_USER_F_PROTOCOL_FEATURES:
+                st.enabled = True       # without PROTOCOL_FEATURES rings are enabled at once
+        for i in range(self.num_queues):
+            self._refresh(i)
+
+    def get_protocol_features(self) -> int:
+        return int(PROTOCOL_FEATURES)
+
+    def set_protocol_features(self, features: int) -> None:
+        if features & ~int(PROTOCOL_FEATURES):
+            raise VhostUserError(f"SET_PROTOCOL_FEATURES {features:#x} has bits we did not offer")
+        self.protocol_features = features
+
+    def set_owner(self) -> None:
+        self.owner = True
+
+    def reset_owner(self) -> None:
+        self.owner = False
+
+    def get_queue_num(self) -> int:
+        return self.num_queues
+
+    def set_mem_table(self, regions, fds) -> None:
+        mapped = []
+        try:
+            for region, fd in zip(regions, fds):
+                mapped.append(Region.map_fd(fd, region.guest_phys_addr, region.memory_size,
+                                            region.userspace_addr, region.mmap_offset))
+            mem = GuestMemory(mapped)
+        except QueueError as exc:
+            for r in mapped:
+                r.close()
+            raise VhostUserError(f"SET_MEM_TABLE refused: {exc}") from exc
+        old, self.mem = self.mem, mem
+        for i in range(self.num_queues):
+            self._refresh(i)
+        if old is not None:
+            old.close()
+
+    def set_vring_num(self, index: int, num: int) -> None:
+        st = self._state(index)
+        if not 0 < num <= 32768 or num & (num - 1):
+            raise VhostUserError(f"SET_VRING_NUM {num} is not a power of two in 1..32768")
+        st.size = num
+
+    def set_vring_addr(self, addr) -> None:
+        st = self._state(addr.index)
+        st.desc_addr, st.used_addr, st.avail_addr = addr.desc_user_addr, addr.used_user_addr, addr.avail_user_addr
+        self._refresh(addr.index)
+
+    def set_vring_base(self, index: int, num: int) -> None:
+        st = self._state(index)
+        st.next_avail = st.next_used = num & 0xFFFF
+
+    def get_vring_base(self, index: int) -> int:
+        st = self._state(index)
+        q = self.queues[index]
+        if q is not None:
+            q.sync_state()
+        if st.kick_fd is not None:
+            os.close(st.kick_fd)
+            st.kick_fd = None
+        self._refresh(index)     # stopped: no kick fd
+        return st.next_avail
+
+    def set_vring_kick(self, index: int, fd: int | None) -> None:
+        st = self._state(index)
+        if st.kick_fd is not None:
+            os.close(st.kick_fd)
+        st.kick_fd = fd
+        self._refresh(index)
+
+    def set_vring_call(self, index: int, fd: int | None) -> None:
+        st = self._state(index)
+        if st.call_fd is not None:
+            os.close(st.call_fd)
+        st.call_fd = fd
+
+    def set_vring_err(self, index: int, fd: int | None) -> None:
+        st = self._state(index)
+        if st.err_fd is not None:
+            os.close(st.err_fd)
+        st.err_fd = fd
+
+    def set_vring_enable(self, index: int, enable: bool) -> None:
+        self._state(index).enabled = bool(enable)
+        self._refresh(index)
+
+    def get_config(self, offset: int, size: int, flags: int) -> bytes:
+        space = self.config_space()
+        if offset + size > len(space):
+            raise VhostUserError(f"GET_CONFIG [{offset}, +{size}) past the {len(space)}-byte config space")
+        return space[offset:offset + size]
+
+    def config_space(self) -> bytes:
+        tag = (self.tag or "").encode()[:TAG_MAX]
+        return tag.ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_queues - 1)
+
+    def set_backend_req_fd(self, sock: socket.socket) -> None:
+        from ..vhost_user import BackendChannel
+        if self.backend_channel is not None:
+            self.backend_channel.close()
+        self.backend_channel = BackendChannel(sock)
+
+    def set_status(self, status: int) -> None:
+        self.status = status
+
+    def get_status(self) -> int:
+        return self.status
+
+    def reset_device(self) -> None:
+        for i, st in enumerate(self.states):
+            self.queues[i] = None
+            for fd in (st.kick_fd, st.call_fd, st.err_fd):
+                if fd is not None:
+                    os.close(fd)
+            self.states[i] = QueueState()
+        self.generation += 1
+
+    # -- teardown --------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.reset_device()
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
+        if self.backend_channel is not None:
+            self.backend_channel.close()
+            self.backend_channel = None

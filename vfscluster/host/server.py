@@ -1,0 +1,328 @@
+"""vfs-hostd: one host server for many guests.
+
+One listening vhost-user socket; every accepted connection is a guest (its own vhost-user session,
+device state and FUSE session) over ONE shared passthrough file system, so that a file has the same
+nodeid in every guest.  One event loop serves the control sockets and every queue of every guest:
+
+* process: pop every available chain of every live queue (at most ``BATCH`` per queue per round, so a
+  busy queue cannot starve the others), handle it, return it, call the guest if it asked;
+* poll: when a round finds no work, spin on the avail indexes for a short adaptive budget (kicks
+  suppressed), then re-enable kicks, check once more, and sleep in epoll;
+* blocking work (fsync, large reads and writes, copy_file_range, fallocate, SETLKW) goes to a thread
+  pool so that one guest never stalls the others; the worker returns its chain itself.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import threading
+import time
+
+from ..errors import ProtocolError, QueueError
+from ..fuse.passthrough import PassthroughFs
+from ..fuse.server import Server
+from ..virtio.chain import Reader, Writer
+from ..virtio.spin import SpinBudget
+from ..vhost_user import BackendDispatcher, Connection
+from .device import FsBackendDevice
+from .trace import Tracer
+
+log = logging.getLogger(__name__)
+
+BATCH = 64
+_OPCODE = struct.Struct("<I")
+_BLOCKING = {20, 30, 43, 47, 50, 33}     # FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE, SYNCFS, SETLKW
+_READ, _WRITE = 15, 16
+_BIG_IO = 128 * 1024
+
+
+class GuestSession:
+    """One accepted vhost-user connection: a guest's device and its FUSE session."""
+
+    def __init__(self, sid: int, sock: socket.socket, fs, *, num_request_queues: int, tag: str | None) -> None:
+        self.sid = sid
+        self.name = f"guest{sid}"
+        self.conn = Connection(sock)
+        self.device = FsBackendDevice(self.name, num_request_queues=num_request_queues, tag=tag)
+        self.dispatcher = BackendDispatcher(self.conn, self.device)
+        self.server = Server(fs, session=sid)
+        self.fs = fs
+        self.kick_fds: dict[int, int] = {}     # kick fd -> queue index (as registered with epoll)
+        self.generation = -1
+
+    def close(self) -> None:
+        try:
+            self.fs.drop_session(self.sid)
+        finally:
+            self.device.close()
+            self.conn.close()
+
+
+class HostServer:
+    """The vfs-hostd process's server."""
+
+    def __init__(self, shared_dir: str, socket_path: str, *, tag: str | None = None,
+                 thread_pool_size: int = 4, num_request_queues: int = 16, trace: str | None = None,
+                 spin_ns: int | None = None) -> None:
+        if not os.path.isdir(shared_dir):
+            raise FileNotFoundError(f"shared directory {shared_dir!r} does not exist")
+        self.shared_dir = shared_dir
+        self.socket_path = socket_path
+        self.tag = tag
+        self.num_request_queues = num_request_queues
+        self.fs = PassthroughFs(shared_dir)
+        self.pool = (concurrent.futures.ThreadPoolExecutor(thread_pool_size, thread_name_prefix="vfs-worker")
+                     if thread_pool_size > 0 else None)
+        self.tracer = Tracer(trace) if trace else None
+        self.sessions: dict[int, GuestSession] = {}     # by control socket fd
+        self._kick_owner: dict[int, tuple[GuestSession, int]] = {}
+        self._next_sid = 1
+        self._epoll = select.epoll()
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._epoll.register(self._stop_r, select.EPOLLIN)
+        self.spin = SpinBudget() if spin_ns is None else SpinBudget(max_ns=spin_ns)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        self.listener.bind(socket_path)
+        self.listener.listen(64)
+        self._epoll.register(self.listener.fileno(), select.EPOLLIN)
+        self.requests = 0
+        self._pool_busy = 0
+        self._pool_lock = threading.Lock()
+        self.stopping = False
+
+    # -- control -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to return (safe from a signal handler or another thread)."""
+        self.stopping = True
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def close(self) -> None:
+        for s in list(self.sessions.values()):
+            self._drop(s)
+        self.listener.close()
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        self._epoll.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        self.fs.close()
+        if self.tracer is not None:
+            self.tracer.close()
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        sock, _ = self.listener.accept()
+        sid = self._next_sid
+        self._next_sid += 1
+        s = GuestSession(sid, sock, self.fs, num_request_queues=self.num_request_queues, tag=self.tag)
+        self.sessions[sock.fileno()] = s
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        log.info("%s connected", s.name)
+
+    def _drop(self, s: GuestSession) -> None:
+        for fd in list(s.kick_fds):
+            self._unregister_kick(fd)
+        fd = s.conn.fileno()
+        self.sessions.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        s.close()
+        log.info("%s disconnected", s.name)
+
+    def _unregister_kick(self, fd: int) -> None:
+        owner = self._kick_owner.pop(fd, None)
+        if owner is not None:
+            owner[0].kick_fds.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def _sync_kicks(self, s: GuestSession) -> None:
+        if s.generation == s.device.generation:
+            return
+        s.generation = s.device.generation
+        want = {}
+        for i, q in s.device.live_queues():
+            if q.state.kick_fd is not None:
+                want[q.state.kick_fd] = i
+        for fd in list(s.kick_fds):
+            if want.get(fd) != s.kick_fds[fd]:
+                self._unregister_kick(fd)
+        for fd, i in want.items():
+            if fd not in s.kick_fds:
+                self._epoll.register(fd, select.EPOLLIN)
+                s.kick_fds[fd] = i
+                self._kick_owner[fd] = (s, i)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def serve_forever(self, ready=None) -> None:
+        """Run until :meth:`stop`; ``ready()`` is called once the socket is listening."""
+        if ready is not None:
+            ready()
+        while not self.stopping:
+            if self._process_round():
+                continue
+            if self._spin_for_work():
+                continue
+            if self._enable_kicks():
+                continue
+            self._wait_events()
+        log.info("vfs-hostd stopping")
+
+    def _live(self):
+        for s in list(self.sessions.values()):
+            for i, q in s.device.live_queues():
+                yield s, i, q
+
+    def _process_round(self) -> bool:
+        did = False
+        for s, i, q in self._live():
+            n = 0
+            notify = False
+            while n < BATCH:
+                try:
+                    chain = q.pop()
+                except QueueError as exc:
+                    log.warning("%s queue %d is broken: %s", s.name, i, exc)
+                    q.broken = str(exc)
+                    break
+                if chain is None:
+                    break
+                n += 1
+                if self._dispatch(s, i, q, chain):
+                    notify = True
+            if n:
+                did = True
+                q.disable_kicks()
+                if notify:
+                    with q.lock:
+                        if q.needs_notification():
+                            q.notify()
+        return did
+
+    def _dispatch(self, s: GuestSession, i: int, q, chain) -> bool:
+        """Handle one chain inline (returns True: used entry added) or hand it to the pool."""
+        if self.pool is not None and chain.readable and len(chain.readable[0]) >= 8:
+            opcode = _OPCODE.unpack_from(chain.readable[0], 4)[0]
+            if opcode in _BLOCKING or (opcode in (_READ, _WRITE) and self._io_size(chain) > _BIG_IO):
+                with self._pool_lock:
+                    self._pool_busy += 1
+                self.pool.submit(self._work, s, i, q, chain)
+                return False
+        written = self._handle(s, i, chain)
+        with q.lock:
+            q.add_used(chain.head, written)
+        return True
+
+    @staticmethod
+    def _io_size(chain) -> int:
+        head = chain.readable[0]
+        if len(head) >= 40 + 20:
+            return struct.unpack_from("<I", head, 40 + 16)[0]
+        return chain.writable_len + chain.readable_len
+
+    def _work(self, s: GuestSession, i: int, q, chain) -> None:
+        try:
+            written = self._handle(s, i, chain)
+            q.add_used_and_notify(chain.head, written)
+        finally:
+            with self._pool_lock:
+                self._pool_busy -= 1
+
+    def _handle(self, s: GuestSession, i: int, chain) -> int:
+        self.requests += 1
+        reader = Reader(chain.readable)
+        writer = Writer(chain.writable) if chain.writable else None
+        if self.tracer is None:
+            return self._safe_handle(s, reader, writer)
+        t0 = time.perf_counter_ns()
+        written = self._safe_handle(s, reader, writer)
+        self.tracer.record(s.name, i, chain, written, time.perf_counter_ns() - t0)
+        return written
+
+    @staticmethod
+    def _safe_handle(s: GuestSession, reader, writer) -> int:
+        try:
+            return s.server.handle(reader, writer)
+        except ProtocolError as exc:      # the server reports garbage itself; this is a last guard
+            log.warning("%s: request refused: %s", s.name, exc)
+            return 0
+
+    def _spin_for_work(self) -> bool:
+        budget = self.spin.ns
+        if not budget or self._pool_busy:      # spinning would keep the GIL from the workers
+            return False
+        queues = [q for _, _, q in self._live()]
+        if not queues:
+            return False
+        deadline = time.perf_counter_ns() + budget
+        while time.perf_counter_ns() < deadline:
+            for q in queues:
+                if q.has_work():
+                    self.spin.hit()
+                    return True
+            if self.stopping:
+                return True
+        self.spin.miss()
+        return False
+
+    def _enable_kicks(self) -> bool:
+        work = False
+        for _, _, q in self._live():
+            if q.enable_kicks():
+                work = True
+        return work
+
+    def _wait_events(self) -> None:
+        t0 = time.perf_counter_ns()
+        events = self._epoll.poll()
+        if time.perf_counter_ns() - t0 < 200_000:
+            self.spin.reset()
+        for fd, ev in events:
+            if fd == self._stop_r:
+                continue
+            if fd == self.listener.fileno():
+                self._accept()
+                continue
+            s = self.sessions.get(fd)
+            if s is not None:
+                self._control(s)
+                continue
+            if fd in self._kick_owner:
+                try:
+                    os.eventfd_read(fd)
+                except (BlockingIOError, OSError):
+                    pass
+
+    def _control(self, s: GuestSession) -> None:
+        try:
+            alive = s.dispatcher.handle_one()
+        except (OSError, EOFError) as exc:
+            log.info("%s: control connection: %s", s.name, exc)
+            alive = False
+        if not alive:
+            self._drop(s)
+            return
+        self._sync_kicks(s)

@@ -1,0 +1,161 @@
+"""Driver side of a split virtqueue: add chains, kick, reap used buffers, wait when full.
+
+The guest owns the ring memory.  :class:`DriverQueue` is thread-safe: submitters add chains under
+``lock``; whoever reaps (a spinning submitter or the completion thread) does so under the same lock.
+A full ring makes the submitter wait on ``space`` — a condition signalled when used buffers are
+reaped, never a timer (the v6 patch's "TODO use completion instead of timeout").
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Sequence
+
+from ..errors import LocalProtocolError
+from .fence import barrier
+from .ring import (DESC, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, U16, USED_ELEM, USED_F_NO_NOTIFY,
+                   avail_event_offset, layout, need_event, used_event_offset, valid_queue_size)
+
+
+class QueueClosed(Exception):
+    """The queue was shut down while a submitter waited for room."""
+
+
+class DriverQueue:
+    """A split virtqueue laid out in ``ram[base:]`` (a writable memoryview of guest RAM)."""
+
+    def __init__(self, ram: memoryview, base: int, size: int, *, gpa_base: int = 0, user_base: int = 0,
+                 event_idx: bool = True, index: int = 0) -> None:
+        if not valid_queue_size(size):
+            raise LocalProtocolError(f"queue size {size} is not a power of two")
+        self.index = index
+        self.size = size
+        self.event_idx = event_idx
+        d, a, u, end = layout(size, base)
+        self.end = end
+        self.desc = ram[d:d + 16 * size]
+        self.avail = ram[a:u]
+        self.used = ram[u:end]
+        self.desc_gpa, self.avail_gpa, self.used_gpa = gpa_base + d, gpa_base + a, gpa_base + u
+        self.desc_user, self.avail_user, self.used_user = user_base + d, user_base + a, user_base + u
+        self.desc[:] = bytes(len(self.desc))
+        self.avail[:] = bytes(len(self.avail))
+        self.used[:] = bytes(len(self.used))
+        self._used_event_off = used_event_offset(size)
+        self._avail_event_off = avail_event_offset(size)
+        self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)
+        self._free: list[int] = list(range(size - 1, -1, -1))
+        self._chains: dict[int, tuple[list[int], Any]] = {}
+        self.avail_idx = 0
+        self._kicked_at = 0            # avail idx at the last kick decision
+        self.last_used = 0
+        self.kick_fd: int | None = None
+        self.call_fd: int | None = None
+        self.closed = False
+        self.kicks = 0
+        self.full_waits = 0
+
+    # -- submission ----------------------------------------------------------------------------
+    def in_flight(self) -> int:
+        return len(self._chains)
+
+    def add(self, readable: Sequence[tuple[int, int]], writable: Sequence[tuple[int, int]], token: Any,
+            *, wait: bool = True) -> bool:
+        """Publish a chain of (gpa, length) buffers; returns True if the device must be kicked.
+
+        Blocks (without a timer) while fewer than ``len(readable)+len(writable)`` descriptors are free.
+        Caller must then call :meth:`kick` if True (outside the lock is fine).
+        """
+        n = len(readable) + len(writable)
+        if n == 0 or n > self.size:
+            raise LocalProtocolError(f"chain of {n} descriptors for a queue of {self.size}")
+        with self.lock:
+            while len(self._free) < n:
+                if self.closed:
+                    raise QueueClosed()
+                if not wait:
+                    raise BlockingIOError("queue full")
+                self.full_waits += 1
+                self.space.wait()
+            if self.closed:
+                raise QueueClosed()
+            free = self._free
+            ids = [free.pop() for _ in range(n)]
+            bufs = [(a, l, 0) for a, l in readable] + [(a, l, DESC_F_WRITE) for a, l in writable]
+            last = n - 1
+            for i, (addr, length, flags) in enumerate(bufs):
+                if i < last:
+                    DESC.pack_into(self.desc, ids[i] * DESC_SIZE, addr, length, flags | DESC_F_NEXT, ids[i + 1])
+                else:
+                    DESC.pack_into(self.desc, ids[i] * DESC_SIZE, addr, length, flags, 0)
+            head = ids[0]
+            self._chains[head] = (ids, token)
+            U16.pack_into(self.avail, 4 + 2 * (self.avail_idx % self.size), head)
+            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+            U16.pack_into(self.avail, 2, self.avail_idx)      # TSO: ring entry visible before idx
+            return self._should_kick()
+
+    def _should_kick(self) -> bool:
+        barrier()   # avail.idx store before reading the device's suppression field
+        old, new = self._kicked_at, self.avail_idx
+        self._kicked_at = new
+        if self.event_idx:
+            return need_event(U16.unpack_from(self.used, self._avail_event_off)[0], new, old)
+        return not (U16.unpack_from(self.used, 0)[0] & USED_F_NO_NOTIFY)
+
+    def kick(self) -> None:
+        if self.kick_fd is not None:
+            self.kicks += 1
+            os.eventfd_write(self.kick_fd, 1)
+
+    # -- completion ----------------------------------------------------------------------------
+    def used_idx(self) -> int:
+        return U16.unpack_from(self.used, 2)[0]
+
+    def has_used(self) -> bool:
+        return U16.unpack_from(self.used, 2)[0] != self.last_used
+
+    def reap(self, complete: Callable[[Any, int], None]) -> int:
+        """Take every used entry; ``complete(token, length)`` for each.  Caller holds ``lock``."""
+        idx = U16.unpack_from(self.used, 2)[0]
+        count = 0
+        while self.last_used != idx:
+            head, length = USED_ELEM.unpack_from(self.used, 4 + 8 * (self.last_used % self.size))
+            self.last_used = (self.last_used + 1) & 0xFFFF
+            entry = self._chains.pop(head, None)
+            if entry is None:
+                raise LocalProtocolError(f"device returned unknown chain head {head} on queue {self.index}")
+            ids, token = entry
+            self._free.extend(ids)
+            complete(token, length)
+            count += 1
+        if count:
+            self.space.notify_all()
+        return count
+
+    def suppress_calls(self) -> None:
+        """Ask the device not to call (someone is polling the used ring)."""
+        if self.event_idx:
+            U16.pack_into(self.avail, self._used_event_off, (self.last_used - 1) & 0xFFFF)
+        else:
+            U16.pack_into(self.avail, 0, 1)
+
+    def enable_calls(self) -> bool:
+        """Ask for a call on the next used buffer; True if one arrived meanwhile (reap it)."""
+        if self.event_idx:
+            U16.pack_into(self.avail, self._used_event_off, self.last_used)
+        else:
+            U16.pack_into(self.avail, 0, 0)
+        barrier()
+        return self.has_used()
+
+    def close(self) -> None:
+        """Wake every submitter waiting for room; they get :class:`QueueClosed`."""
+        with self.lock:
+            self.closed = True
+            self.space.notify_all()
+
+    def pending_tokens(self) -> list[Any]:
+        return [tok for _, tok in self._chains.values()]
