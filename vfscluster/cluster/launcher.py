@@ -46,15 +46,26 @@ def runtime_root() -> str:
 
 
 def _context():
-    method = os.environ.get("VFSCLUSTER_START_METHOD", "forkserver")
-    ctx = multiprocess.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(["vfscluster.host.process", "vfscluster.guest.process"])
-    return ctx
+    """Members are forked: fast, and a caller's script needs no ``if __name__ == "__main__"`` guard
+    (spawn and forkserver re-import the caller's main module).  The child closes every inherited
+    descriptor it does not need (see :func:`_close_inherited`)."""
+    return multiprocess.get_context(os.environ.get("VFSCLUSTER_START_METHOD", "fork"))
+
+
+def _close_inherited(keep: int) -> None:
+    """In a freshly forked member: close the launcher's descriptors (other clusters' sockets and
+    pipes), keeping stdio and ``keep``."""
+    for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _host_main(conn, kwargs):
     from ..host.process import run_host
+    _close_inherited(conn.fileno())
     try:
         run_host(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
     except BaseException as exc:
@@ -67,6 +78,7 @@ def _host_main(conn, kwargs):
 
 def _guest_main(conn, kwargs):
     from ..guest.process import run_guest
+    _close_inherited(conn.fileno())
     try:
         run_guest(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
     except BaseException as exc:

@@ -113,7 +113,6 @@ class VirtioFsDevice:
         self.connected = False
         self._completer: threading.Thread | None = None
         self.features = 0
-        self.fallback_wakeups = 0
 
     # -- vhost-user set-up ---------------------------------------------------------------------
     def connect(self, socket_path: str) -> None:
@@ -126,8 +125,7 @@ class VirtioFsDevice:
         offered = fe.get_features()
         if not offered & F_VERSION_1:
             raise OSError(errno.EPROTO, f"vhost-user backend at {socket_path} lacks VIRTIO_F_VERSION_1")
-        want_proto = (ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIG
-                      | ProtocolFeatures.BACKEND_REQ | ProtocolFeatures.BACKEND_SEND_FD)
+        want_proto = ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIG
         proto = 0
         if offered & VHOST_USER_F_PROTOCOL_FEATURES:
             proto = fe.get_protocol_features() & want_proto
@@ -253,7 +251,8 @@ class VirtioFsDevice:
             with self._spin_lock:
                 self._spinners[i] += 1
                 if self._spinners[i] == 1:
-                    q.suppress_calls()
+                    with q.lock:
+                        q.suppress_calls()
             deadline = time.perf_counter_ns() + budget.ns
             try:
                 while not p.done:
@@ -270,18 +269,17 @@ class VirtioFsDevice:
                 with self._spin_lock:
                     self._spinners[i] -= 1
                     last = self._spinners[i] == 0
-                if last and q.enable_calls():
+                if last:
                     with q.lock:
+                        q.enable_calls()
                         q.reap(self._complete)
             if p.done:
                 budget.hit()
                 p.lock.acquire()
                 return
-            budget.miss()
         t0 = time.perf_counter_ns()
         p.lock.acquire()
-        if time.perf_counter_ns() - t0 < 200_000:
-            budget.reset()
+        budget.blocked(time.perf_counter_ns() - t0)
 
     def _complete_loop(self) -> None:
         poller = select.poll()
@@ -290,7 +288,7 @@ class VirtioFsDevice:
             poller.register(q.call_fd, select.POLLIN)
             by_fd[q.call_fd] = q
         poller.register(self._stop_r, select.POLLIN)
-        sock_fd = self.frontend.fileno()
+        sock_fd = self.frontend.conn.fileno()
         poller.register(sock_fd, 0)          # only hang-up / error are reported
         while True:
             for fd, ev in poller.poll():

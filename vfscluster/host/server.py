@@ -285,7 +285,6 @@ class HostServer:
                     return True
             if self.stopping:
                 return True
-        self.spin.miss()
         return False
 
     def _enable_kicks(self) -> bool:
@@ -298,8 +297,7 @@ class HostServer:
     def _wait_events(self) -> None:
         t0 = time.perf_counter_ns()
         events = self._epoll.poll()
-        if time.perf_counter_ns() - t0 < 200_000:
-            self.spin.reset()
+        self.spin.blocked(time.perf_counter_ns() - t0)
         for fd, ev in events:
             if fd == self._stop_r:
                 continue

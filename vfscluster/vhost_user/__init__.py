@@ -6,7 +6,7 @@ back-end -> front-end requests, ``frontend`` the VMM side (:class:`Frontend`, :c
 """
 
 from .backend import BackendChannel, BackendDispatcher, BackendHandler
-from .connection import Connection, close_fds
+from .connection import Connection, close_fds, close_unchanged, fd_identities
 from .frontend import BackendRequestHandler, Frontend, FrontendBackendChannel
 from .message import (
     BACKEND_REQUESTS,
@@ -95,6 +95,8 @@ __all__ = [
     "VringArea",
     "VringState",
     "close_fds",
+    "close_unchanged",
+    "fd_identities",
     "parse_payload",
     "request_name",
     "vring_fd_index",

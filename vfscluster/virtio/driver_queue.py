@@ -54,6 +54,7 @@ class DriverQueue:
         self.kick_fd: int | None = None
         self.call_fd: int | None = None
         self.closed = False
+        self._suppressed = False
         self.kicks = 0
         self.full_waits = 0
 
@@ -118,32 +119,47 @@ class DriverQueue:
         return U16.unpack_from(self.used, 2)[0] != self.last_used
 
     def reap(self, complete: Callable[[Any, int], None]) -> int:
-        """Take every used entry; ``complete(token, length)`` for each.  Caller holds ``lock``."""
-        idx = U16.unpack_from(self.used, 2)[0]
+        """Take every used entry; ``complete(token, length)`` for each.  Caller holds ``lock``.
+
+        Unless calls are suppressed, it then re-arms ``used_event`` at the new position (as Linux's
+        virtqueue_get_buf does) and looks once more, so a completion published meanwhile is not left
+        waiting for a call that the device, seeing a stale ``used_event``, would not make.
+        """
         count = 0
-        while self.last_used != idx:
-            head, length = USED_ELEM.unpack_from(self.used, 4 + 8 * (self.last_used % self.size))
-            self.last_used = (self.last_used + 1) & 0xFFFF
-            entry = self._chains.pop(head, None)
-            if entry is None:
-                raise LocalProtocolError(f"device returned unknown chain head {head} on queue {self.index}")
-            ids, token = entry
-            self._free.extend(ids)
-            complete(token, length)
-            count += 1
+        while True:
+            idx = U16.unpack_from(self.used, 2)[0]
+            while self.last_used != idx:
+                head, length = USED_ELEM.unpack_from(self.used, 4 + 8 * (self.last_used % self.size))
+                self.last_used = (self.last_used + 1) & 0xFFFF
+                entry = self._chains.pop(head, None)
+                if entry is None:
+                    raise LocalProtocolError(f"device returned unknown chain head {head} on queue {self.index}")
+                ids, token = entry
+                self._free.extend(ids)
+                complete(token, length)
+                count += 1
+            if self._suppressed or not self.event_idx:
+                break
+            U16.pack_into(self.avail, self._used_event_off, self.last_used)
+            barrier()
+            if U16.unpack_from(self.used, 2)[0] == self.last_used:
+                break
         if count:
             self.space.notify_all()
         return count
 
     def suppress_calls(self) -> None:
-        """Ask the device not to call (someone is polling the used ring)."""
+        """Ask the device not to call (someone is polling the used ring).  Caller holds ``lock``."""
+        self._suppressed = True
         if self.event_idx:
             U16.pack_into(self.avail, self._used_event_off, (self.last_used - 1) & 0xFFFF)
         else:
             U16.pack_into(self.avail, 0, 1)
 
     def enable_calls(self) -> bool:
-        """Ask for a call on the next used buffer; True if one arrived meanwhile (reap it)."""
+        """Ask for a call on the next used buffer; True if one arrived meanwhile (reap it).
+        Caller holds ``lock``."""
+        self._suppressed = False
         if self.event_idx:
             U16.pack_into(self.avail, self._used_event_off, self.last_used)
         else:

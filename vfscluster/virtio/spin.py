@@ -2,8 +2,9 @@
 
 Waking a process on the other vCPU costs 35–55 µs here; a spin round trip costs well under 1 µs but
 burns the core (DESIGN §10).  So a waiter spins for a bounded budget and then blocks.  The budget
-adapts: a spin that times out halves it (down to 0: pure blocking), a spin that succeeds doubles it
-back towards the maximum.  With a single CPU spinning only delays the peer, so the budget is 0.
+adapts the way Linux's haltpoll governor does: after a blocking wait, if the event came within
+``max_ns`` (a longer spin would have caught it) the budget grows; if it came later the budget shrinks
+(down to 0: pure blocking).  With a single CPU spinning only delays the peer, so the budget stays 0.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ class SpinBudget:
     """How long (ns) to spin before blocking; adapts to whether spinning pays off."""
 
     max_ns: int = 50_000
-    min_ns: int = 2_000
+    min_ns: int = 5_000
     ns: int = -1
+    hits: int = 0
+    blocks: int = 0
 
     def __post_init__(self) -> None:
         if cpus_available() < 2:
@@ -35,16 +38,16 @@ class SpinBudget:
 
     def hit(self) -> None:
         """The spin found what it waited for."""
-        if self.ns < self.max_ns:
+        self.hits += 1
+
+    def blocked(self, waited_ns: int) -> None:
+        """The waiter spun in vain (or not at all) and then slept ``waited_ns``."""
+        self.blocks += 1
+        if not self.max_ns:
+            return
+        if waited_ns <= self.max_ns:
             self.ns = min(self.max_ns, max(self.min_ns, self.ns * 2))
-
-    def miss(self) -> None:
-        """The spin timed out and the waiter had to block."""
-        self.ns //= 2
-        if self.ns < self.min_ns:
-            self.ns = 0
-
-    def reset(self) -> None:
-        """Give spinning another chance (e.g. after a blocking wait that was woken quickly)."""
-        if self.ns == 0:
-            self.ns = self.min_ns if self.max_ns else 0
+        else:
+            self.ns //= 2
+            if self.ns < self.min_ns:
+                self.ns = 0

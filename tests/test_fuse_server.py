@@ -1,0 +1,526 @@
+"""vfscluster.fuse.server: request decoding, INIT negotiation, replies, protocol errors, and
+round trips against a real PassthroughFs."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+import pytest
+
+from vfscluster.fuse import abi
+from vfscluster.fuse.abi import InitFlags, Opcode
+from vfscluster.fuse.filesystem import FileSystem
+from vfscluster.fuse.passthrough import PassthroughFs
+from vfscluster.fuse.server import SERVER_FLAGS, Server
+from vfscluster.virtio.chain import Reader, Writer
+
+ROOT = abi.ROOT_ID
+O = Opcode
+
+
+def request(opcode: int, body: bytes = b"", *, nodeid: int = ROOT, unique: int = 7,
+            uid: int = 0, gid: int = 0, pid: int = 99, length: int | None = None,
+            extlen: int = 0) -> bytes:
+    n = abi.InHeader.SIZE + len(body) if length is None else length
+    return abi.InHeader(n, opcode, unique, nodeid, uid, gid, pid, extlen).pack() + body
+
+
+class Reply:
+    def __init__(self, n: int, data: bytes) -> None:
+        self.n = n
+        self.raw = data[:n]
+        self.header = abi.OutHeader.unpack_from(data) if n >= 16 else None
+        self.body = data[16:n]
+
+    @property
+    def error(self) -> int:
+        return -self.header.error
+
+
+def call(server: Server, data: bytes | list[bytes], cap: int | list[int] | None = 1 << 16) -> Reply:
+    """Run one request; ``data`` and ``cap`` may be split into several buffers."""
+    reader = Reader(data if isinstance(data, list) else [data])
+    if cap is None:
+        return Reply(server.handle(reader, None), b"")
+    bufs = [bytearray(c) for c in (cap if isinstance(cap, list) else [cap])]
+    n = server.handle(reader, Writer(bufs))
+    return Reply(n, b"".join(bytes(b) for b in bufs))
+
+
+def init_body(major=7, minor=38, flags=InitFlags.INIT_EXT | InitFlags.ASYNC_READ, flags2=None,
+              short=False, readahead=131072) -> bytes:
+    lo, hi = abi.split_init_flags(flags)
+    if short:
+        return abi.InitIn(major, minor, readahead, lo, 0).pack()[:16]
+    return abi.InitIn(major, minor, readahead, lo, hi if flags2 is None else flags2).pack()
+
+
+def name(s: bytes) -> bytes:
+    return s + b"\0"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "file").write_bytes(b"0123456789" * 10)
+    (share / "dir").mkdir()
+    for i in range(20):
+        (share / "dir" / f"entry-{i:02d}").write_bytes(b"x" * i)
+    return share
+
+
+@pytest.fixture
+def fs(tree):
+    with PassthroughFs(tree) as fs:
+        yield fs
+
+
+@pytest.fixture
+def server(fs):
+    s = Server(fs, session=3)
+    r = call(s, request(O.INIT, init_body(flags=InitFlags.INIT_EXT | InitFlags.ASYNC_READ
+                                          | InitFlags.DO_READDIRPLUS | InitFlags.MAX_PAGES)))
+    assert r.header.error == 0
+    return s
+
+
+def lookup(server, parent, n) -> abi.EntryOut:
+    r = call(server, request(O.LOOKUP, name(n), nodeid=parent))
+    assert r.header.error == 0, errno.errorcode[r.error]
+    return abi.EntryOut.unpack_from(r.body)
+
+
+def open_(server, nodeid, flags=os.O_RDWR, opcode=O.OPEN) -> int:
+    r = call(server, request(opcode, abi.OpenIn(flags, 0).pack(), nodeid=nodeid))
+    assert r.header.error == 0, errno.errorcode[r.error]
+    return abi.OpenOut.unpack_from(r.body).fh
+
+
+# ---------------------------------------------------------------------------- INIT
+
+
+def test_init_64_byte(fs):
+    s = Server(fs)
+    offered = (InitFlags.INIT_EXT | InitFlags.ASYNC_READ | InitFlags.BIG_WRITES | InitFlags.MAX_PAGES
+               | InitFlags.DO_READDIRPLUS | InitFlags.SPLICE_READ | InitFlags.HAS_INODE_DAX
+               | InitFlags.ENTRY_VERSION | InitFlags.MAP_ALIGNMENT)
+    r = call(s, request(O.INIT, init_body(minor=38, flags=offered), unique=1))
+    assert r.n == 16 + 64
+    assert r.header == abi.OutHeader(80, 0, 1)
+    enabled = (InitFlags.INIT_EXT | InitFlags.ASYNC_READ | InitFlags.BIG_WRITES
+               | InitFlags.MAX_PAGES | InitFlags.DO_READDIRPLUS | InitFlags.MAP_ALIGNMENT)
+    lo, hi = abi.split_init_flags(enabled)
+    expected = abi.InitOut(major=7, minor=38, max_readahead=131072, flags=lo, max_background=0xFFFF,
+                           congestion_threshold=0xFFFF * 3 // 4, max_write=1 << 20, time_gran=1,
+                           max_pages=(1 << 20) // os.sysconf("SC_PAGE_SIZE"),
+                           map_alignment=(os.sysconf("SC_PAGE_SIZE")).bit_length() - 1, flags2=hi)
+    assert r.body == expected.pack()  # byte for byte
+    assert s.initialized and s.minor == 38 and s.flags == enabled
+
+
+def test_init_16_byte_old_kernel(fs):
+    s = Server(fs)
+    r = call(s, request(O.INIT, init_body(minor=31, flags=InitFlags.ASYNC_READ, short=True)))
+    assert r.header.error == 0
+    out = abi.InitOut.unpack_from(r.body)
+    assert (out.major, out.minor, out.flags, out.flags2) == (7, 31, int(InitFlags.ASYNC_READ), 0)
+    assert s.initialized
+
+
+def test_init_16_byte_body_claiming_init_ext_is_einval(fs, caplog):
+    s = Server(fs)
+    body = init_body(flags=InitFlags.INIT_EXT)[:16]
+    r = call(s, request(O.INIT, body))
+    assert r.error == errno.EINVAL and not s.initialized
+
+
+def test_init_flags2_ignored_without_init_ext(fs):
+    s = Server(fs)
+    body = init_body(flags=InitFlags.ASYNC_READ, flags2=0xFFFFFFFF)
+    out = abi.InitOut.unpack_from(call(s, request(O.INIT, body)).body)
+    assert out.flags2 == 0 and not out.flags & InitFlags.INIT_EXT
+
+
+def test_init_minor_is_clamped(fs):
+    s = Server(fs)
+    out = abi.InitOut.unpack_from(call(s, request(O.INIT, init_body(minor=45))).body)
+    assert (out.major, out.minor) == (7, 38)
+
+
+def test_init_higher_major_gets_our_version_and_a_retry(fs):
+    s = Server(fs)
+    r = call(s, request(O.INIT, init_body(major=8, minor=0), unique=5))
+    assert r.header == abi.OutHeader(80, 0, 5)
+    assert r.body == abi.InitOut(major=7, minor=38).pack()
+    assert not s.initialized
+    assert call(s, request(O.GETATTR, bytes(16))).error == errno.EIO
+    assert call(s, request(O.INIT, init_body())).header.error == 0 and s.initialized
+
+
+@pytest.mark.parametrize("major, minor", [(6, 99), (7, 30), (7, 0)])
+def test_init_too_old_is_eproto(fs, major, minor):
+    s = Server(fs)
+    r = call(s, request(O.INIT, init_body(major=major, minor=minor)))
+    assert r.error == errno.EPROTO and r.n == 16 and not s.initialized
+
+
+def test_flags_are_what_both_sides_accept(fs):
+    s = Server(fs)
+    offered = InitFlags.INIT_EXT | InitFlags.WRITEBACK_CACHE | InitFlags.POSIX_LOCKS | InitFlags.FLOCK_LOCKS
+    out = abi.InitOut.unpack_from(call(s, request(O.INIT, init_body(flags=offered))).body)
+    got = out.all_flags
+    assert got & InitFlags.WRITEBACK_CACHE  # PassthroughFs accepts it
+    assert not got & InitFlags.POSIX_LOCKS and not got & InitFlags.FLOCK_LOCKS
+    assert not got & InitFlags.ASYNC_READ  # not offered
+    assert SERVER_FLAGS & InitFlags.ASYNC_READ
+
+
+def test_base_filesystem_init_enosys_means_protocol_flags_only(tmp_path):
+    s = Server(FileSystem())
+    out = abi.InitOut.unpack_from(call(s, request(O.INIT, init_body(
+        flags=InitFlags.INIT_EXT | InitFlags.ASYNC_READ | InitFlags.DO_READDIRPLUS))).body)
+    assert out.all_flags == InitFlags.INIT_EXT | InitFlags.ASYNC_READ
+    assert call(s, request(O.GETATTR, bytes(16))).error == errno.ENOSYS
+
+
+# ---------------------------------------------------------------------------- session rules
+
+
+def test_requests_before_init_are_eio(fs):
+    s = Server(fs)
+    r = call(s, request(O.LOOKUP, name(b"file"), unique=11))
+    assert r.raw == abi.OutHeader(16, -errno.EIO, 11).pack()
+    assert call(s, request(O.FORGET, abi.ForgetIn(1).pack()), cap=None).n == 0
+    assert call(s, request(O.DESTROY)).error == errno.EIO
+
+
+def test_unknown_and_unserved_opcodes_are_enosys(server):
+    for opcode in (99, 7, O.IOCTL, O.POLL, O.STATX, O.COPY_FILE_RANGE_64, O.CUSE_INIT):
+        r = call(server, request(opcode, bytes(32), unique=opcode))
+        assert r.raw == abi.OutHeader(16, -errno.ENOSYS, opcode).pack()
+
+
+def test_destroy_ends_the_session(server, fs):
+    e = lookup(server, ROOT, b"file")
+    open_(server, e.nodeid)
+    assert fs.handles.count(3) == 1
+    r = call(server, request(O.DESTROY, unique=9))
+    assert r.raw == abi.OutHeader(16, 0, 9).pack()
+    assert not server.initialized and fs.handles.count(3) == 0 and fs.inodes.refs(3, e.nodeid) == 0
+    assert call(server, request(O.GETATTR, bytes(16))).error == errno.EIO
+    assert call(server, request(O.INIT, init_body())).header.error == 0
+
+
+def test_a_second_init_restarts_the_session(server, fs):
+    e = lookup(server, ROOT, b"file")
+    assert call(server, request(O.INIT, init_body())).header.error == 0
+    assert server.initialized and fs.inodes.refs(3, e.nodeid) == 0
+
+
+def test_forget_and_batch_forget_have_no_reply(server, fs):
+    a = lookup(server, ROOT, b"file")
+    lookup(server, ROOT, b"file")
+    d = lookup(server, ROOT, b"dir")
+    assert call(server, request(O.FORGET, abi.ForgetIn(1).pack(), nodeid=a.nodeid), cap=None).n == 0
+    assert fs.inodes.refs(3, a.nodeid) == 1
+    body = abi.BatchForgetIn(2).pack() + abi.ForgetOne(a.nodeid, 1).pack() + abi.ForgetOne(d.nodeid, 1).pack()
+    r = call(server, request(O.BATCH_FORGET, body), cap=64)
+    assert r.n == 0 and r.raw == b""
+    assert fs.inodes.refs(3, a.nodeid) == 0 and fs.inodes.refs(3, d.nodeid) == 0
+    assert call(server, request(O.INTERRUPT, abi.InterruptIn(5).pack()), cap=None).n == 0
+
+
+# ---------------------------------------------------------------------------- malformed requests
+
+
+def test_short_header_is_logged_and_unanswered(server, caplog):
+    with caplog.at_level(logging.WARNING):
+        r = call(server, request(O.GETATTR, bytes(16))[:20])
+    assert r.n == 0 and r.raw == b""
+    assert "header" in caplog.text
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 1000])
+def test_header_len_mismatch_is_einval(server, caplog, delta):
+    data = request(O.GETATTR, bytes(16), length=40 + 16 + delta, unique=4)
+    with caplog.at_level(logging.WARNING):
+        r = call(server, data)
+    assert r.raw == abi.OutHeader(16, -errno.EINVAL, 4).pack()
+    assert "in_header.len" in caplog.text
+
+
+@pytest.mark.parametrize("opcode, body", [
+    (O.LOOKUP, b"file"),                                  # no NUL
+    (O.LOOKUP, b"file\0junk"),                            # bytes after the name
+    (O.SYMLINK, b"name\0target"),                         # second string without NUL
+    (O.RENAME, abi.RenameIn(ROOT).pack() + b"a\0"),       # one name only
+    (O.MKDIR, b"\x00" * 4),                               # short struct
+    (O.GETATTR, bytes(8)),                                # short struct
+    (O.GETATTR, bytes(24)),                               # long struct
+    (O.WRITE, abi.WriteIn(1, 0, 100).pack() + b"x" * 10),  # size disagrees with the data
+    (O.BATCH_FORGET, abi.BatchForgetIn(3).pack() + bytes(16)),
+    (O.SETXATTR, abi.SetxattrIn(5, 0).pack()[:8] + b"user.a\0abc"),
+    (O.REMOVEMAPPING, abi.RemovemappingIn(2).pack() + bytes(16)),
+])
+def test_malformed_bodies_are_einval_and_logged(server, caplog, opcode, body):
+    with caplog.at_level(logging.WARNING, logger="vfscluster.fuse.server"):
+        r = call(server, request(opcode, body, unique=12))
+    assert r.raw == abi.OutHeader(16, -errno.EINVAL, 12).pack()
+    assert caplog.records and caplog.records[-1].levelno == logging.WARNING
+
+
+def test_extlen_past_the_request_is_einval(server):
+    r = call(server, request(O.GETATTR, bytes(16), extlen=3))
+    assert r.error == errno.EINVAL
+
+
+def test_reply_too_small_is_an_error_reply_or_nothing(server, caplog):
+    with caplog.at_level(logging.WARNING):
+        r = call(server, request(O.GETATTR, bytes(16), unique=3), cap=50)  # attr_out needs 120
+        assert r.raw == abi.OutHeader(16, -errno.EINVAL, 3).pack()
+        r = call(server, request(O.GETATTR, bytes(16), unique=3), cap=10)  # not even a header
+        assert r.n == 0
+        r = call(server, request(O.GETATTR, bytes(16), unique=3), cap=None)  # no writable part
+        assert r.n == 0
+    assert "does not fit" in caplog.text and "no error reply" in caplog.text
+
+
+def test_an_unsent_lookup_gives_its_count_back(server, fs):
+    r = call(server, request(O.LOOKUP, name(b"file")), cap=100)  # entry_out needs 144
+    assert r.error == errno.EINVAL
+    nodeid = fs.inodes.nodeid_of((os.stat(fs.shared_dir).st_dev, os.stat(os.path.join(fs.shared_dir, "file")).st_ino))
+    assert nodeid is None  # dropped again: nobody holds it
+
+
+def test_read_that_does_not_fit_is_refused(server):
+    e = lookup(server, ROOT, b"file")
+    fh = open_(server, e.nodeid)
+    r = call(server, request(O.READ, abi.ReadIn(fh, 0, 4096).pack(), nodeid=e.nodeid, unique=2), cap=100)
+    assert r.raw == abi.OutHeader(16, -errno.EINVAL, 2).pack()
+
+
+def test_filesystem_errors_become_negative_errno(server):
+    r = call(server, request(O.LOOKUP, name(b"missing"), unique=8))
+    assert r.raw == abi.OutHeader(16, -errno.ENOENT, 8).pack()
+    assert call(server, request(O.GETATTR, bytes(16), nodeid=4242)).error == errno.EBADF
+    assert call(server, request(O.SETUPMAPPING, abi.SetupmappingIn().pack())).error == errno.ENOSYS
+    assert call(server, request(O.BMAP, abi.BmapIn().pack())).error == errno.ENOSYS
+
+
+def test_a_filesystem_bug_is_eio_not_a_crash(fs, caplog):
+    class Broken(FileSystem):
+        def init(self, ctx, flags):
+            return 0
+
+        def getattr(self, ctx, nodeid, fh):
+            raise KeyError("bug")
+
+    s = Server(Broken())
+    call(s, request(O.INIT, init_body()))
+    with caplog.at_level(logging.ERROR):
+        r = call(s, request(O.GETATTR, bytes(16)))
+    assert r.error == errno.EIO and "KeyError" in caplog.text
+
+
+# ---------------------------------------------------------------------------- round trips
+
+
+def test_lookup_and_getattr(server, tree):
+    e = lookup(server, ROOT, b"file")
+    st = os.stat(tree / "file")
+    assert e.nodeid > ROOT and e.entry_valid == 1 and e.attr_valid == 1
+    assert e.attr == abi.Attr.from_stat(st)
+    r = call(server, request(O.GETATTR, abi.GetattrIn(0, 0).pack(), nodeid=e.nodeid))
+    out = abi.AttrOut.unpack_from(r.body)
+    assert r.n == 16 + 104 and out.attr == abi.Attr.from_stat(os.stat(tree / "file"))
+    fh = open_(server, e.nodeid)
+    r = call(server, request(O.GETATTR, abi.GetattrIn(abi.GETATTR_FH, fh).pack(), nodeid=e.nodeid))
+    assert abi.AttrOut.unpack_from(r.body).attr.size == 100
+
+
+def test_read_into_many_small_buffers(server, tree):
+    e = lookup(server, ROOT, b"file")
+    fh = open_(server, e.nodeid, os.O_RDONLY)
+    caps = [5, 7, 3, 1, 11, 9, 64]  # the header itself is split across buffers
+    r = call(server, request(O.READ, abi.ReadIn(fh, 3, 40).pack(), nodeid=e.nodeid, unique=6), cap=caps)
+    assert r.n == 56 and r.header == abi.OutHeader(56, 0, 6)
+    assert r.body == (b"0123456789" * 10)[3:43]
+    # at end of file the reply is short
+    r = call(server, request(O.READ, abi.ReadIn(fh, 95, 40).pack(), nodeid=e.nodeid), cap=[16, 40])
+    assert r.n == 21 and r.body == b"56789"
+    assert call(server, request(O.READ, abi.ReadIn(999, 0, 4).pack(), nodeid=e.nodeid)).error == errno.EBADF
+
+
+def test_write_from_many_buffers(server, tree):
+    e = lookup(server, ROOT, b"file")
+    fh = open_(server, e.nodeid)
+    data = request(O.WRITE, abi.WriteIn(fh, 10, 12).pack() + b"hello, world", nodeid=e.nodeid, unique=5)
+    parts = [data[:30], data[30:50], data[50:83], data[83:]]
+    r = call(server, parts)
+    assert r.raw == abi.OutHeader(24, 0, 5).pack() + abi.WriteOut(12).pack()
+    assert (tree / "file").read_bytes()[:24] == b"0123456789hello, world23"
+
+
+def test_create_mkdir_symlink_link_unlink_rename(server, tree):
+    r = call(server, request(O.CREATE, abi.CreateIn(os.O_RDWR | os.O_CREAT, 0o666, 0o022).pack() + name(b"new")))
+    assert r.header.error == 0 and len(r.body) == 128 + 16
+    entry = abi.EntryOut.unpack_from(r.body)
+    opened = abi.OpenOut.unpack_from(r.body, 128)
+    assert stat.S_IMODE(entry.attr.mode) == 0o644 and opened.fh > 0
+    r = call(server, request(O.MKDIR, abi.MkdirIn(0o755, 0).pack() + name(b"d")))
+    d = abi.EntryOut.unpack_from(r.body)
+    assert stat.S_ISDIR(d.attr.mode) and (tree / "d").is_dir()
+    r = call(server, request(O.SYMLINK, name(b"s") + name(b"../target")))
+    assert stat.S_ISLNK(abi.EntryOut.unpack_from(r.body).attr.mode)
+    r = call(server, request(O.READLINK, nodeid=abi.EntryOut.unpack_from(r.body).nodeid))
+    assert r.body == b"../target"
+    r = call(server, request(O.MKNOD, abi.MknodIn(stat.S_IFIFO | 0o600, 0, 0).pack() + name(b"p")))
+    assert stat.S_ISFIFO(abi.EntryOut.unpack_from(r.body).attr.mode)
+    r = call(server, request(O.LINK, abi.LinkIn(entry.nodeid).pack() + name(b"hard"), nodeid=d.nodeid))
+    assert abi.EntryOut.unpack_from(r.body).attr.nlink == 2
+    assert call(server, request(O.UNLINK, name(b"hard"), nodeid=d.nodeid)).n == 16
+    r = call(server, request(O.RENAME, abi.RenameIn(d.nodeid).pack() + name(b"new") + name(b"moved")))
+    assert r.header.error == 0 and (tree / "d" / "moved").exists()
+    r = call(server, request(O.RENAME2, abi.Rename2In(ROOT, 1).pack() + name(b"d") + name(b"file")))
+    assert r.error == errno.EEXIST
+    assert call(server, request(O.RMDIR, name(b"d"))).error == errno.ENOTEMPTY
+
+
+def test_setattr_and_statfs_and_xattrs(server, tree):
+    e = lookup(server, ROOT, b"file")
+    valid = abi.SetattrValid.SIZE | abi.SetattrValid.MODE | abi.SetattrValid.MTIME
+    body = abi.SetattrIn(valid=valid, size=3, mode=stat.S_IFREG | 0o600, mtime=12345, mtimensec=6).pack()
+    out = abi.AttrOut.unpack_from(call(server, request(O.SETATTR, body, nodeid=e.nodeid)).body)
+    assert (out.attr.size, stat.S_IMODE(out.attr.mode), out.attr.mtime, out.attr.mtimensec) == (3, 0o600, 12345, 6)
+    r = call(server, request(O.STATFS))
+    assert r.n == 16 + 80
+    assert abi.Kstatfs.unpack_from(r.body).bsize == os.statvfs(tree).f_bsize
+    r = call(server, request(O.SETXATTR, abi.SetxattrIn(3, 0).pack()[:8] + name(b"user.k") + b"abc", nodeid=e.nodeid))
+    assert r.header.error == 0 and os.getxattr(tree / "file", "user.k") == b"abc"
+    r = call(server, request(O.GETXATTR, abi.GetxattrIn(0).pack() + name(b"user.k"), nodeid=e.nodeid))
+    assert r.body == abi.GetxattrOut(3).pack()
+    r = call(server, request(O.GETXATTR, abi.GetxattrIn(100).pack() + name(b"user.k"), nodeid=e.nodeid))
+    assert r.body == b"abc"
+    r = call(server, request(O.GETXATTR, abi.GetxattrIn(2).pack() + name(b"user.k"), nodeid=e.nodeid))
+    assert r.error == errno.ERANGE
+    r = call(server, request(O.LISTXATTR, abi.GetxattrIn(100).pack(), nodeid=e.nodeid))
+    assert b"user.k\0" in r.body
+    assert call(server, request(O.REMOVEXATTR, name(b"user.k"), nodeid=e.nodeid)).header.error == 0
+    assert call(server, request(O.ACCESS, abi.AccessIn(os.R_OK).pack(), nodeid=e.nodeid)).header.error == 0
+
+
+def test_file_handle_operations(server, tree):
+    e = lookup(server, ROOT, b"file")
+    fh = open_(server, e.nodeid)
+    ok = lambda op, body: -call(server, request(op, body, nodeid=e.nodeid)).header.error  # noqa: E731
+    assert ok(O.FLUSH, abi.FlushIn(fh, 0).pack()) == 0
+    assert ok(O.FSYNC, abi.FsyncIn(fh, abi.FSYNC_FDATASYNC).pack()) == 0
+    assert ok(O.FALLOCATE, abi.FallocateIn(fh, 0, 8192, 0).pack()) == 0
+    assert os.path.getsize(tree / "file") == 8192
+    r = call(server, request(O.LSEEK, abi.LseekIn(fh, 0, os.SEEK_END).pack(), nodeid=e.nodeid))
+    assert abi.LseekOut.unpack_from(r.body).offset == 8192
+    f2 = lookup(server, ROOT, b"dir")
+    e2 = lookup(server, f2.nodeid, b"entry-05")
+    fh2 = open_(server, e2.nodeid)
+    body = abi.CopyFileRangeIn(fh, 0, e2.nodeid, fh2, 0, 4, 0).pack()
+    r = call(server, request(O.COPY_FILE_RANGE, body, nodeid=e.nodeid))
+    assert r.body == abi.WriteOut(4).pack() and (tree / "dir" / "entry-05").read_bytes() == b"0123x"
+    lk = abi.LkIn(fh, 1, abi.FileLock(0, 10, 1, 0), 0).pack()
+    assert ok(O.SETLK, lk) == 0
+    r = call(server, request(O.GETLK, abi.LkIn(fh2, 2, abi.FileLock(0, 10, 1, 0), 0).pack(), nodeid=e2.nodeid))
+    assert abi.LkOut.unpack_from(r.body).lk.type == 2  # other file: unlocked
+    assert ok(O.SETLKW, lk) == errno.ENOSYS
+    assert ok(O.SYNCFS, abi.SyncfsIn().pack()) == 0
+    assert ok(O.RELEASE, abi.ReleaseIn(fh, 0, abi.RELEASE_FLUSH, 1).pack()) == 0
+    assert ok(O.RELEASE, abi.ReleaseIn(fh, 0, 0, 0).pack()) == errno.EBADF
+
+
+def _list(server, nodeid, fh, opcode, size):
+    """All records of a directory, READDIR(PLUS) after READDIR(PLUS) of ``size`` bytes."""
+    records, offset = [], 0
+    for _ in range(100):
+        r = call(server, request(opcode, abi.ReadIn(fh, offset, size).pack(), nodeid=nodeid))
+        assert r.header.error == 0, errno.errorcode[r.error]
+        assert len(r.body) <= size
+        if not r.body:
+            return records
+        it = abi.iter_dirents(r.body) if opcode == O.READDIR else abi.iter_direntplus(r.body)
+        got = list(it)
+        records += got
+        offset = got[-1][-2].off
+    raise AssertionError("the listing never ended")
+
+
+@pytest.mark.parametrize("size", [4096, 80, 33])
+def test_readdir_packs_whole_records(server, tree, size):
+    d = lookup(server, ROOT, b"dir")
+    fh = open_(server, d.nodeid, os.O_RDONLY, O.OPENDIR)
+    records = _list(server, d.nodeid, fh, O.READDIR, size)
+    names = [n for _, n in records]
+    assert names[:2] == [b".", b".."] and sorted(names[2:]) == sorted(os.listdir(tree / "dir")[i].encode()
+                                                                     for i in range(20))
+    assert [dirent.off for dirent, _ in records] == list(range(1, 23))
+    assert call(server, request(O.RELEASEDIR, abi.ReleaseIn(fh).pack(), nodeid=d.nodeid)).header.error == 0
+
+
+def test_readdir_buffer_smaller_than_one_record_is_empty(server):
+    d = lookup(server, ROOT, b"dir")
+    fh = open_(server, d.nodeid, os.O_RDONLY, O.OPENDIR)
+    r = call(server, request(O.READDIR, abi.ReadIn(fh, 0, 16).pack(), nodeid=d.nodeid))
+    assert r.n == 16 and r.body == b""
+
+
+@pytest.mark.parametrize("size", [8192, 200, 400])
+def test_readdirplus_counts_only_what_was_sent(server, fs, tree, size):
+    d = lookup(server, ROOT, b"dir")
+    fh = open_(server, d.nodeid, os.O_RDONLY, O.OPENDIR)
+    records = _list(server, d.nodeid, fh, O.READDIRPLUS, size)
+    assert len(records) == 22
+    for entry, dirent, n in records:
+        if n in (b".", b".."):
+            assert entry.nodeid == 0 and stat.S_ISDIR(entry.attr.mode)
+            continue
+        assert entry.nodeid and fs.inodes.refs(3, entry.nodeid) == 1, n
+        assert entry.attr.size == int(n[-2:]) and dirent.ino == entry.attr.ino
+
+
+def test_after_change_hook(tree):
+    seen = []
+    with PassthroughFs(tree) as fs:
+        s = Server(fs, after_change=seen.append)
+        call(s, request(O.INIT, init_body()))
+        f = lookup(s, ROOT, b"file")
+        d = lookup(s, ROOT, b"dir")
+        assert seen == []  # lookups change nothing
+        fh = open_(s, f.nodeid)
+        call(s, request(O.WRITE, abi.WriteIn(fh, 0, 1).pack() + b"x", nodeid=f.nodeid))
+        assert seen.pop() == (f.nodeid,)
+        r = call(s, request(O.MKDIR, abi.MkdirIn(0o755, 0).pack() + name(b"m"), nodeid=d.nodeid))
+        m = abi.EntryOut.unpack_from(r.body)
+        assert seen.pop() == (d.nodeid, m.nodeid)
+        call(s, request(O.RENAME, abi.RenameIn(d.nodeid).pack() + name(b"file") + name(b"f2")))
+        assert seen.pop() == (ROOT, d.nodeid, f.nodeid)
+        call(s, request(O.SETATTR, abi.SetattrIn(valid=abi.SetattrValid.MODE, mode=0o600).pack(), nodeid=f.nodeid))
+        assert seen.pop() == (f.nodeid,)
+        call(s, request(O.UNLINK, name(b"f2"), nodeid=d.nodeid))
+        assert seen.pop() == (d.nodeid, f.nodeid)
+        assert call(s, request(O.UNLINK, name(b"f2"), nodeid=d.nodeid)).error == errno.ENOENT
+        call(s, request(O.GETATTR, bytes(16), nodeid=d.nodeid))
+        assert seen == []  # failures and reads report nothing
+
+
+def test_sessions_share_nodeids(fs):
+    a, b = Server(fs, session=1), Server(fs, session=2)
+    for s in (a, b):
+        call(s, request(O.INIT, init_body()))
+    ea, eb = lookup(a, ROOT, b"file"), lookup(b, ROOT, b"file")
+    assert ea.nodeid == eb.nodeid
+    call(a, request(O.FORGET, abi.ForgetIn(1).pack(), nodeid=ea.nodeid), cap=None)
+    assert call(a, request(O.GETATTR, bytes(16), nodeid=ea.nodeid)).error == errno.EBADF
+    assert call(b, request(O.GETATTR, bytes(16), nodeid=eb.nodeid)).header.error == 0
+    b.end_session()
+    assert len(fs.inodes) == 1

@@ -1,0 +1,537 @@
+"""PassthroughFs: the shared directory served as it is on the host (virtiofsd's passthrough).
+
+Every operation is the host's own ``*at`` system call relative to an inode's O_PATH fd, so the
+errnos are those Linux gives for the same local operation.  Confinement rules: :mod:`.confine`;
+nodeids and lookup counts: :mod:`.inodes`; file handles: :mod:`.handles`.
+
+Decisions (where Linux or virtiofsd leave a choice):
+
+* bad names (empty, containing ``/`` or NUL) are EINVAL; unknown nodeids and nodeids the session
+  holds no lookup count for are EBADF, unknown fhs EBADF (virtiofsd's choices);
+* ``..`` of the share root is the root; ``..`` of any other directory must lead back to the root
+  (else ENOENT: the directory was moved out of the share by someone on the host);
+* new inodes get the permission bits ``mode & ~umask`` the guest asked for.  The host process's
+  own umask is left alone (it is process-wide); when it removed bits, they are put back with
+  ``fchmod`` on the new inode.  When the server runs as root, new inodes are then given to the
+  caller (``ctx.uid``, and ``ctx.gid`` unless the directory is set-group-ID), as virtiofsd's
+  fsuid switching does;
+* xattr operations on a symlink act on the symlink itself (``lgetxattr`` semantics: Linux
+  refuses ``user.`` attributes there with EPERM);
+* OPEN of a FIFO, socket or device node: ENXIO (the guest kernel handles special files itself;
+  opening a FIFO on the host could block); of a symlink: ELOOP;
+* locks are open-file-description locks (``F_OFD_*``) on the handle's fd, so all lock owners of
+  one fh share them; SETLKW answers ENOSYS until blocking locks are done; ``access`` checks the
+  mode bits against ``ctx`` (root may do anything but execute a file with no x bit).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+
+from ..abi import WRITE_KILL_SUIDGID, FileLock, InitFlags, OpenOutFlags
+from ..filesystem import Context, DirEntry, Entry, FileSystem, SetattrChanges
+from . import locks, syscalls
+from .confine import O_PATH_FLAGS, check_name, einval, is_inside, oserror, proc_path, reopen
+from .handles import Handle, HandleTable, close_handle, snapshot
+from .inodes import Inode, InodeStore
+
+CACHE_TIMEOUTS = {"none": 0.0, "auto": 1.0, "always": 86400.0}
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+class PassthroughFs(FileSystem):
+    """Serve ``shared_dir`` to any number of sessions; thread-safe.
+
+    ``cache`` follows virtiofsd's ``--cache``: ``none`` (timeouts 0, FOPEN_DIRECT_IO), ``auto``
+    (1 s), ``always`` (a day, FOPEN_KEEP_CACHE / CACHE_DIR); ``timeout`` overrides the seconds.
+    ``writeback`` accepts WRITEBACK_CACHE when a guest offers it; ``posix_locks`` accepts
+    POSIX_LOCKS (off by default, as in virtiofsd).
+    """
+
+    def __init__(
+        self,
+        shared_dir: str | os.PathLike,
+        *,
+        cache: str = "auto",
+        timeout: float | None = None,
+        writeback: bool = True,
+        posix_locks: bool = False,
+    ) -> None:
+        if cache not in CACHE_TIMEOUTS:
+            raise ValueError(f"cache must be one of {sorted(CACHE_TIMEOUTS)}, not {cache!r}")
+        root_fd = os.open(shared_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.shared_dir = os.fspath(shared_dir)
+        self.cache = cache
+        self.timeout = CACHE_TIMEOUTS[cache] if timeout is None else float(timeout)
+        self.writeback = writeback
+        self.posix_locks = posix_locks
+        self.inodes = InodeStore(root_fd, os.fstat(root_fd))
+        self.handles = HandleTable()
+        self._writeback_sessions: set[int] = set()
+        self._lock = threading.Lock()
+        self._as_root = os.geteuid() == 0
+        self._fopen = {"none": OpenOutFlags.DIRECT_IO, "auto": 0, "always": OpenOutFlags.KEEP_CACHE}[cache]
+        self._fopen_dir = OpenOutFlags.KEEP_CACHE | OpenOutFlags.CACHE_DIR if cache == "always" else 0
+
+    def close(self) -> None:
+        """Close every handle and inode fd (the file system is unusable afterwards)."""
+        self.handles.close()
+        self.inodes.close()
+
+    def __enter__(self) -> PassthroughFs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _inode(self, ctx: Context, nodeid: int) -> Inode:
+        return self.inodes.get(ctx.session, nodeid)
+
+    def _dir(self, ctx: Context, nodeid: int) -> Inode:
+        inode = self.inodes.get(ctx.session, nodeid)
+        if not inode.is_dir:
+            raise oserror(errno.ENOTDIR)
+        return inode
+
+    def _entry(self, inode: Inode, st: os.stat_result) -> Entry:
+        return Entry(inode.nodeid, 0, st, self.timeout, self.timeout)
+
+    def _lookup_in(self, ctx: Context, parent: Inode, name: bytes) -> Entry:
+        check_name(name)
+        if name == b"." or (name == b".." and parent is self.inodes.root):
+            if not parent.is_dir:
+                raise oserror(errno.ENOTDIR)
+            st = os.fstat(parent.fd)
+            self.inodes.acquire_known(ctx.session, parent)
+            return self._entry(parent, st)
+        if name != b"..":
+            # Fast path: a name whose inode the store already holds needs no new fd.
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            inode = self.inodes.acquire_key(ctx.session, (st.st_dev, st.st_ino))
+            if inode is not None:
+                return self._entry(inode, st)
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+        try:
+            st = os.fstat(fd)
+            if name == b".." and not is_inside(fd, self.inodes.root.key):
+                raise oserror(errno.ENOENT)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._entry(self.inodes.acquire(ctx.session, fd, st), st)
+
+    def _adopt(self, ctx: Context, parent: Inode, path_or_fd: str | int, st: os.stat_result,
+               perm: int | None) -> os.stat_result:
+        """Give a new inode the caller's ids and the permission bits ``perm``; its new stat."""
+        changed = False
+        if self._as_root and (ctx.uid != st.st_uid or ctx.gid != st.st_gid):
+            gid = ctx.gid
+            if gid != st.st_gid and os.fstat(parent.fd).st_mode & stat.S_ISGID:
+                gid = -1  # inherited from a set-group-ID directory, as Linux does
+            os.chown(path_or_fd, ctx.uid, gid)
+            changed = True
+        if perm is not None:
+            if stat.S_ISDIR(st.st_mode):
+                perm |= st.st_mode & stat.S_ISGID  # inherited, keep it
+            if changed or stat.S_IMODE(st.st_mode) != perm:
+                os.chmod(path_or_fd, perm)
+                changed = True
+        return os.stat(path_or_fd) if changed else st
+
+    def _new_entry(self, ctx: Context, parent: Inode, name: bytes, perm: int | None) -> Entry:
+        """Look up what a creating call just made and adopt it."""
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+        try:
+            st = self._adopt(ctx, parent, proc_path(fd), os.fstat(fd), perm)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._entry(self.inodes.acquire(ctx.session, fd, st), st)
+
+    def _known(self, parent: Inode, name: bytes) -> list[int]:
+        """The nodeid of ``parent/name`` if the store has one (for the version table)."""
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return []
+        nodeid = self.inodes.nodeid_of((st.st_dev, st.st_ino))
+        return [] if nodeid is None else [nodeid]
+
+    def _open_flags(self, session: int, flags: int) -> int:
+        if session in self._writeback_sessions:
+            # With a writeback cache the guest reads to fill pages of write-only files and
+            # computes appends itself (virtiofsd does the same).
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags
+
+    # ---------------------------------------------------------------- session
+
+    def init(self, ctx: Context, flags: int) -> int:
+        want = (InitFlags.ATOMIC_O_TRUNC | InitFlags.AUTO_INVAL_DATA | InitFlags.DO_READDIRPLUS
+                | InitFlags.READDIRPLUS_AUTO | InitFlags.PARALLEL_DIROPS)
+        if self.cache != "none":
+            want |= InitFlags.CACHE_SYMLINKS
+        if self.posix_locks:
+            want |= InitFlags.POSIX_LOCKS
+        with self._lock:
+            if self.writeback and flags & InitFlags.WRITEBACK_CACHE:
+                want |= InitFlags.WRITEBACK_CACHE
+                self._writeback_sessions.add(ctx.session)
+            else:
+                self._writeback_sessions.discard(ctx.session)
+        return want
+
+    def destroy(self, ctx: Context) -> None:
+        pass
+
+    def drop_session(self, session: int) -> None:
+        self.handles.drop_session(session)
+        self.inodes.drop_session(session)
+        with self._lock:
+            self._writeback_sessions.discard(session)
+
+    # ---------------------------------------------------------------- names and inodes
+
+    def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
+        return self._lookup_in(ctx, self._inode(ctx, parent), name)
+
+    def forget(self, ctx: Context, nodeid: int, nlookup: int) -> None:
+        self.inodes.forget(ctx.session, nodeid, nlookup)
+
+    def batch_forget(self, ctx: Context, requests: Sequence[tuple[int, int]]) -> None:
+        self.inodes.forget_many(ctx.session, requests)
+
+    def getattr(self, ctx: Context, nodeid: int, fh: int | None) -> tuple[os.stat_result, float]:
+        inode = self.inodes.get(ctx.session, nodeid)
+        fd = inode.fd if fh is None else self.handles.get(ctx.session, fh).fd
+        return os.fstat(fd), self.timeout
+
+    def setattr(self, ctx: Context, nodeid: int, changes: SetattrChanges,
+                fh: int | None) -> tuple[os.stat_result, float]:
+        inode = self._inode(ctx, nodeid)
+        handle = None if fh is None else self.handles.get(ctx.session, fh)
+        path = proc_path(inode.fd)
+        c = changes
+        if c.mode is not None:
+            if handle is not None:
+                os.fchmod(handle.fd, stat.S_IMODE(c.mode))
+            else:
+                os.chmod(path, stat.S_IMODE(c.mode))
+        if c.uid is not None or c.gid is not None:
+            os.chown(path, -1 if c.uid is None else c.uid, -1 if c.gid is None else c.gid)
+        if c.size is not None:
+            if handle is not None:
+                os.ftruncate(handle.fd, c.size)
+            elif inode.is_dir:
+                raise oserror(errno.EISDIR)
+            elif inode.fmt != stat.S_IFREG:
+                raise einval()
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, c.size)
+                finally:
+                    os.close(fd)
+        if c.kill_suidgid and c.mode is None:
+            self._kill_suidgid(path)
+        if c.atime_ns is not None or c.mtime_ns is not None or c.atime_now or c.mtime_now:
+            syscalls.utimensat(path, c.atime_ns, c.mtime_ns, c.atime_now, c.mtime_now)
+        return os.fstat(inode.fd), self.timeout
+
+    @staticmethod
+    def _kill_suidgid(path_or_fd: str | int) -> None:
+        mode = stat.S_IMODE(os.stat(path_or_fd).st_mode)
+        new = mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            new &= ~stat.S_ISGID
+        if new != mode:
+            os.chmod(path_or_fd, new)
+
+    def readlink(self, ctx: Context, nodeid: int) -> bytes:
+        inode = self._inode(ctx, nodeid)
+        if not inode.is_symlink:
+            raise einval()  # what readlink(2) says for anything else
+        return os.readlink(b"", dir_fd=inode.fd)
+
+    def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
+        p = self._inode(ctx, parent)
+        check_name(name)
+        os.symlink(target, name, dir_fd=p.fd)
+        return self._new_entry(ctx, p, name, None)
+
+    def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int,
+              umask: int) -> Entry:
+        p = self._inode(ctx, parent)
+        check_name(name)
+        perm = mode & ~umask & 0o7777
+        os.mknod(name, stat.S_IFMT(mode) | perm, rdev, dir_fd=p.fd)
+        return self._new_entry(ctx, p, name, perm)
+
+    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
+        p = self._inode(ctx, parent)
+        check_name(name)
+        perm = mode & ~umask & 0o7777
+        os.mkdir(name, perm, dir_fd=p.fd)
+        return self._new_entry(ctx, p, name, perm)
+
+    def unlink(self, ctx: Context, parent: int, name: bytes) -> Sequence[int]:
+        p = self._inode(ctx, parent)
+        check_name(name)
+        touched = self._known(p, name)
+        os.unlink(name, dir_fd=p.fd)
+        return touched
+
+    def rmdir(self, ctx: Context, parent: int, name: bytes) -> Sequence[int]:
+        p = self._inode(ctx, parent)
+        check_name(name)
+        touched = self._known(p, name)
+        os.rmdir(name, dir_fd=p.fd)
+        return touched
+
+    def rename(self, ctx: Context, parent: int, name: bytes, newparent: int, newname: bytes,
+               flags: int = 0) -> Sequence[int]:
+        p = self._inode(ctx, parent)
+        np = self._inode(ctx, newparent)
+        check_name(name)
+        check_name(newname)
+        if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_EXCHANGE):
+            raise einval()
+        touched = self._known(p, name) + self._known(np, newname)
+        if flags:
+            syscalls.renameat2(p.fd, name, np.fd, newname, flags)
+        else:
+            os.rename(name, newname, src_dir_fd=p.fd, dst_dir_fd=np.fd)
+        return touched
+
+    def link(self, ctx: Context, nodeid: int, newparent: int, newname: bytes) -> Entry:
+        inode = self._inode(ctx, nodeid)
+        np = self._inode(ctx, newparent)
+        check_name(newname)
+        # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the inode itself.
+        os.link(proc_path(inode.fd), newname, dst_dir_fd=np.fd, follow_symlinks=True)
+        st = os.fstat(inode.fd)
+        self.inodes.acquire_known(ctx.session, inode)
+        return self._entry(inode, st)
+
+    # ---------------------------------------------------------------- files
+
+    def open(self, ctx: Context, nodeid: int, flags: int) -> tuple[int, int]:
+        inode = self._inode(ctx, nodeid)
+        fd = reopen(inode.fd, inode.fmt, self._open_flags(ctx.session, flags))
+        return self.handles.add(ctx.session, Handle(fd, nodeid, inode.is_dir)), self._fopen
+
+    def create(self, ctx: Context, parent: int, name: bytes, mode: int, flags: int,
+               umask: int) -> tuple[Entry, int, int]:
+        p = self._inode(ctx, parent)
+        check_name(name)
+        perm = mode & ~umask & 0o7777
+        base = (self._open_flags(ctx.session, flags) & ~(os.O_PATH | os.O_NOCTTY | os.O_DIRECTORY)
+                | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, base | os.O_EXCL, perm, dir_fd=p.fd)
+            created = True
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(name, base & ~os.O_EXCL, perm, dir_fd=p.fd)  # EISDIR, ELOOP...
+            created = False
+        try:
+            st = os.fstat(fd)
+            if created:
+                st = self._adopt(ctx, p, fd, st, perm)
+            opath = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            raise
+        inode = self.inodes.acquire(ctx.session, opath, st)
+        fh = self.handles.add(ctx.session, Handle(fd, inode.nodeid))
+        return self._entry(inode, st), fh, self._fopen
+
+    def read(self, ctx: Context, nodeid: int, fh: int, offset: int, size: int,
+             bufs: list[memoryview]) -> int:
+        fd = self.handles.get(ctx.session, fh).fd
+        return _vector_io(os.preadv, fd, bufs, offset)
+
+    def write(self, ctx: Context, nodeid: int, fh: int, offset: int, bufs: list[memoryview],
+              flags: int) -> int:
+        fd = self.handles.get(ctx.session, fh).fd
+        n = _vector_io(os.pwritev, fd, bufs, offset)
+        if flags & WRITE_KILL_SUIDGID:
+            self._kill_suidgid(fd)
+        return n
+
+    def flush(self, ctx: Context, nodeid: int, fh: int, lock_owner: int) -> None:
+        self.handles.get(ctx.session, fh)  # locks are OFD locks: nothing to drop on close
+
+    def release(self, ctx: Context, nodeid: int, fh: int, flags: int, flush: bool,
+                flock_release: bool, lock_owner: int | None) -> None:
+        close_handle(self.handles.remove(ctx.session, fh))
+
+    def fsync(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
+        fd = self.handles.get(ctx.session, fh).fd
+        (os.fdatasync if datasync else os.fsync)(fd)
+
+    def fallocate(self, ctx: Context, nodeid: int, fh: int, mode: int, offset: int,
+                  length: int) -> None:
+        syscalls.fallocate(self.handles.get(ctx.session, fh).fd, mode, offset, length)
+
+    def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
+        if whence not in (os.SEEK_SET, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):
+            raise einval()  # SEEK_CUR means nothing on a shared fd
+        if offset >= 1 << 63:
+            raise einval()
+        return os.lseek(self.handles.get(ctx.session, fh).fd, offset, whence)
+
+    def copy_file_range(self, ctx: Context, nodeid_in: int, fh_in: int, off_in: int,
+                        nodeid_out: int, fh_out: int, off_out: int, length: int,
+                        flags: int) -> int:
+        src = self.handles.get(ctx.session, fh_in).fd
+        dst = self.handles.get(ctx.session, fh_out).fd
+        if flags:
+            raise einval()
+        if off_in >= 1 << 63 or off_out >= 1 << 63:
+            raise einval()
+        return os.copy_file_range(src, dst, length, off_in, off_out)
+
+    # ---------------------------------------------------------------- file system
+
+    def statfs(self, ctx: Context, nodeid: int) -> os.statvfs_result:
+        return os.fstatvfs(self._inode(ctx, nodeid).fd)
+
+    def syncfs(self, ctx: Context, nodeid: int) -> None:
+        inode = self._inode(ctx, nodeid)
+        fd = reopen(inode.fd, inode.fmt, os.O_RDONLY)
+        try:
+            syscalls.syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def access(self, ctx: Context, nodeid: int, mask: int) -> None:
+        st = os.fstat(self._inode(ctx, nodeid).fd)
+        mask &= os.R_OK | os.W_OK | os.X_OK
+        if not mask:
+            return
+        mode = st.st_mode
+        if ctx.uid == 0:
+            if mask & os.X_OK and not stat.S_ISDIR(mode) and not mode & 0o111:
+                raise oserror(errno.EACCES)
+            return
+        if ctx.uid == st.st_uid:
+            bits = (mode >> 6) & 7
+        elif ctx.gid == st.st_gid:
+            bits = (mode >> 3) & 7
+        else:
+            bits = mode & 7
+        if mask & ~bits:
+            raise oserror(errno.EACCES)
+
+    # ---------------------------------------------------------------- extended attributes
+
+    def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
+        os.setxattr(proc_path(self._inode(ctx, nodeid).fd), name, value, flags)
+
+    def getxattr(self, ctx: Context, nodeid: int, name: bytes, size: int) -> bytes | int:
+        value = os.getxattr(proc_path(self._inode(ctx, nodeid).fd), name)
+        return _sized(value, size)
+
+    def listxattr(self, ctx: Context, nodeid: int, size: int) -> bytes | int:
+        names = os.listxattr(proc_path(self._inode(ctx, nodeid).fd))
+        return _sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
+
+    def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:
+        os.removexattr(proc_path(self._inode(ctx, nodeid).fd), name)
+
+    # ---------------------------------------------------------------- directories
+
+    def opendir(self, ctx: Context, nodeid: int, flags: int) -> tuple[int, int]:
+        inode = self._dir(ctx, nodeid)
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=inode.fd)
+        return self.handles.add(ctx.session, Handle(fd, nodeid, is_dir=True)), self._fopen_dir
+
+    def readdir(self, ctx: Context, nodeid: int, fh: int, offset: int) -> Iterator[DirEntry]:
+        inode = self._inode(ctx, nodeid)
+        handle = self.handles.get(ctx.session, fh)
+        if not handle.is_dir:
+            raise oserror(errno.ENOTDIR)
+        with handle.lock:
+            if offset == 0 or handle.entries is None:
+                # The share's ".." is the share itself: nothing above it is looked at.
+                handle.entries = snapshot(handle.fd, inode is self.inodes.root)
+            entries = handle.entries
+        return (DirEntry(ino, i + 1, dtype, name)
+                for i, (ino, dtype, name) in enumerate(entries[offset:], offset))
+
+    def readdirplus(self, ctx: Context, nodeid: int, fh: int,
+                    offset: int) -> Iterator[tuple[DirEntry, Entry | None]]:
+        parent = self._inode(ctx, nodeid)
+        entries = self.readdir(ctx, nodeid, fh, offset)
+        return self._plus(ctx, parent, entries)
+
+    def _plus(self, ctx: Context, parent: Inode,
+              entries: Iterator[DirEntry]) -> Iterator[tuple[DirEntry, Entry | None]]:
+        for d in entries:
+            if d.name == b"." or d.name == b"..":
+                yield d, None
+                continue
+            try:
+                entry = self._lookup_in(ctx, parent, d.name)
+            except FileNotFoundError:
+                continue  # gone since the snapshot
+            st = entry.attr
+            yield DirEntry(st.st_ino, d.offset, stat.S_IFMT(st.st_mode) >> 12, d.name), entry
+
+    def releasedir(self, ctx: Context, nodeid: int, fh: int, flags: int) -> None:
+        close_handle(self.handles.remove(ctx.session, fh))
+
+    def fsyncdir(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
+        self.fsync(ctx, nodeid, fh, datasync)
+
+    # ---------------------------------------------------------------- locks
+
+    def getlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock,
+              flags: int) -> FileLock:
+        return locks.getlk(self.handles.get(ctx.session, fh).fd, lock, flags)
+
+    def setlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock, flags: int,
+              sleep: bool) -> None:
+        fd = self.handles.get(ctx.session, fh).fd
+        if sleep:
+            raise oserror(errno.ENOSYS)  # blocking locks come with the notification queue
+        locks.setlk(fd, lock, flags)
+
+
+def _sized(value: bytes, size: int) -> bytes | int:
+    """FUSE xattr size semantics: 0 asks for the length; too small is ERANGE."""
+    if size == 0:
+        return len(value)
+    if len(value) > size:
+        raise oserror(errno.ERANGE)
+    return value
+
+
+def _vector_io(call, fd: int, bufs: list[memoryview], offset: int) -> int:
+    """``preadv``/``pwritev`` of all of ``bufs`` at ``offset``, resumed after a short transfer
+    until done or a transfer of 0 (end of file)."""
+    total = 0
+    want = sum(len(b) for b in bufs)
+    while bufs:
+        n = call(fd, bufs[:_IOV_MAX], offset + total)
+        total += n
+        if n == 0 or total == want:
+            break
+        while n:  # drop what was transferred
+            if n >= len(bufs[0]):
+                n -= len(bufs[0])
+                bufs = bufs[1:]
+            else:
+                bufs = [bufs[0][n:], *bufs[1:]]
+                n = 0
+    return total

@@ -1,0 +1,92 @@
+"""The few Linux calls ``os`` does not offer, through ctypes: ``renameat2`` with flags,
+``fallocate`` with a mode, ``syncfs`` and ``utimensat`` with ``UTIME_NOW``/``UTIME_OMIT``.
+
+Each raises ``OSError`` with the call's errno, like the ``os`` functions do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+RENAME_WHITEOUT = 1 << 2
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+AT_FDCWD = -100
+
+
+def _check(res: int, *names) -> int:
+    if res == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), *names)
+    return res
+
+
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+_renameat2.restype = ctypes.c_int
+
+
+def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int) -> None:
+    """``renameat2(2)``."""
+    _check(_renameat2(olddirfd, oldname, newdirfd, newname, flags), oldname, None, newname)
+
+
+_fallocate = _libc.fallocate64
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """``fallocate(2)`` with its ``mode`` bits (FALLOC_FL_KEEP_SIZE, PUNCH_HOLE...)."""
+    if not (0 <= offset < 1 << 63 and 0 <= length < 1 << 63):
+        raise OSError(22, os.strerror(22))
+    _check(_fallocate(fd, mode, offset, length))
+
+
+_syncfs = _libc.syncfs
+_syncfs.argtypes = (ctypes.c_int,)
+_syncfs.restype = ctypes.c_int
+
+
+def syncfs(fd: int) -> None:
+    """``syncfs(2)``: write back the file system holding ``fd``."""
+    _check(_syncfs(fd))
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+_utimensat = _libc.utimensat
+_utimensat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int)
+_utimensat.restype = ctypes.c_int
+
+
+def _ts(ns: int | None, now: bool) -> tuple[int, int]:
+    if now:
+        return 0, UTIME_NOW
+    if ns is None:
+        return 0, UTIME_OMIT
+    return divmod(ns, 1_000_000_000)
+
+
+def utimensat(
+    path: bytes | str,
+    atime_ns: int | None,
+    mtime_ns: int | None,
+    atime_now: bool = False,
+    mtime_now: bool = False,
+    dirfd: int = AT_FDCWD,
+) -> None:
+    """``utimensat(dirfd, path, times, 0)``: a time left ``None`` is not changed (UTIME_OMIT),
+    ``*_now`` sets the current time (UTIME_NOW)."""
+    times = (_Timespec * 2)(_Timespec(*_ts(atime_ns, atime_now)), _Timespec(*_ts(mtime_ns, mtime_now)))
+    _check(_utimensat(dirfd, os.fsencode(path), times, 0), path)
