@@ -19,10 +19,15 @@ class HostProcess:
         self.proc = ctx.Process(target=_host_main, args=(child, kw))
         self.proc.start()
         child.close()
-        assert parent.poll(30), "host did not start"
-        status, info = parent.recv()
-        parent.close()
-        assert status == "ready", info
+        try:
+            assert parent.poll(30), "host did not start"
+            status, info = parent.recv()
+            assert status == "ready", info
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            parent.close()
 
     def stop(self) -> None:
         if self.proc.is_alive():

@@ -27,6 +27,9 @@ def _cmd_up(a) -> int:
     except ConfigError as exc:
         fail("vfscluster up", str(exc))
     console = Console()
+    if not os.path.exists(topo.share):
+        os.makedirs(topo.share)
+        console.print(f"created the share directory {topo.share}")
     with Cluster.start(topo, trace=a.trace, log_level=a.log_level) as c:
         t = Table(title=f"cluster {c.id} — share {topo.share}")
         for col in ("member", "pid", "cache", "queues", "where"):

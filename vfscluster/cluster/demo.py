@@ -46,7 +46,7 @@ def run_demo(guests: int = 3, console: Console | None = None) -> int:
             ok = True
             step = 0
             for i, actor in enumerate(c.guests):
-                first = f"note-{actor.name}.txt"
+                first = f"{actor.name}.txt"
                 text = f"hello from {actor.name}"
                 step += 1
                 fd = actor.os.open(first, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
@@ -54,15 +54,17 @@ def run_demo(guests: int = 3, console: Console | None = None) -> int:
                 actor.os.close(fd)
                 seen = [g.run(_look, first) for g in c.guests]
                 ok &= all(s == text for s in seen)
-                table.add_row(str(step), actor.name, f"create {first}, write {text!r}", *seen)
+                table.add_row(str(step), actor.name, f"create {first}: {text!r}", *seen)
 
                 other = c.guests[(i + 1) % len(c.guests)]
-                renamed = f"renamed-by-{other.name}-{i}.txt"
+                renamed = f"{actor.name}.moved"
                 step += 1
                 other.os.rename(first, renamed)
-                listings = [", ".join(sorted(g.os.listdir("/"))) for g in c.guests]
-                ok &= all(renamed in lst and first not in lst.split(", ") for lst in listings)
-                table.add_row(str(step), other.name, f"rename {first} → {renamed}", *listings)
+                listings = [g.os.listdir("/") for g in c.guests]
+                ok &= all(renamed in lst and first not in lst for lst in listings)
+                table.add_row(str(step), other.name, f"rename {first} → {renamed}",
+                              *[(f"{renamed} ✓" if renamed in lst and first not in lst else ", ".join(sorted(lst)))
+                                for lst in listings])
 
                 step += 1
                 fd = actor.os.open(renamed, os.O_WRONLY | os.O_APPEND)
@@ -70,7 +72,7 @@ def run_demo(guests: int = 3, console: Console | None = None) -> int:
                 actor.os.close(fd)
                 sizes = [str(g.os.stat(renamed).st_size) for g in c.guests]
                 ok &= len(set(sizes)) == 1 and int(sizes[0]) == len(text) + 6
-                table.add_row(str(step), actor.name, f"append to {renamed}", *[f"size {s}" for s in sizes])
+                table.add_row(str(step), actor.name, f"append ' +more' to {renamed}", *[f"size {s}" for s in sizes])
             console.print(table)
             on_host = sorted(os.listdir(share))
             console.print(f"on the host, {share} holds: {', '.join(on_host)}")

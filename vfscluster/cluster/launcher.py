@@ -21,8 +21,10 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,13 +56,16 @@ def _context():
 
 def _close_inherited(keep: int) -> None:
     """In a freshly forked member: close the launcher's descriptors (other clusters' sockets and
-    pipes), keeping stdio and ``keep``."""
+    pipes), keeping ``keep`` and fds 0-2, which become ``sys.stdout``/``sys.stderr`` again (the
+    launcher may have replaced those objects, e.g. pytest's capture)."""
     for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
         if fd > 2 and fd != keep:
             try:
                 os.close(fd)
             except OSError:
                 pass
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
 
 
 def _host_main(conn, kwargs):
@@ -70,7 +75,7 @@ def _host_main(conn, kwargs):
         run_host(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
     except BaseException as exc:
         try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         except OSError:
             pass
         raise
@@ -83,7 +88,7 @@ def _guest_main(conn, kwargs):
         run_guest(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
     except BaseException as exc:
         try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         except OSError:
             pass
         raise

@@ -27,8 +27,15 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 
 def setup_logging(level: str | int = "WARNING", prefix: str = "") -> None:
-    logging.basicConfig(level=level if isinstance(level, int) else level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {prefix}%(name)s %(levelname)s: %(message)s", force=True)
+    """Log to stderr.  Handlers inherited from a forking launcher are dropped, not closed: their
+    streams belong to the launcher (and may already be closed here)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(name)s %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,0 +1,120 @@
+"""Open files and the guest's file-descriptor table (the kernel's ``struct file`` and
+``files_struct``).
+
+An :class:`OpenFile` holds what ``open`` settled: the node (pinned in the client for as long as the
+file lives), the FUSE file handle, the open flags, the access mode and the file position.  A file
+is reference counted: the descriptor table holds one reference, and every operation in progress
+holds one, so ``close`` on one thread while another still reads the descriptor releases the FUSE
+handle only after the read (as ``fput`` does).  :class:`FdTable` hands out the lowest free
+descriptor number, from 3 (0, 1, 2 are the guest process's standard streams).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+
+from .namei import Node, oserror
+
+__all__ = ["OpenFile", "FdTable", "FIRST_FD"]
+
+FIRST_FD = 3
+
+
+class OpenFile:
+    """One open file description.
+
+    ``readable``/``writable`` are FMODE_READ/FMODE_WRITE (``O_RDONLY``/``O_WRONLY``/``O_RDWR``;
+    access mode 3 and ``O_PATH`` give neither).  ``fh`` is None for ``O_PATH`` files, which the
+    server never opened.  ``pos`` is guarded by ``pos_lock`` (the kernel's ``f_pos_lock``).
+    ``released`` is called once, when the last reference goes.
+    """
+
+    __slots__ = ("node", "fh", "flags", "open_flags", "readable", "writable", "pos", "pos_lock",
+                 "_refs", "_lock", "_released")
+
+    def __init__(self, node: Node, fh: int | None, flags: int, open_flags: int,
+                 released: Callable[[OpenFile], None]) -> None:
+        self.node = node
+        self.fh = fh
+        self.flags = flags
+        self.open_flags = open_flags     # FOPEN_* from the server
+        acc = flags & os.O_ACCMODE
+        path = fh is None
+        self.readable = not path and acc in (os.O_RDONLY, os.O_RDWR)
+        self.writable = not path and acc in (os.O_WRONLY, os.O_RDWR)
+        self.pos = 0
+        self.pos_lock = threading.Lock()
+        self._refs = 1
+        self._lock = threading.Lock()
+        self._released = released
+
+    @property
+    def nodeid(self) -> int:
+        return self.node.nodeid
+
+    @property
+    def is_dir(self) -> bool:
+        return self.node.is_dir
+
+    @property
+    def is_path(self) -> bool:
+        """Opened with O_PATH: no FUSE handle, only the name's inode."""
+        return self.fh is None
+
+    def get(self) -> None:
+        with self._lock:
+            self._refs += 1
+
+    def put(self) -> None:
+        """Drop a reference; the last one releases the file."""
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self._released(self)
+
+
+class FdTable:
+    """Descriptor number -> :class:`OpenFile`, thread-safe, lowest free number first."""
+
+    def __init__(self, first: int = FIRST_FD) -> None:
+        self._first = first
+        self._files: dict[int, OpenFile] = {}
+        self._lock = threading.Lock()
+
+    def install(self, file: OpenFile) -> int:
+        """Give ``file`` (with its table reference) the lowest free descriptor."""
+        with self._lock:
+            fd = self._first
+            while fd in self._files:
+                fd += 1
+            self._files[fd] = file
+            return fd
+
+    def get(self, fd: int) -> OpenFile:
+        """The file of ``fd`` with a reference for the caller (who puts it); EBADF."""
+        with self._lock:
+            file = self._files.get(fd)
+            if file is None:
+                raise oserror(errno.EBADF)
+            file.get()
+            return file
+
+    def remove(self, fd: int) -> OpenFile:
+        """Take ``fd`` out of the table; the caller inherits the table's reference.  EBADF."""
+        with self._lock:
+            file = self._files.pop(fd, None)
+        if file is None:
+            raise oserror(errno.EBADF)
+        return file
+
+    def fds(self) -> list[int]:
+        with self._lock:
+            return sorted(self._files)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._files)

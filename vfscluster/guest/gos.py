@@ -1,0 +1,844 @@
+"""GuestOS: the file API a guest workload uses, shaped like the ``os`` module.
+
+Paths are inside the mount: ``/`` is the share root, and relative paths are relative to it too
+(the working directory never moves).  ``str`` or ``bytes`` (or path-like) paths are accepted and
+results come back in the caller's type, as ``os`` does.  File descriptors are guest-local ints,
+lowest free first, from 3.
+
+Errors are ``OSError`` with exactly the errno ``os`` raises for the same call on a local Linux
+file system, and the same ``filename`` / ``filename2``.  That takes a kernel-like VFS in front of
+FUSE, which is what this module is (``fs/open.c``, ``fs/namei.c``, ``fs/read_write.c``,
+``fs/xattr.c``, ``fs/stat.c``): the argument checks and their order, path walking
+(:mod:`~vfscluster.guest.namei`), the checks the VFS makes before it asks the file system, and the
+descriptor table (:mod:`~vfscluster.guest.files`).  A malformed reply from the host is EIO, as
+the kernel makes it.
+
+``cache=none``: every call goes to the host; nothing is cached between calls.  Locks and mmap come
+with later issues.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import stat
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..errors import ProtocolError
+from ..fuse.abi import Attr, InitFlags, OpenOutFlags, SetattrIn, SetattrValid
+from .client import FuseClient
+from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
+from .files import FdTable, OpenFile
+from .namei import LastType, Node, PathWalk, check_path, oserror
+
+__all__ = ["GuestOS"]
+
+log = logging.getLogger(__name__)
+
+_O_PATH_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_PATH | os.O_CLOEXEC
+_O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY
+MAX_RW_COUNT = 0x7FFFF000          # fs/read_write.c: INT_MAX & PAGE_MASK
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+XATTR_CREATE = getattr(os, "XATTR_CREATE", 1)
+XATTR_REPLACE = getattr(os, "XATTR_REPLACE", 2)
+_SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+_SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+
+
+def _process_umask() -> int:
+    """This process's umask, read without changing it (``/proc/self/status``), else 0o022."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _named(exc: OSError, filename: Any = None, filename2: Any = None) -> OSError:
+    if filename is None:
+        return OSError(exc.errno, exc.strerror)
+    if filename2 is None:
+        return OSError(exc.errno, exc.strerror, filename)
+    return OSError(exc.errno, exc.strerror, filename, None, filename2)
+
+
+@contextmanager
+def _errors(filename: Any = None, filename2: Any = None) -> Iterator[None]:
+    """Attach file names to the OSErrors raised inside; a protocol error becomes EIO."""
+    try:
+        yield
+    except OSError as exc:
+        raise _named(exc, filename, filename2) from None
+    except ProtocolError as exc:
+        log.warning("FUSE protocol error: %s", exc)
+        raise _named(oserror(errno.EIO), filename, filename2) from exc
+
+
+def _fspath(path: Any, func: str) -> tuple[bytes, Any]:
+    """``(path as bytes, path as the caller gave it, after os.fspath)``.  TypeError, and
+    ValueError for an embedded NUL, as ``os`` raises them."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{func}: path should be string, bytes or os.PathLike, "
+                        f"not {type(path).__name__}") from None
+    raw = os.fsencode(p)
+    if b"\0" in raw:
+        raise ValueError(f"{func}: embedded null character in path")
+    return raw, p
+
+
+def _time_to_ns(value: Any, func: str) -> int:
+    """A ``times`` element as CPython converts it (_PyTime_ObjectToTimespec, ROUND_FLOOR)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ValueError("Invalid value NaN (not a number)")
+        frac, whole = math.modf(value)
+        nsec = math.floor(frac * 1e9)
+        if nsec >= 1_000_000_000:
+            nsec -= 1_000_000_000
+            whole += 1
+        elif nsec < 0:
+            nsec += 1_000_000_000
+            whole -= 1
+        return int(whole) * 1_000_000_000 + nsec
+    try:
+        return int(value.__index__()) * 1_000_000_000
+    except AttributeError:
+        raise TypeError(f"{func}: 'times' must be either a tuple of two ints or None") from None
+
+
+class GuestOS:
+    """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
+
+    ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
+    ``gid``, ``groups``: whom :meth:`access` checks for (default: the client's credentials, else
+    this process's).  Every method may be called from several threads at once.
+    """
+
+    def __init__(self, client: FuseClient, *, umask: int | None = None, uid: int | None = None,
+                 gid: int | None = None, groups: tuple[int, ...] | None = None) -> None:
+        self.client = client
+        creds = client.creds
+        self.uid = uid if uid is not None else (creds.uid if creds else os.geteuid())
+        self.gid = gid if gid is not None else (creds.gid if creds else os.getegid())
+        self.groups = frozenset(groups if groups is not None else
+                                (os.getgroups() if uid is None and creds is None else ()))
+        self._umask = _process_umask() if umask is None else umask & 0o777
+        self._fds = FdTable()
+        self._lock = threading.Lock()
+        #: st_dev of every stat result (the mount's anonymous device number)
+        self.st_dev = 0
+        # the kernel's lock owner: a hash of the process's files_struct
+        self.lock_owner = (id(self) * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF
+
+    # ================================================================== process state
+
+    def umask(self, mask: int) -> int:
+        """Set the file-creation mask; returns the previous one."""
+        with self._lock:
+            old, self._umask = self._umask, mask & 0o777
+        return old
+
+    def open_fds(self) -> list[int]:
+        """The descriptors currently open."""
+        return self._fds.fds()
+
+    # ================================================================== open / close
+
+    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+        """``os.open``: a new descriptor for ``path``.
+
+        fs/namei.c ``path_openat``: ``O_PATH`` keeps only O_DIRECTORY|O_NOFOLLOW; O_CREAT with
+        O_DIRECTORY is EINVAL; with O_CREAT a missing last component is created (also at the
+        end of a dangling symlink), a trailing slash is EISDIR, O_EXCL makes any existing name
+        EEXIST (symlinks are not followed); O_NOFOLLOW on a symlink is ELOOP; O_DIRECTORY or a
+        trailing slash on a non-directory is ENOTDIR; a directory opened for writing (or with
+        O_TRUNC) is EISDIR.  O_TRUNC truncates an existing regular file.
+        """
+        raw, p = _fspath(path, "open")
+        with _errors(p):
+            return self._open(raw, flags, mode)
+
+    def _open(self, raw: bytes, flags: int, mode: int) -> int:
+        c = self.client
+        if flags & os.O_PATH:
+            flags &= _O_PATH_FLAGS
+        if flags & os.O_CREAT and flags & os.O_DIRECTORY:
+            raise oserror(errno.EINVAL)
+        if flags & _O_TMPFILE_ONLY:
+            raise oserror(errno.EOPNOTSUPP)
+        flags &= ~os.O_CLOEXEC
+        is_path = bool(flags & os.O_PATH)
+        creat = bool(flags & os.O_CREAT) and not is_path
+        excl = creat and bool(flags & os.O_EXCL)
+        nofollow = bool(flags & os.O_NOFOLLOW) or excl
+        must_dir = bool(flags & os.O_DIRECTORY)
+        acc = flags & os.O_ACCMODE
+        may_write = not is_path and (acc != os.O_RDONLY or bool(flags & os.O_TRUNC))
+        check_path(raw)
+        with PathWalk(c) as w:
+            last = w.parent(raw)
+            slashed = False
+            created = None
+            while True:
+                slashed = slashed or last.slash
+                node = w.last_node(last)
+                if node is not None:
+                    break
+                if creat:
+                    if last.slash:
+                        raise oserror(errno.EISDIR)
+                    node = w.lookup_opt(last.name)
+                    if node is None:
+                        fmode = stat.S_IFREG | (mode & 0o7777 & ~self._umask)
+                        created = c.create(w.dir.nodeid, last.name, flags, fmode, self._umask)
+                        node = Node(created[0].nodeid, created[0].attr)
+                        break
+                else:
+                    node = w.lookup(last.name)
+                if node.is_symlink and (not nofollow or slashed):
+                    last = w.follow(node)
+                    continue
+                break
+        # node is pinned from here on: it becomes the file's, or is put on failure
+        try:
+            if created is not None:
+                return self._fds.install(OpenFile(node, created[1].fh, flags,
+                                                  created[1].open_flags, self._released))
+            return self._open_node(node, flags, creat, excl, must_dir or slashed, may_write)
+        except BaseException:
+            if created is not None:
+                c.release(node.nodeid, created[1].fh, flags)
+            c.put(node.nodeid)
+            raise
+
+    def _open_node(self, node: Node, flags: int, creat: bool, excl: bool, must_dir: bool,
+                   may_write: bool) -> int:
+        """fs/namei.c ``do_open`` and ``may_open`` for an existing node, then OPEN/OPENDIR."""
+        c = self.client
+        if creat:
+            if excl:
+                raise oserror(errno.EEXIST)
+            if node.is_dir:
+                raise oserror(errno.EISDIR)
+        if must_dir and not node.is_dir:
+            raise oserror(errno.ENOTDIR)
+        if flags & os.O_PATH:
+            return self._fds.install(OpenFile(node, None, flags, 0, self._released))
+        if node.is_symlink:
+            raise oserror(errno.ELOOP)
+        if node.is_dir and may_write:
+            raise oserror(errno.EISDIR)
+        if node.is_dir:
+            opened = c.opendir(node.nodeid, flags)
+        else:
+            opened = c.open(node.nodeid, flags)
+        file = OpenFile(node, opened.fh, flags, opened.open_flags, self._released)
+        try:
+            if flags & os.O_TRUNC and node.is_reg and not c.flags & InitFlags.ATOMIC_O_TRUNC:
+                # fs/open.c handle_truncate -> do_truncate(ATTR_MTIME|ATTR_CTIME|ATTR_OPEN)
+                self._setattr(node.nodeid, SetattrValid.SIZE | SetattrValid.FH
+                              | SetattrValid.LOCKOWNER | SetattrValid.MTIME
+                              | SetattrValid.MTIME_NOW, fh=opened.fh, size=0)
+        except BaseException:
+            file.put()
+            raise
+        return self._fds.install(file)
+
+    def _released(self, file: OpenFile) -> None:
+        """The last reference to an open file went: RELEASE(DIR) it and unpin its node."""
+        c = self.client
+        try:
+            if file.fh is not None:
+                if file.is_dir:
+                    c.releasedir(file.nodeid, file.fh, file.flags)
+                else:
+                    c.release(file.nodeid, file.fh, file.flags, lock_owner=self.lock_owner)
+        finally:
+            c.put(file.nodeid)
+
+    def close(self, fd: int) -> None:
+        """``os.close``: FLUSH (regular files, unless the server said FOPEN_NOFLUSH), then
+        release the file once no operation uses it.  EBADF; FLUSH's error is reported."""
+        with _errors():
+            file = self._fds.remove(fd)
+            try:
+                if not file.is_path and not file.is_dir and not file.open_flags & OpenOutFlags.NOFLUSH:
+                    self.client.flush(file.nodeid, file.fh, self.lock_owner)
+            finally:
+                file.put()
+
+    @contextmanager
+    def _file(self, fd: int) -> Iterator[OpenFile]:
+        with _errors():
+            file = self._fds.get(fd)
+            try:
+                yield file
+            finally:
+                file.put()
+
+    # ================================================================== reading and writing
+
+    def read(self, fd: int, n: int) -> bytes:
+        """``os.read`` at the file position.  EINVAL (n < 0), EBADF (not open for reading),
+        EISDIR (a directory)."""
+        if n < 0:
+            raise _named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            self._check_readable(f)
+            if n == 0:
+                return b""
+            with f.pos_lock:
+                data = self.client.read(f.nodeid, f.fh, f.pos, min(n, MAX_RW_COUNT),
+                                        flags=f.flags)
+                f.pos += len(data)
+            return data
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        """``os.pread``: ``n`` bytes at ``offset``; the position does not move."""
+        if n < 0 or offset < 0:
+            raise _named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            self._check_readable(f)
+            if n == 0:
+                return b""
+            return self.client.read(f.nodeid, f.fh, offset, min(n, MAX_RW_COUNT), flags=f.flags)
+
+    @staticmethod
+    def _check_readable(f: OpenFile) -> None:
+        if not f.readable:
+            raise oserror(errno.EBADF)
+        if f.is_dir:
+            raise oserror(errno.EISDIR)
+
+    def write(self, fd: int, data: Any) -> int:
+        """``os.write`` at the file position, or at the end of the file with O_APPEND (the
+        position then is the new end).  EBADF when not open for writing."""
+        view = memoryview(data)
+        with self._file(fd) as f:
+            if not f.writable:
+                raise oserror(errno.EBADF)
+            if not view.nbytes:
+                return 0
+            with f.pos_lock:
+                offset = self._size(f) if f.flags & os.O_APPEND else f.pos
+                n = self._write(f, offset, view)
+                f.pos = offset + n
+            return n
+
+    def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        """``os.pwrite`` at ``offset`` (at the end of the file with O_APPEND, as Linux does);
+        the position does not move."""
+        view = memoryview(data)
+        if offset < 0:
+            raise _named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            if not f.writable:
+                raise oserror(errno.EBADF)
+            if not view.nbytes:
+                return 0
+            if f.flags & os.O_APPEND:
+                offset = self._size(f)
+            return self._write(f, offset, view)
+
+    def _write(self, f: OpenFile, offset: int, view: memoryview) -> int:
+        view = view.cast("B")[:MAX_RW_COUNT]
+        return self.client.write(f.nodeid, f.fh, offset, view, flags=f.flags,
+                                 lock_owner=self.lock_owner)
+
+    def _size(self, f: OpenFile) -> int:
+        """The file's current size, asked through its handle (FUSE_GETATTR_FH)."""
+        return self.client.getattr(f.nodeid, f.fh).attr.size
+
+    def lseek(self, fd: int, pos: int, how: int) -> int:
+        """``os.lseek``: SEEK_SET/CUR/END locally (END asks the size), SEEK_DATA/SEEK_HOLE with
+        FUSE_LSEEK (the generic answer when the server lacks it).  EINVAL for a bad ``how`` or a
+        negative result, ENXIO for DATA/HOLE past the end."""
+        with self._file(fd) as f:
+            if f.is_path:
+                raise oserror(errno.EBADF)
+            with f.pos_lock:
+                if how == os.SEEK_SET:
+                    new = pos
+                elif how == os.SEEK_CUR:
+                    new = f.pos + pos
+                elif how == os.SEEK_END:
+                    new = self._size(f) + pos
+                elif how in (_SEEK_DATA, _SEEK_HOLE):
+                    new = self._seek_data(f, pos, how)
+                else:
+                    raise oserror(errno.EINVAL)
+                if new < 0:
+                    raise oserror(errno.EINVAL)
+                f.pos = new
+                return new
+
+    def _seek_data(self, f: OpenFile, pos: int, how: int) -> int:
+        if not f.is_dir:
+            try:
+                return self.client.lseek(f.nodeid, f.fh, pos, how)
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+        size = self._size(f)            # fs/read_write.c generic_file_llseek_size
+        if pos < 0 or pos >= size:
+            raise oserror(errno.ENXIO)
+        return pos if how == _SEEK_DATA else size
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        """``os.ftruncate``: EINVAL for a negative length (before anything else), for a file
+        not open for writing or not regular."""
+        if length < 0:
+            raise _named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            if f.is_path:
+                raise oserror(errno.EBADF)
+            if not f.node.is_reg or not f.writable:
+                raise oserror(errno.EINVAL)
+            self._setattr(f.nodeid, SetattrValid.SIZE | SetattrValid.FH | SetattrValid.LOCKOWNER
+                          | SetattrValid.MTIME | SetattrValid.MTIME_NOW, fh=f.fh, size=length)
+
+    def fsync(self, fd: Any) -> None:
+        """``os.fsync`` (FSYNC, or FSYNCDIR for a directory)."""
+        self._fsync(fd, False)
+
+    def fdatasync(self, fd: Any) -> None:
+        """``os.fdatasync``."""
+        self._fsync(fd, True)
+
+    def _fsync(self, fd: Any, datasync: bool) -> None:
+        if not isinstance(fd, int):
+            fd = fd.fileno()
+        with self._file(fd) as f:
+            if f.is_path:
+                raise oserror(errno.EBADF)
+            if f.is_dir:
+                self.client.fsyncdir(f.nodeid, f.fh, datasync)
+            else:
+                self.client.fsync(f.nodeid, f.fh, datasync)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        """``os.fstat`` (GETATTR of the file's node, as fs/fuse/dir.c fuse_getattr sends it)."""
+        with self._file(fd) as f:
+            return self._stat_of(f.node, fresh=True)
+
+    # ================================================================== metadata by path
+
+    def _lookup(self, path: Any, func: str, *, follow: bool = True, must_dir: bool = False,
+                filename: Any = ...):
+        """Context manager: resolve ``path`` and yield its pinned node (put afterwards)."""
+        return self._resolved(path, func, follow, must_dir, filename)
+
+    @contextmanager
+    def _resolved(self, path: Any, func: str, follow: bool, must_dir: bool,
+                  filename: Any) -> Iterator[Node]:
+        raw, p = _fspath(path, func)
+        with _errors(p if filename is ... else filename):
+            with PathWalk(self.client) as w:
+                node = w.resolve(raw, follow=follow, must_dir=must_dir)
+            try:
+                yield node
+            finally:
+                self.client.put(node.nodeid)
+
+    def _stat_of(self, node: Node, fresh: bool = False) -> os.stat_result:
+        attr = node.attr
+        if attr is None or fresh:
+            attr = self.client.getattr(node.nodeid).attr
+        return attr.to_stat_result(self.st_dev)
+
+    def stat(self, path: Any, *, follow_symlinks: bool = True) -> os.stat_result:
+        """``os.stat`` (an int is a descriptor).  The attributes are those the LOOKUP of the
+        last component returned (nothing is cached: they are as fresh as a GETATTR)."""
+        if isinstance(path, int):
+            return self.fstat(path)
+        with self._lookup(path, "stat", follow=follow_symlinks) as node:
+            with _errors(os.fspath(path)):
+                return self._stat_of(node)
+
+    def lstat(self, path: Any) -> os.stat_result:
+        """``os.lstat``."""
+        return self.stat(path, follow_symlinks=False)
+
+    def exists(self, path: Any) -> bool:
+        """``os.path.exists``: False on any OSError or ValueError."""
+        try:
+            self.stat(path)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def access(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> bool:
+        """``os.access``, decided the way virtio-fs (``default_permissions``) decides it: by the
+        VFS from the attributes (fs/namei.c generic_permission), for :attr:`uid`/:attr:`gid`."""
+        if mode & ~(os.R_OK | os.W_OK | os.X_OK):
+            return False
+        try:
+            with self._lookup(path, "access", follow=follow_symlinks) as node:
+                with _errors():
+                    attr = node.attr if node.attr is not None else \
+                        self.client.getattr(node.nodeid).attr
+        except OSError:
+            return False
+        return self._permitted(attr, mode)
+
+    def _permitted(self, attr: Attr, mask: int) -> bool:
+        is_dir = stat.S_ISDIR(attr.mode)
+        if self.uid == 0:               # CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH
+            return is_dir or not mask & os.X_OK or bool(attr.mode & 0o111)
+        if attr.uid == self.uid:
+            bits = attr.mode >> 6
+        elif attr.gid == self.gid or attr.gid in self.groups:
+            bits = attr.mode >> 3
+        else:
+            bits = attr.mode
+        return not mask & ~bits & 7
+
+    def chmod(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> None:
+        """``os.chmod`` (SETATTR of the mode; the kernel keeps the file type bits).  As on
+        Linux, ``follow_symlinks=False`` is NotImplementedError."""
+        if not follow_symlinks:
+            raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
+        if isinstance(path, int):
+            with self._file(path) as f:
+                self._chmod(f.node, mode)
+            return
+        with self._lookup(path, "chmod") as node, _errors(os.fspath(path)):
+            self._chmod(node, mode)
+
+    def _chmod(self, node: Node, mode: int) -> None:
+        fmt = node.fmt
+        self._setattr(node.nodeid, SetattrValid.MODE, mode=(mode & 0o7777) | fmt)
+
+    def utime(self, path: Any, times: Any = None, *, ns: Any = None,
+              follow_symlinks: bool = True) -> None:
+        """``os.utime``: ``times`` (seconds, int or float) or ``ns``; neither means now.  As
+        CPython's, its errors carry no file name."""
+        if times is not None and ns is not None:
+            raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
+        now = time.time_ns()
+        if times is not None:
+            if not isinstance(times, tuple) or len(times) != 2:
+                raise TypeError("utime: 'times' must be either a tuple of two ints or None")
+            a_ns, m_ns = (_time_to_ns(t, "utime") for t in times)
+            valid = SetattrValid.ATIME | SetattrValid.MTIME
+        elif ns is not None:
+            if not isinstance(ns, tuple) or len(ns) != 2 or \
+                    not all(isinstance(v, int) for v in ns):
+                raise TypeError("utime: 'ns' must be a tuple of two ints")
+            a_ns, m_ns = ns
+            valid = SetattrValid.ATIME | SetattrValid.MTIME
+        else:
+            a_ns = m_ns = now
+            valid = (SetattrValid.ATIME | SetattrValid.MTIME | SetattrValid.ATIME_NOW
+                     | SetattrValid.MTIME_NOW)
+        if isinstance(path, int):
+            with self._file(path) as f:
+                self._setattr(f.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
+            return
+        with self._lookup(path, "utime", follow=follow_symlinks, filename=None) as node, \
+                _errors():
+            self._setattr(node.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
+
+    def truncate(self, path: Any, length: int) -> None:
+        """``os.truncate`` (an int is a descriptor): EINVAL for a negative length before the
+        path is walked, EISDIR for a directory, EINVAL for another non-regular file."""
+        if isinstance(path, int):
+            return self.ftruncate(path, length)
+        if length < 0:
+            raise _named(oserror(errno.EINVAL), os.fspath(path))
+        with self._lookup(path, "truncate") as node, _errors(os.fspath(path)):
+            if node.is_dir:
+                raise oserror(errno.EISDIR)
+            if not node.is_reg:
+                raise oserror(errno.EINVAL)
+            self._setattr(node.nodeid, SetattrValid.SIZE | SetattrValid.LOCKOWNER, size=length)
+
+    def _setattr(self, nodeid: int, valid: int, *, fh: int | None = None, size: int = 0,
+                 mode: int = 0, atime_ns: int = 0, mtime_ns: int = 0) -> Attr:
+        a_s, a_n = divmod(atime_ns, 1_000_000_000)
+        m_s, m_n = divmod(mtime_ns, 1_000_000_000)
+        arg = SetattrIn(valid=int(valid), fh=fh or 0, size=size,
+                        lock_owner=self.lock_owner if valid & SetattrValid.LOCKOWNER else 0,
+                        atime=a_s & 0xFFFF_FFFF_FFFF_FFFF, mtime=m_s & 0xFFFF_FFFF_FFFF_FFFF,
+                        atimensec=a_n, mtimensec=m_n, mode=mode)
+        return self.client.setattr(nodeid, arg).attr
+
+    def statvfs(self, path: Any) -> os.statvfs_result:
+        """``os.statvfs`` (an int is a descriptor)."""
+        if isinstance(path, int):
+            with self._file(path) as f:
+                return self.client.statfs(f.nodeid).to_statvfs_result()
+        with self._lookup(path, "statvfs") as node, _errors(os.fspath(path)):
+            return self.client.statfs(node.nodeid).to_statvfs_result()
+
+    def readlink(self, path: Any) -> Any:
+        """``os.readlink``: the target, as str for a str path.  EINVAL for a non-symlink."""
+        with self._lookup(path, "readlink", follow=False) as node, _errors(os.fspath(path)):
+            if not node.is_symlink:
+                raise oserror(errno.EINVAL)
+            target = self.client.readlink(node.nodeid)
+        return os.fsdecode(target) if isinstance(os.fspath(path), str) else target
+
+    # ================================================================== directories
+
+    def listdir(self, path: Any = None) -> list:
+        """``os.listdir`` (READDIR): names without ``.`` and ``..``, str unless ``path`` is
+        bytes.  An int is a directory descriptor."""
+        if path is None:
+            path = "."
+        if isinstance(path, int):
+            with self._file(path) as f:
+                if f.is_path or not f.is_dir:
+                    raise oserror(errno.EBADF if f.is_path else errno.ENOTDIR)
+                records = read_directory(self.client, f.nodeid, f.fh, plus=False)
+            return [os.fsdecode(r.name) for r in records]
+        raw, p = _fspath(path, "listdir")
+        records = self._list_dir(p, raw, plus=False)
+        return [r.name if isinstance(p, bytes) else os.fsdecode(r.name) for r in records]
+
+    def scandir(self, path: Any = ".") -> ScandirIterator:
+        """``os.scandir``: DirEntry objects (READDIRPLUS when the server offers it, as the
+        kernel does for a first read).  Their ``stat()`` asks the host when first called."""
+        if path is None:
+            path = "."
+        raw, p = _fspath(path, "scandir")
+        records = self._list_dir(p, raw, plus=True)
+        return ScandirIterator([DirEntry(self, p, r) for r in records])
+
+    def _list_dir(self, p: Any, raw: bytes, *, plus: bool) -> list[DirRecord]:
+        """Resolve (following symlinks; ENOTDIR unless a directory), OPENDIR, read it all,
+        RELEASEDIR."""
+        c = self.client
+        flags = os.O_RDONLY | os.O_DIRECTORY
+        with _errors(p):
+            with PathWalk(c) as w:
+                node = w.resolve(raw, follow=True, must_dir=True)
+            try:
+                opened = c.opendir(node.nodeid, flags)
+                try:
+                    return read_directory(c, node.nodeid, opened.fh, plus=plus)
+                finally:
+                    c.releasedir(node.nodeid, opened.fh, flags)
+            finally:
+                c.put(node.nodeid)
+
+    def mkdir(self, path: Any, mode: int = 0o777) -> None:
+        """``os.mkdir``: EEXIST for an existing name (also ``.``, ``..``, ``/`` and a dangling
+        symlink)."""
+        raw, p = _fspath(path, "mkdir")
+        with _errors(p), self._creating(raw, want_dir=True) as (w, name):
+            entry = self.client.mkdir(w.dir.nodeid, name, mode & 0o1777 & ~self._umask,
+                                      self._umask)
+            self.client.put(entry.nodeid)
+
+    @contextmanager
+    def _creating(self, raw: bytes, *, want_dir: bool = False):
+        """fs/namei.c ``filename_create``: walk to the parent, EEXIST unless the last component
+        is a new name; a trailing slash is allowed only for a directory (ENOENT)."""
+        check_path(raw)
+        with PathWalk(self.client) as w:
+            last = w.parent(raw)
+            if last.type is not LastType.NORM:
+                raise oserror(errno.EEXIST)
+            node = w.lookup_opt(last.name)
+            if node is not None:
+                self.client.put(node.nodeid)
+                raise oserror(errno.EEXIST)
+            if last.slash and not want_dir:
+                raise oserror(errno.ENOENT)
+            yield w, last.name
+
+    def rmdir(self, path: Any) -> None:
+        """``os.rmdir``: EINVAL for ``.``, ENOTEMPTY for ``..``, EBUSY for ``/``, ENOTDIR for a
+        non-directory (a symlink is not followed), ENOTEMPTY from the host."""
+        raw, p = _fspath(path, "rmdir")
+        with _errors(p):
+            check_path(raw)
+            with PathWalk(self.client) as w:
+                last = w.parent(raw)
+                if last.type is not LastType.NORM:
+                    raise oserror({LastType.DOT: errno.EINVAL, LastType.DOTDOT: errno.ENOTEMPTY,
+                                   LastType.ROOT: errno.EBUSY}[last.type])
+                node = w.lookup(last.name)
+                try:
+                    if not node.is_dir:
+                        raise oserror(errno.ENOTDIR)
+                    self.client.rmdir(w.dir.nodeid, last.name)
+                finally:
+                    self.client.put(node.nodeid)
+
+    def unlink(self, path: Any) -> None:
+        """``os.unlink``: EISDIR for a directory (and ``.``, ``..``, ``/``); with a trailing
+        slash ENOENT / EISDIR / ENOTDIR as Linux chooses."""
+        raw, p = _fspath(path, "unlink")
+        with _errors(p):
+            check_path(raw)
+            with PathWalk(self.client) as w:
+                last = w.parent(raw)
+                if last.type is not LastType.NORM:
+                    raise oserror(errno.EISDIR)
+                node = w.lookup(last.name)
+                try:
+                    if node.is_dir:
+                        raise oserror(errno.EISDIR)
+                    if last.slash:
+                        raise oserror(errno.ENOTDIR)
+                    self.client.unlink(w.dir.nodeid, last.name)
+                finally:
+                    self.client.put(node.nodeid)
+
+    remove = unlink
+
+    def rename(self, src: Any, dst: Any) -> None:
+        """``os.rename`` (fs/namei.c do_renameat2, vfs_rename): EBUSY for ``.``/``..``/``/`` at
+        either end, ENOENT for a missing source, ENOTDIR for a trailing slash on a non-directory
+        source, EINVAL for moving a directory under itself, ENOTEMPTY for a target that is an
+        ancestor of the source, nothing at all when both names are the same inode, then
+        ENOTDIR/EISDIR for a type mismatch with an existing target."""
+        raw_src, ps = _fspath(src, "rename")
+        raw_dst, pd = _fspath(dst, "rename")
+        with _errors(ps, pd):
+            check_path(raw_src)
+            check_path(raw_dst)
+            with PathWalk(self.client) as wo, PathWalk(self.client) as wn:
+                lo = wo.parent(raw_src)
+                ln = wn.parent(raw_dst)
+                if lo.type is not LastType.NORM or ln.type is not LastType.NORM:
+                    raise oserror(errno.EBUSY)
+                old = wo.lookup(lo.name)
+                new = None
+                try:
+                    new = wn.lookup_opt(ln.name)
+                    self._check_rename(wo, wn, old, new, lo.slash or ln.slash)
+                    if new is not None and new.nodeid == old.nodeid:
+                        return
+                    self.client.rename(wo.dir.nodeid, lo.name, wn.dir.nodeid, ln.name)
+                finally:
+                    self.client.put(old.nodeid)
+                    if new is not None:
+                        self.client.put(new.nodeid)
+
+    @staticmethod
+    def _check_rename(wo: PathWalk, wn: PathWalk, old: Node, new: Node | None,
+                      slash: bool) -> None:
+        if not old.is_dir and slash:
+            raise oserror(errno.ENOTDIR)
+        if old.nodeid in wn.chain_ids:          # source is the target's parent or above
+            raise oserror(errno.EINVAL)
+        if new is not None and new.nodeid in wo.chain_ids:
+            raise oserror(errno.ENOTEMPTY)      # target is the source's parent or above
+        if new is None or new.nodeid == old.nodeid:
+            return
+        if old.is_dir and not new.is_dir:
+            raise oserror(errno.ENOTDIR)
+        if not old.is_dir and new.is_dir:
+            raise oserror(errno.EISDIR)
+
+    replace = rename
+
+    def link(self, src: Any, dst: Any, *, follow_symlinks: bool = True) -> None:
+        """``os.link``.  On Linux ``os.link`` calls link(2), which never follows a symlink
+        source, whatever ``follow_symlinks`` says (without dir_fd); so does this.  EPERM for a
+        directory, EEXIST for an existing target."""
+        raw_src, ps = _fspath(src, "link")
+        raw_dst, pd = _fspath(dst, "link")
+        with _errors(ps, pd):
+            with PathWalk(self.client) as w:
+                old = w.resolve(raw_src, follow=False)
+            try:
+                with self._creating(raw_dst) as (wn, name):
+                    if old.is_dir:
+                        raise oserror(errno.EPERM)
+                    entry = self.client.link(old.nodeid, wn.dir.nodeid, name)
+                    self.client.put(entry.nodeid)
+            finally:
+                self.client.put(old.nodeid)
+
+    def symlink(self, src: Any, dst: Any, target_is_directory: bool = False) -> None:
+        """``os.symlink``: ``dst`` becomes a symlink to ``src``.  ENOENT for an empty target,
+        ENAMETOOLONG from PATH_MAX, EEXIST for an existing ``dst``."""
+        raw_src, ps = _fspath(src, "symlink")
+        raw_dst, pd = _fspath(dst, "symlink")
+        with _errors(ps, pd):
+            check_path(raw_src)
+            with self._creating(raw_dst) as (w, name):
+                entry = self.client.symlink(w.dir.nodeid, name, raw_src)
+                self.client.put(entry.nodeid)
+
+    # ================================================================== extended attributes
+
+    @staticmethod
+    def _xattr_name(attribute: Any) -> bytes:
+        name = os.fsencode(attribute)
+        if not name or len(name) > XATTR_NAME_MAX:
+            raise oserror(errno.ERANGE)
+        return name
+
+    def getxattr(self, path: Any, attribute: Any, *, follow_symlinks: bool = True) -> bytes:
+        """``os.getxattr``: ERANGE for an empty or too long name (before the path), ENODATA."""
+        if isinstance(path, int):
+            with self._file(path) as f:
+                return self.client.getxattr(f.nodeid, self._xattr_name(attribute))
+        with _errors(os.fspath(path)):
+            name = self._xattr_name(attribute)
+        with self._lookup(path, "getxattr", follow=follow_symlinks) as node, \
+                _errors(os.fspath(path)):
+            return self.client.getxattr(node.nodeid, name)
+
+    def setxattr(self, path: Any, attribute: Any, value: Any, flags: int = 0, *,
+                 follow_symlinks: bool = True) -> None:
+        """``os.setxattr``: EINVAL for unknown flags, ERANGE for a bad name, E2BIG for a value
+        over 64 KiB (all before the path); EEXIST (XATTR_CREATE), ENODATA (XATTR_REPLACE)."""
+        value = bytes(value)
+        with _errors(None if isinstance(path, int) else os.fspath(path)):
+            if flags & ~(XATTR_CREATE | XATTR_REPLACE):
+                raise oserror(errno.EINVAL)
+            name = self._xattr_name(attribute)
+            if len(value) > XATTR_SIZE_MAX:
+                raise oserror(errno.E2BIG)
+        if isinstance(path, int):
+            with self._file(path) as f:
+                return self.client.setxattr(f.nodeid, name, value, flags)
+        with self._lookup(path, "setxattr", follow=follow_symlinks) as node, \
+                _errors(os.fspath(path)):
+            self.client.setxattr(node.nodeid, name, value, flags)
+
+    def listxattr(self, path: Any = None, *, follow_symlinks: bool = True) -> list[str]:
+        """``os.listxattr``: the names, as str."""
+        if path is None:
+            path = "."
+        if isinstance(path, int):
+            with self._file(path) as f:
+                names = self.client.listxattr(f.nodeid)
+        else:
+            with self._lookup(path, "listxattr", follow=follow_symlinks) as node, \
+                    _errors(os.fspath(path)):
+                names = self.client.listxattr(node.nodeid)
+        return [os.fsdecode(n) for n in names.split(b"\0") if n]
+
+    def removexattr(self, path: Any, attribute: Any, *, follow_symlinks: bool = True) -> None:
+        """``os.removexattr``: ERANGE for a bad name (before the path), ENODATA."""
+        if isinstance(path, int):
+            with self._file(path) as f:
+                return self.client.removexattr(f.nodeid, self._xattr_name(attribute))
+        with _errors(os.fspath(path)):
+            name = self._xattr_name(attribute)
+        with self._lookup(path, "removexattr", follow=follow_symlinks) as node, \
+                _errors(os.fspath(path)):
+            self.client.removexattr(node.nodeid, name)
+
+    # locks (lockf, fcntl) and mmap(fd, length, offset): later issues.
+
+    def __repr__(self) -> str:
+        return f"GuestOS({self.client!r}, fds={self._fds.fds()})"

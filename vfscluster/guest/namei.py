@@ -1,0 +1,258 @@
+"""Path walking in front of FUSE, the way Linux ``fs/namei.c`` does it.
+
+A path inside the mount is resolved component by component with LOOKUP, starting at the root
+(nodeid 1; the share root is both ``/`` and the working directory).  :class:`PathWalk` is the
+kernel's ``struct nameidata``: it keeps the chain of directories from the root to where it stands,
+each pinned in the :class:`~vfscluster.guest.client.FuseClient`, so that
+
+* ``..`` is resolved physically by popping the chain (``..`` of the root is the root);
+* symbolic links are followed by reading them (READLINK) and walking their target, relative to the
+  link's directory, or from the share root when absolute; more than 40 links in one resolution is
+  ELOOP (MAXSYMLINKS);
+* ancestry questions (RENAME into one's own subdirectory) are answered from the chain.
+
+What is imitated, with the errno Linux gives:
+
+* empty path: ENOENT; path of PATH_MAX (4096) bytes or more, component of more than NAME_MAX (255)
+  bytes: ENAMETOOLONG;
+* walking through something that is not a directory: ENOTDIR; through a missing name: ENOENT;
+* a trailing slash makes the last component "must be a directory" and forces following a symlink
+  there (``file/``: ENOTDIR);
+* :meth:`PathWalk.parent` stops before the last component (``filename_parentat``) and reports its
+  type: a normal name, ``.``, ``..``, or the root itself (the path ``/``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from enum import Enum
+
+from ..fuse.abi import ROOT_ID, Attr
+from .client import FuseClient
+
+__all__ = ["Node", "Last", "LastType", "PathWalk", "split_path", "MAXSYMLINKS", "NAME_MAX",
+           "PATH_MAX"]
+
+MAXSYMLINKS = 40
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def oserror(err: int) -> OSError:
+    """``OSError(err)`` with the standard message (the caller adds the file names)."""
+    return OSError(err, os.strerror(err))
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """An inode as a walk found it: nodeid and the attributes its LOOKUP returned (None for the
+    root, whose attributes nobody asked for yet)."""
+
+    nodeid: int
+    attr: Attr | None = None
+
+    @property
+    def fmt(self) -> int:
+        return stat.S_IFDIR if self.attr is None else stat.S_IFMT(self.attr.mode)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.fmt == stat.S_IFDIR
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.fmt == stat.S_IFLNK
+
+    @property
+    def is_reg(self) -> bool:
+        return self.fmt == stat.S_IFREG
+
+
+ROOT = Node(ROOT_ID)
+
+
+class LastType(Enum):
+    """The kind of the last component (``LAST_NORM``, ``LAST_DOT``, ``LAST_DOTDOT``,
+    ``LAST_ROOT``)."""
+
+    NORM = 0
+    DOT = 1
+    DOTDOT = 2
+    ROOT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Last:
+    """The last component of a path: ``name`` (None for the root), its type, and whether the
+    path had a slash after it."""
+
+    name: bytes | None
+    type: LastType
+    slash: bool
+
+
+def split_path(path: bytes) -> tuple[bool, list[bytes], bool]:
+    """``(absolute, components, trailing slash)``; empty components are dropped."""
+    comps = [c for c in path.split(b"/") if c]
+    return path.startswith(b"/"), comps, bool(comps) and path.endswith(b"/")
+
+
+def check_path(path: bytes) -> None:
+    """getname(): ENOENT for an empty path, ENAMETOOLONG from PATH_MAX bytes on."""
+    if not path:
+        raise oserror(errno.ENOENT)
+    if len(path) >= PATH_MAX:
+        raise oserror(errno.ENAMETOOLONG)
+
+
+class PathWalk:
+    """One path resolution in progress.  Use as a context manager: leaving it releases every
+    node the walk still pins (the chain).  Nodes handed out by :meth:`lookup` and
+    :meth:`resolve` are pinned for the caller, who puts them."""
+
+    def __init__(self, client: FuseClient) -> None:
+        self.client = client
+        self.stack: list[Node] = [ROOT]
+        self.links = 0
+
+    def __enter__(self) -> PathWalk:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the chain."""
+        stack, self.stack = self.stack, [ROOT]
+        for node in reversed(stack):
+            self.client.put(node.nodeid)
+
+    # ------------------------------------------------------------------ the chain
+
+    @property
+    def dir(self) -> Node:
+        """Where the walk stands: the directory the next component is looked up in."""
+        return self.stack[-1]
+
+    @property
+    def chain_ids(self) -> list[int]:
+        """Nodeids from the root to :attr:`dir`."""
+        return [n.nodeid for n in self.stack]
+
+    def _to_root(self) -> None:
+        while len(self.stack) > 1:
+            self.client.put(self.stack.pop().nodeid)
+
+    def _up(self) -> None:
+        """``..``: physically one level up; the root is its own parent."""
+        if len(self.stack) > 1:
+            self.client.put(self.stack.pop().nodeid)
+
+    # ------------------------------------------------------------------ steps
+
+    def lookup(self, name: bytes) -> Node:
+        """LOOKUP ``name`` in :attr:`dir`: a pinned node.  ENAMETOOLONG, ENOENT."""
+        if len(name) > NAME_MAX:
+            raise oserror(errno.ENAMETOOLONG)
+        entry = self.client.lookup(self.dir.nodeid, name)
+        return Node(entry.nodeid, entry.attr)
+
+    def lookup_opt(self, name: bytes) -> Node | None:
+        """:meth:`lookup`, with None for a name that does not exist."""
+        try:
+            return self.lookup(name)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def read_link(self, link: Node) -> bytes:
+        """The target of symlink ``link`` (pinned; consumed), counted against MAXSYMLINKS
+        (ELOOP); ENOENT for an empty target."""
+        try:
+            self.links += 1
+            if self.links > MAXSYMLINKS:
+                raise oserror(errno.ELOOP)
+            body = self.client.readlink(link.nodeid)
+        finally:
+            self.client.put(link.nodeid)
+        if not body:
+            raise oserror(errno.ENOENT)
+        return body
+
+    def follow(self, link: Node) -> Last:
+        """Follow symlink ``link`` (pinned; consumed) found in :attr:`dir`: walk its target up to
+        the target's last component, which is returned (see :meth:`parent`)."""
+        return self.parent(self.read_link(link))
+
+    def walk_dirs(self, comps: list[bytes]) -> None:
+        """Walk ``comps`` as components that more components follow: each must end up a
+        directory (ENOTDIR), symlinks among them are followed all the way."""
+        work = comps[::-1]
+        while work:
+            name = work.pop()
+            if not self.dir.is_dir:
+                raise oserror(errno.ENOTDIR)
+            if name == b".":
+                continue
+            if name == b"..":
+                self._up()
+                continue
+            node = self.lookup(name)
+            if node.is_symlink:
+                absolute, body_comps, _ = split_path(self.read_link(node))
+                if absolute:
+                    self._to_root()
+                work.extend(reversed(body_comps))
+                continue
+            self.stack.append(node)
+        if not self.dir.is_dir:
+            raise oserror(errno.ENOTDIR)
+
+    def parent(self, path: bytes) -> Last:
+        """Walk ``path`` (relative to :attr:`dir`, or from the root when absolute) up to its
+        last component, which is returned, not looked up (fs/namei.c ``filename_parentat``)."""
+        absolute, comps, slash = split_path(path)
+        if absolute:
+            self._to_root()
+        if not comps:
+            return Last(None, LastType.ROOT, False)
+        self.walk_dirs(comps[:-1])
+        name = comps[-1]
+        kind = LastType.DOT if name == b"." else LastType.DOTDOT if name == b".." else LastType.NORM
+        return Last(name, kind, slash)
+
+    def last_node(self, last: Last) -> Node | None:
+        """The node a non-NORM last component names (``.``, ``..``, the root), pinned; for
+        ``..`` the walk moves up.  None for a normal name."""
+        if last.type is LastType.NORM:
+            return None
+        if last.type is LastType.DOTDOT:
+            self._up()
+        elif last.type is LastType.ROOT:
+            self._to_root()
+        node = self.dir
+        self.client.hold(node.nodeid)
+        return node
+
+    def resolve(self, path: bytes, *, follow: bool = True, must_dir: bool = False) -> Node:
+        """The node ``path`` names, pinned; :attr:`dir` is then its parent's chain (or, for
+        ``.``/``..``/``/``, the node itself).  ``follow``: follow a symlink in last position
+        (a trailing slash or ``must_dir`` forces it); ``must_dir``: ENOTDIR unless a directory."""
+        check_path(path)
+        last = self.parent(path)
+        while True:
+            must_dir = must_dir or last.slash
+            node = self.last_node(last)
+            if node is None:
+                node = self.lookup(last.name)
+                if node.is_symlink and (follow or must_dir):
+                    last = self.follow(node)
+                    continue
+            if must_dir and not node.is_dir:
+                self.client.put(node.nodeid)
+                raise oserror(errno.ENOTDIR)
+            return node
