@@ -12,12 +12,23 @@ import pytest
 from vfscluster.cluster.procutil import pid_alive
 
 
-def _ppid(pid: int) -> int:
+def _stat_fields(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _ppid(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping — not gone and not a zombie waiting to be reaped."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
@@ -42,7 +53,8 @@ def stray_processes() -> list[str]:
                 comm = f.read().strip()
         except OSError:
             continue
-        if comm in ("vfs-hostd", "vfs-guest") and (_ppid(int(pid)) == 1 or _descends_from(int(pid), me)):
+        if comm in ("vfs-hostd", "vfs-guest") and alive(int(pid)) and (
+                _ppid(int(pid)) == 1 or _descends_from(int(pid), me)):
             found.append(f"{comm}[{pid}]")
     return found
 

@@ -194,8 +194,10 @@ class ControlClient:
             if f1 is not None:
                 raise OSError(err, msg, f1)
             raise OSError(err, msg)
-        if isinstance(value, BaseException):
-            raise value
+        if isinstance(value, bytes):
+            value = dill.loads(value)
+            if isinstance(value, BaseException):
+                raise value
         raise RemoteError(value)
 
     def close(self) -> None:

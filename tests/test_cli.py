@@ -1,0 +1,53 @@
+"""The command line: mistakes are one clear line and exit status 2; demo and clean work."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "vfscluster", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_daemon(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", [
+    [], ["frobnicate"], ["up"], ["up", "/no/such/topology.toml"], ["bench", "nothing"],
+    ["demo", "--guests", "0"], ["demo", "--guests", "x"],
+])
+def test_mistakes_are_one_line_and_exit_2(args):
+    r = run(*args)
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], r.stderr
+
+
+def test_bad_topology_file_is_one_line(tmp_path):
+    (tmp_path / "t.toml").write_text('share = "x"\ncache = "sometimes"\n')
+    r = run("up", str(tmp_path / "t.toml"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "cache" in r.stderr
+
+
+@pytest.mark.parametrize("module,args", [
+    ("daemons.hostd", ["--socket-path", "/tmp/x.sock"]),
+    ("daemons.hostd", ["--socket-path", "/tmp/x.sock", "--shared-dir", "/no/such/dir"]),
+    ("daemons.guest", ["--socket-path", "/tmp/x.sock"]),
+])
+def test_daemon_mistakes_exit_2(module, args):
+    r = run_daemon(module, *args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_demo_runs_and_agrees():
+    r = run("demo")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "every guest saw every change" in r.stdout
+
+
+def test_clean_reports():
+    r = run("clean")
+    assert r.returncode == 0 and "removed" in r.stdout

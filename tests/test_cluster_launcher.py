@@ -1,0 +1,181 @@
+"""Cluster API: start, reach into guests, stop cleanly in every way, sweep after kill -9."""
+
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from vfscluster import Cluster, ConfigError, Topology, sweep
+from vfscluster.cluster.launcher import PREFIX, runtime_root
+
+from conftest import alive
+
+
+def _mine(cid):
+    out = [n for n in os.listdir("/dev/shm") if n.startswith(PREFIX + cid)]
+    out += [n for n in os.listdir(runtime_root()) if n.startswith(PREFIX + cid)]
+    return out
+
+
+def _write(gos, name, data):
+    fd = gos.open(name, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        return gos.write(fd, data)
+    finally:
+        gos.close(fd)
+
+
+def _read(gos, name):
+    fd = gos.open(name, os.O_RDONLY)
+    try:
+        return gos.read(fd, 1 << 20)
+    finally:
+        gos.close(fd)
+
+
+def test_three_guests_see_each_others_writes_at_once(share):
+    with Cluster.start(Topology(share, guests=3, cache="none")) as c:
+        g0, g1, g2 = c.guests
+        fd = g0.os.open("a.txt", os.O_CREAT | os.O_WRONLY, 0o644)
+        assert g0.os.write(fd, b"hello") == 5
+        g0.os.close(fd)
+        assert g1.os.stat("a.txt").st_size == 5
+        assert g2.run(_read, "a.txt") == b"hello"
+        for i in range(20):                       # each write is visible to the others at once
+            writer, reader = c.guests[i % 3], c.guests[(i + 1) % 3]
+            writer.run(_write, "a.txt", f"v{i}".encode())
+            assert reader.run(_read, "a.txt") == f"v{i}".encode()
+        assert (share / "a.txt").read_bytes() == b"v19"
+        cid = c.id
+    assert _mine(cid) == []
+
+
+def test_errors_come_back_as_the_same_exceptions(share):
+    with Cluster.start(Topology(share, guests=1)) as c:
+        g = c.guests[0]
+        with pytest.raises(FileNotFoundError) as ei:
+            g.os.stat("missing")
+        assert ei.value.errno == errno.ENOENT and ei.value.filename == "missing"
+        g.os.mkdir("d")
+        with pytest.raises(FileExistsError):
+            g.os.mkdir("d")
+
+        def boom(gos):
+            raise ValueError("inside the guest")
+        with pytest.raises(ValueError, match="inside the guest"):
+            g.run(boom)
+        with pytest.raises(AttributeError):
+            g.os.no_such_call()
+        assert g.run(lambda gos, a, b=0: a + b, 2, b=3) == 5
+
+
+def test_exception_in_with_block_stops_everything(share):
+    with pytest.raises(RuntimeError):
+        with Cluster.start(Topology(share, guests=2)) as c:
+            cid, pids = c.id, [c.host.pid] + [g.pid for g in c.guests]
+            raise RuntimeError("test")
+    assert _mine(cid) == []
+    assert not any(alive(p) for p in pids)
+
+
+def test_keyboard_interrupt_in_with_block_stops_everything(share):
+    with pytest.raises(KeyboardInterrupt):
+        with Cluster.start(Topology(share, guests=2)) as c:
+            cid = c.id
+            raise KeyboardInterrupt
+    assert _mine(cid) == []
+
+
+def test_kill_9_of_a_guest_leaves_the_others_working(share):
+    with Cluster.start(Topology(share, guests=3)) as c:
+        c.guests[1].kill(signal.SIGKILL)
+        c.guests[1].process.join(10)
+        c.guests[0].run(_write, "x", b"still here")
+        assert c.guests[2].run(_read, "x") == b"still here"
+        with pytest.raises(ConnectionError):
+            c.guests[1].os.listdir("/")
+        cid = c.id
+    assert _mine(cid) == []
+
+
+def test_kill_9_of_the_host_gives_enotconn_within_2s(share):
+    with Cluster.start(Topology(share, guests=2)) as c:
+        c.guests[0].run(_write, "x", b"1")
+        c.host.kill(signal.SIGKILL)
+        t0 = time.monotonic()
+        for g in c.guests:
+            with pytest.raises(OSError) as ei:
+                g.os.stat("x")
+            assert ei.value.errno == errno.ENOTCONN
+        assert time.monotonic() - t0 < 2.0
+        cid = c.id
+    assert _mine(cid) == []
+
+
+def test_sweep_after_the_launcher_is_killed(share, tmp_path):
+    """A launcher killed with kill -9: its members die with it; `sweep` removes the rest."""
+    script = tmp_path / "launcher.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from vfscluster import Cluster, Topology
+        c = Cluster.start(Topology({str(share)!r}, guests=2))
+        print(c.id, c.host.pid, *[g.pid for g in c.guests], flush=True)
+        sys.stdin.read()
+    """))
+    p = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        cid, *pids = p.stdout.readline().split()
+        assert _mine(cid)                               # its runtime directory is there
+        p.kill()
+        p.wait(10)
+        for pid in map(int, pids):                      # members die with their launcher
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                assert select.select([pidfd], [], [], 10)[0], f"member {pid} outlived its launcher"
+            finally:
+                os.close(pidfd)
+        removed = sweep()
+        assert any(cid in r for r in removed)
+        assert _mine(cid) == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def test_topology_from_toml(tmp_path):
+    t = Topology.load(os.path.join(os.path.dirname(__file__), "..", "deploy", "topologies", "three-guests.toml"))
+    assert [g.name for g in t.guests] == ["alpha", "beta", "gamma"]
+    (tmp_path / "t.toml").write_text('share = "s"\ncache = "none"\n[[guests]]\nname = "a"\n[[guests]]\ncache = "none"\n')
+    t = Topology.load(tmp_path / "t.toml")
+    assert t.share == str(tmp_path / "s") and [g.name for g in t.guests] == ["a", "g1"]
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(guests=0), "at least one guest"),
+    (dict(guests=1, cache="sometimes"), "cache must be one of"),
+    (dict(guests=[{"name": "a"}, {"name": "a"}]), "unique"),
+    (dict(guests=1, colour="red"), "unknown topology option"),
+    (dict(guests=[{"qeue_size": 8}]), "unknown option"),
+    (dict(guests=1, queue_size=100), "power of two"),
+])
+def test_topology_mistakes_are_config_errors(tmp_path, kwargs, msg):
+    with pytest.raises(ConfigError, match=msg):
+        Topology(tmp_path, **kwargs)
+
+
+def test_bad_toml_is_a_config_error(tmp_path):
+    (tmp_path / "bad.toml").write_text("share = \n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        Topology.load(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        Topology.load(tmp_path / "missing.toml")
