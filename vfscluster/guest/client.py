@@ -459,14 +459,18 @@ class FuseClient:
             self.put(entry.nodeid)
             raise
 
-    def read(self, nodeid: int, fh: int, offset: int, size: int, *, flags: int = 0) -> bytes:
+    def read(self, nodeid: int, fh: int, offset: int, size: int, *, flags: int = 0,
+             lock_owner: int = 0) -> bytes:
         """READ ``size`` bytes at ``offset``, split into requests of :attr:`read_chunk`; stops
-        at the first short reply (end of file).  ``flags`` are the file's open flags."""
+        at the first short reply (end of file).  ``flags`` are the file's open flags; a
+        ``lock_owner`` is sent with READ_LOCKOWNER (as direct I/O does)."""
         chunk = self.read_chunk
+        read_flags = abi.READ_LOCKOWNER if lock_owner else 0
         parts: list[bytes] = []
         while size > 0:
             n = min(size, chunk)
-            body = self._call(Opcode.READ, nodeid, [ReadIn(fh, offset, n, 0, 0, flags).pack()], n)
+            arg = ReadIn(fh, offset, n, read_flags, lock_owner, flags)
+            body = self._call(Opcode.READ, nodeid, [arg.pack()], n)
             if len(body) > n:
                 raise RemoteProtocolError(f"READ of {n} bytes answered with {len(body)}")
             parts.append(body)
@@ -480,7 +484,10 @@ class FuseClient:
               write_flags: int = 0, lock_owner: int = 0) -> int:
         """WRITE ``data`` at ``offset`` in requests of at most :attr:`write_chunk` bytes.
         Returns the bytes written: a short write stops; an error after some bytes were written
-        returns their count (as fs/fuse/file.c fuse_direct_io does)."""
+        returns their count (as fs/fuse/file.c fuse_direct_io does).  A ``lock_owner`` is sent
+        with WRITE_LOCKOWNER."""
+        if lock_owner:
+            write_flags |= abi.WRITE_LOCKOWNER
         view = memoryview(data).cast("B")
         chunk = self.write_chunk
         done = 0
@@ -601,15 +608,16 @@ class FuseClient:
         counted: list[int] = []
         for entry, dirent, name in records:
             if entry.nodeid and name not in (b".", b".."):
-                self._counted(entry.nodeid)
-                counted.append(entry.nodeid)
-                try:
-                    if entry.nodeid == ROOT_ID:
-                        raise _oserror(errno.EIO)
-                    _check_attr(entry.attr)
-                except OSError:
-                    self.put(counted.pop())
+                if entry.nodeid == ROOT_ID:         # invalid_nodeid(); the root is not counted
                     entry = EntryOut()
+                else:
+                    self._counted(entry.nodeid)
+                    counted.append(entry.nodeid)
+                    try:
+                        _check_attr(entry.attr)
+                    except OSError:                 # fuse_force_forget()
+                        self.put(counted.pop())
+                        entry = EntryOut()
             out.append((entry, dirent, name))
         if not pin:
             for nid in counted:

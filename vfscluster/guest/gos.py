@@ -7,11 +7,12 @@ lowest free first, from 3.
 
 Errors are ``OSError`` with exactly the errno ``os`` raises for the same call on a local Linux
 file system, and the same ``filename`` / ``filename2``.  That takes a kernel-like VFS in front of
-FUSE, which is what this module is (``fs/open.c``, ``fs/namei.c``, ``fs/read_write.c``,
-``fs/xattr.c``, ``fs/stat.c``): the argument checks and their order, path walking
-(:mod:`~vfscluster.guest.namei`), the checks the VFS makes before it asks the file system, and the
-descriptor table (:mod:`~vfscluster.guest.files`).  A malformed reply from the host is EIO, as
-the kernel makes it.
+FUSE, which is what this module and its helpers are (``fs/open.c``, ``fs/namei.c``,
+``fs/read_write.c``, ``fs/xattr.c``, ``fs/stat.c``): the argument checks and their order
+(:mod:`~vfscluster.guest.osargs`), path walking (:mod:`~vfscluster.guest.namei`), the checks the
+VFS makes before it asks the file system, the descriptor table (:mod:`~vfscluster.guest.files`)
+and the descriptor calls (:mod:`~vfscluster.guest.fdcalls`).  A malformed reply from the host is
+EIO, as the kernel makes it.
 
 ``cache=none``: every call goes to the host; nothing is cached between calls.  Locks and mmap come
 with later issues.
@@ -20,8 +21,6 @@ with later issues.
 from __future__ import annotations
 
 import errno
-import logging
-import math
 import os
 import stat
 import threading
@@ -29,95 +28,25 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..errors import ProtocolError
-from ..fuse.abi import Attr, InitFlags, OpenOutFlags, SetattrIn, SetattrValid
+from ..fuse.abi import Attr, InitFlags, SetattrValid
 from .client import FuseClient
 from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
+from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
 from .namei import LastType, Node, PathWalk, check_path, oserror
+from .osargs import errors, fspath, named, process_umask, time_to_ns
 
 __all__ = ["GuestOS"]
 
-log = logging.getLogger(__name__)
-
 _O_PATH_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_PATH | os.O_CLOEXEC
 _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY
-MAX_RW_COUNT = 0x7FFFF000          # fs/read_write.c: INT_MAX & PAGE_MASK
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 XATTR_CREATE = getattr(os, "XATTR_CREATE", 1)
 XATTR_REPLACE = getattr(os, "XATTR_REPLACE", 2)
-_SEEK_DATA = getattr(os, "SEEK_DATA", 3)
-_SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 
-def _process_umask() -> int:
-    """This process's umask, read without changing it (``/proc/self/status``), else 0o022."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _named(exc: OSError, filename: Any = None, filename2: Any = None) -> OSError:
-    if filename is None:
-        return OSError(exc.errno, exc.strerror)
-    if filename2 is None:
-        return OSError(exc.errno, exc.strerror, filename)
-    return OSError(exc.errno, exc.strerror, filename, None, filename2)
-
-
-@contextmanager
-def _errors(filename: Any = None, filename2: Any = None) -> Iterator[None]:
-    """Attach file names to the OSErrors raised inside; a protocol error becomes EIO."""
-    try:
-        yield
-    except OSError as exc:
-        raise _named(exc, filename, filename2) from None
-    except ProtocolError as exc:
-        log.warning("FUSE protocol error: %s", exc)
-        raise _named(oserror(errno.EIO), filename, filename2) from exc
-
-
-def _fspath(path: Any, func: str) -> tuple[bytes, Any]:
-    """``(path as bytes, path as the caller gave it, after os.fspath)``.  TypeError, and
-    ValueError for an embedded NUL, as ``os`` raises them."""
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"{func}: path should be string, bytes or os.PathLike, "
-                        f"not {type(path).__name__}") from None
-    raw = os.fsencode(p)
-    if b"\0" in raw:
-        raise ValueError(f"{func}: embedded null character in path")
-    return raw, p
-
-
-def _time_to_ns(value: Any, func: str) -> int:
-    """A ``times`` element as CPython converts it (_PyTime_ObjectToTimespec, ROUND_FLOOR)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            raise ValueError("Invalid value NaN (not a number)")
-        frac, whole = math.modf(value)
-        nsec = math.floor(frac * 1e9)
-        if nsec >= 1_000_000_000:
-            nsec -= 1_000_000_000
-            whole += 1
-        elif nsec < 0:
-            nsec += 1_000_000_000
-            whole -= 1
-        return int(whole) * 1_000_000_000 + nsec
-    try:
-        return int(value.__index__()) * 1_000_000_000
-    except AttributeError:
-        raise TypeError(f"{func}: 'times' must be either a tuple of two ints or None") from None
-
-
-class GuestOS:
+class GuestOS(FdCalls):
     """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
 
     ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
@@ -133,7 +62,7 @@ class GuestOS:
         self.gid = gid if gid is not None else (creds.gid if creds else os.getegid())
         self.groups = frozenset(groups if groups is not None else
                                 (os.getgroups() if uid is None and creds is None else ()))
-        self._umask = _process_umask() if umask is None else umask & 0o777
+        self._umask = process_umask() if umask is None else umask & 0o777
         self._fds = FdTable()
         self._lock = threading.Lock()
         #: st_dev of every stat result (the mount's anonymous device number)
@@ -165,8 +94,8 @@ class GuestOS:
         trailing slash on a non-directory is ENOTDIR; a directory opened for writing (or with
         O_TRUNC) is EISDIR.  O_TRUNC truncates an existing regular file.
         """
-        raw, p = _fspath(path, "open")
-        with _errors(p):
+        raw, p = fspath(path, "open")
+        with errors(p):
             return self._open(raw, flags, mode)
 
     def _open(self, raw: bytes, flags: int, mode: int) -> int:
@@ -246,191 +175,13 @@ class GuestOS:
         file = OpenFile(node, opened.fh, flags, opened.open_flags, self._released)
         try:
             if flags & os.O_TRUNC and node.is_reg and not c.flags & InitFlags.ATOMIC_O_TRUNC:
-                # fs/open.c handle_truncate -> do_truncate(ATTR_MTIME|ATTR_CTIME|ATTR_OPEN)
+                # fs/open.c handle_truncate; fs/fuse/dir.c sends no FATTR_MTIME for it
                 self._setattr(node.nodeid, SetattrValid.SIZE | SetattrValid.FH
-                              | SetattrValid.LOCKOWNER | SetattrValid.MTIME
-                              | SetattrValid.MTIME_NOW, fh=opened.fh, size=0)
+                              | SetattrValid.LOCKOWNER, fh=opened.fh, size=0)
         except BaseException:
             file.put()
             raise
         return self._fds.install(file)
-
-    def _released(self, file: OpenFile) -> None:
-        """The last reference to an open file went: RELEASE(DIR) it and unpin its node."""
-        c = self.client
-        try:
-            if file.fh is not None:
-                if file.is_dir:
-                    c.releasedir(file.nodeid, file.fh, file.flags)
-                else:
-                    c.release(file.nodeid, file.fh, file.flags, lock_owner=self.lock_owner)
-        finally:
-            c.put(file.nodeid)
-
-    def close(self, fd: int) -> None:
-        """``os.close``: FLUSH (regular files, unless the server said FOPEN_NOFLUSH), then
-        release the file once no operation uses it.  EBADF; FLUSH's error is reported."""
-        with _errors():
-            file = self._fds.remove(fd)
-            try:
-                if not file.is_path and not file.is_dir and not file.open_flags & OpenOutFlags.NOFLUSH:
-                    self.client.flush(file.nodeid, file.fh, self.lock_owner)
-            finally:
-                file.put()
-
-    @contextmanager
-    def _file(self, fd: int) -> Iterator[OpenFile]:
-        with _errors():
-            file = self._fds.get(fd)
-            try:
-                yield file
-            finally:
-                file.put()
-
-    # ================================================================== reading and writing
-
-    def read(self, fd: int, n: int) -> bytes:
-        """``os.read`` at the file position.  EINVAL (n < 0), EBADF (not open for reading),
-        EISDIR (a directory)."""
-        if n < 0:
-            raise _named(oserror(errno.EINVAL))
-        with self._file(fd) as f:
-            self._check_readable(f)
-            if n == 0:
-                return b""
-            with f.pos_lock:
-                data = self.client.read(f.nodeid, f.fh, f.pos, min(n, MAX_RW_COUNT),
-                                        flags=f.flags)
-                f.pos += len(data)
-            return data
-
-    def pread(self, fd: int, n: int, offset: int) -> bytes:
-        """``os.pread``: ``n`` bytes at ``offset``; the position does not move."""
-        if n < 0 or offset < 0:
-            raise _named(oserror(errno.EINVAL))
-        with self._file(fd) as f:
-            self._check_readable(f)
-            if n == 0:
-                return b""
-            return self.client.read(f.nodeid, f.fh, offset, min(n, MAX_RW_COUNT), flags=f.flags)
-
-    @staticmethod
-    def _check_readable(f: OpenFile) -> None:
-        if not f.readable:
-            raise oserror(errno.EBADF)
-        if f.is_dir:
-            raise oserror(errno.EISDIR)
-
-    def write(self, fd: int, data: Any) -> int:
-        """``os.write`` at the file position, or at the end of the file with O_APPEND (the
-        position then is the new end).  EBADF when not open for writing."""
-        view = memoryview(data)
-        with self._file(fd) as f:
-            if not f.writable:
-                raise oserror(errno.EBADF)
-            if not view.nbytes:
-                return 0
-            with f.pos_lock:
-                offset = self._size(f) if f.flags & os.O_APPEND else f.pos
-                n = self._write(f, offset, view)
-                f.pos = offset + n
-            return n
-
-    def pwrite(self, fd: int, data: Any, offset: int) -> int:
-        """``os.pwrite`` at ``offset`` (at the end of the file with O_APPEND, as Linux does);
-        the position does not move."""
-        view = memoryview(data)
-        if offset < 0:
-            raise _named(oserror(errno.EINVAL))
-        with self._file(fd) as f:
-            if not f.writable:
-                raise oserror(errno.EBADF)
-            if not view.nbytes:
-                return 0
-            if f.flags & os.O_APPEND:
-                offset = self._size(f)
-            return self._write(f, offset, view)
-
-    def _write(self, f: OpenFile, offset: int, view: memoryview) -> int:
-        view = view.cast("B")[:MAX_RW_COUNT]
-        return self.client.write(f.nodeid, f.fh, offset, view, flags=f.flags,
-                                 lock_owner=self.lock_owner)
-
-    def _size(self, f: OpenFile) -> int:
-        """The file's current size, asked through its handle (FUSE_GETATTR_FH)."""
-        return self.client.getattr(f.nodeid, f.fh).attr.size
-
-    def lseek(self, fd: int, pos: int, how: int) -> int:
-        """``os.lseek``: SEEK_SET/CUR/END locally (END asks the size), SEEK_DATA/SEEK_HOLE with
-        FUSE_LSEEK (the generic answer when the server lacks it).  EINVAL for a bad ``how`` or a
-        negative result, ENXIO for DATA/HOLE past the end."""
-        with self._file(fd) as f:
-            if f.is_path:
-                raise oserror(errno.EBADF)
-            with f.pos_lock:
-                if how == os.SEEK_SET:
-                    new = pos
-                elif how == os.SEEK_CUR:
-                    new = f.pos + pos
-                elif how == os.SEEK_END:
-                    new = self._size(f) + pos
-                elif how in (_SEEK_DATA, _SEEK_HOLE):
-                    new = self._seek_data(f, pos, how)
-                else:
-                    raise oserror(errno.EINVAL)
-                if new < 0:
-                    raise oserror(errno.EINVAL)
-                f.pos = new
-                return new
-
-    def _seek_data(self, f: OpenFile, pos: int, how: int) -> int:
-        if not f.is_dir:
-            try:
-                return self.client.lseek(f.nodeid, f.fh, pos, how)
-            except OSError as exc:
-                if exc.errno != errno.ENOSYS:
-                    raise
-        size = self._size(f)            # fs/read_write.c generic_file_llseek_size
-        if pos < 0 or pos >= size:
-            raise oserror(errno.ENXIO)
-        return pos if how == _SEEK_DATA else size
-
-    def ftruncate(self, fd: int, length: int) -> None:
-        """``os.ftruncate``: EINVAL for a negative length (before anything else), for a file
-        not open for writing or not regular."""
-        if length < 0:
-            raise _named(oserror(errno.EINVAL))
-        with self._file(fd) as f:
-            if f.is_path:
-                raise oserror(errno.EBADF)
-            if not f.node.is_reg or not f.writable:
-                raise oserror(errno.EINVAL)
-            self._setattr(f.nodeid, SetattrValid.SIZE | SetattrValid.FH | SetattrValid.LOCKOWNER
-                          | SetattrValid.MTIME | SetattrValid.MTIME_NOW, fh=f.fh, size=length)
-
-    def fsync(self, fd: Any) -> None:
-        """``os.fsync`` (FSYNC, or FSYNCDIR for a directory)."""
-        self._fsync(fd, False)
-
-    def fdatasync(self, fd: Any) -> None:
-        """``os.fdatasync``."""
-        self._fsync(fd, True)
-
-    def _fsync(self, fd: Any, datasync: bool) -> None:
-        if not isinstance(fd, int):
-            fd = fd.fileno()
-        with self._file(fd) as f:
-            if f.is_path:
-                raise oserror(errno.EBADF)
-            if f.is_dir:
-                self.client.fsyncdir(f.nodeid, f.fh, datasync)
-            else:
-                self.client.fsync(f.nodeid, f.fh, datasync)
-
-    def fstat(self, fd: int) -> os.stat_result:
-        """``os.fstat`` (GETATTR of the file's node, as fs/fuse/dir.c fuse_getattr sends it)."""
-        with self._file(fd) as f:
-            return self._stat_of(f.node, fresh=True)
 
     # ================================================================== metadata by path
 
@@ -442,8 +193,8 @@ class GuestOS:
     @contextmanager
     def _resolved(self, path: Any, func: str, follow: bool, must_dir: bool,
                   filename: Any) -> Iterator[Node]:
-        raw, p = _fspath(path, func)
-        with _errors(p if filename is ... else filename):
+        raw, p = fspath(path, func)
+        with errors(p if filename is ... else filename):
             with PathWalk(self.client) as w:
                 node = w.resolve(raw, follow=follow, must_dir=must_dir)
             try:
@@ -451,20 +202,13 @@ class GuestOS:
             finally:
                 self.client.put(node.nodeid)
 
-    def _stat_of(self, node: Node, fresh: bool = False) -> os.stat_result:
-        attr = node.attr
-        if attr is None or fresh:
-            attr = self.client.getattr(node.nodeid).attr
-        return attr.to_stat_result(self.st_dev)
-
     def stat(self, path: Any, *, follow_symlinks: bool = True) -> os.stat_result:
         """``os.stat`` (an int is a descriptor).  The attributes are those the LOOKUP of the
         last component returned (nothing is cached: they are as fresh as a GETATTR)."""
         if isinstance(path, int):
             return self.fstat(path)
         with self._lookup(path, "stat", follow=follow_symlinks) as node:
-            with _errors(os.fspath(path)):
-                return self._stat_of(node)
+            return self._stat_of(node)
 
     def lstat(self, path: Any) -> os.stat_result:
         """``os.lstat``."""
@@ -485,9 +229,8 @@ class GuestOS:
             return False
         try:
             with self._lookup(path, "access", follow=follow_symlinks) as node:
-                with _errors():
-                    attr = node.attr if node.attr is not None else \
-                        self.client.getattr(node.nodeid).attr
+                attr = node.attr if node.attr is not None else \
+                    self.client.getattr(node.nodeid).attr
         except OSError:
             return False
         return self._permitted(attr, mode)
@@ -513,7 +256,7 @@ class GuestOS:
             with self._file(path) as f:
                 self._chmod(f.node, mode)
             return
-        with self._lookup(path, "chmod") as node, _errors(os.fspath(path)):
+        with self._lookup(path, "chmod") as node:
             self._chmod(node, mode)
 
     def _chmod(self, node: Node, mode: int) -> None:
@@ -530,7 +273,7 @@ class GuestOS:
         if times is not None:
             if not isinstance(times, tuple) or len(times) != 2:
                 raise TypeError("utime: 'times' must be either a tuple of two ints or None")
-            a_ns, m_ns = (_time_to_ns(t, "utime") for t in times)
+            a_ns, m_ns = (time_to_ns(t, "utime") for t in times)
             valid = SetattrValid.ATIME | SetattrValid.MTIME
         elif ns is not None:
             if not isinstance(ns, tuple) or len(ns) != 2 or \
@@ -546,8 +289,7 @@ class GuestOS:
             with self._file(path) as f:
                 self._setattr(f.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
             return
-        with self._lookup(path, "utime", follow=follow_symlinks, filename=None) as node, \
-                _errors():
+        with self._lookup(path, "utime", follow=follow_symlinks, filename=None) as node:
             self._setattr(node.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
 
     def truncate(self, path: Any, length: int) -> None:
@@ -556,35 +298,25 @@ class GuestOS:
         if isinstance(path, int):
             return self.ftruncate(path, length)
         if length < 0:
-            raise _named(oserror(errno.EINVAL), os.fspath(path))
-        with self._lookup(path, "truncate") as node, _errors(os.fspath(path)):
+            raise named(oserror(errno.EINVAL), os.fspath(path))
+        with self._lookup(path, "truncate") as node:
             if node.is_dir:
                 raise oserror(errno.EISDIR)
             if not node.is_reg:
                 raise oserror(errno.EINVAL)
             self._setattr(node.nodeid, SetattrValid.SIZE | SetattrValid.LOCKOWNER, size=length)
 
-    def _setattr(self, nodeid: int, valid: int, *, fh: int | None = None, size: int = 0,
-                 mode: int = 0, atime_ns: int = 0, mtime_ns: int = 0) -> Attr:
-        a_s, a_n = divmod(atime_ns, 1_000_000_000)
-        m_s, m_n = divmod(mtime_ns, 1_000_000_000)
-        arg = SetattrIn(valid=int(valid), fh=fh or 0, size=size,
-                        lock_owner=self.lock_owner if valid & SetattrValid.LOCKOWNER else 0,
-                        atime=a_s & 0xFFFF_FFFF_FFFF_FFFF, mtime=m_s & 0xFFFF_FFFF_FFFF_FFFF,
-                        atimensec=a_n, mtimensec=m_n, mode=mode)
-        return self.client.setattr(nodeid, arg).attr
-
     def statvfs(self, path: Any) -> os.statvfs_result:
         """``os.statvfs`` (an int is a descriptor)."""
         if isinstance(path, int):
             with self._file(path) as f:
                 return self.client.statfs(f.nodeid).to_statvfs_result()
-        with self._lookup(path, "statvfs") as node, _errors(os.fspath(path)):
+        with self._lookup(path, "statvfs") as node:
             return self.client.statfs(node.nodeid).to_statvfs_result()
 
     def readlink(self, path: Any) -> Any:
         """``os.readlink``: the target, as str for a str path.  EINVAL for a non-symlink."""
-        with self._lookup(path, "readlink", follow=False) as node, _errors(os.fspath(path)):
+        with self._lookup(path, "readlink", follow=False) as node:
             if not node.is_symlink:
                 raise oserror(errno.EINVAL)
             target = self.client.readlink(node.nodeid)
@@ -603,7 +335,7 @@ class GuestOS:
                     raise oserror(errno.EBADF if f.is_path else errno.ENOTDIR)
                 records = read_directory(self.client, f.nodeid, f.fh, plus=False)
             return [os.fsdecode(r.name) for r in records]
-        raw, p = _fspath(path, "listdir")
+        raw, p = fspath(path, "listdir")
         records = self._list_dir(p, raw, plus=False)
         return [r.name if isinstance(p, bytes) else os.fsdecode(r.name) for r in records]
 
@@ -612,7 +344,7 @@ class GuestOS:
         kernel does for a first read).  Their ``stat()`` asks the host when first called."""
         if path is None:
             path = "."
-        raw, p = _fspath(path, "scandir")
+        raw, p = fspath(path, "scandir")
         records = self._list_dir(p, raw, plus=True)
         return ScandirIterator([DirEntry(self, p, r) for r in records])
 
@@ -621,7 +353,7 @@ class GuestOS:
         RELEASEDIR."""
         c = self.client
         flags = os.O_RDONLY | os.O_DIRECTORY
-        with _errors(p):
+        with errors(p):
             with PathWalk(c) as w:
                 node = w.resolve(raw, follow=True, must_dir=True)
             try:
@@ -636,8 +368,8 @@ class GuestOS:
     def mkdir(self, path: Any, mode: int = 0o777) -> None:
         """``os.mkdir``: EEXIST for an existing name (also ``.``, ``..``, ``/`` and a dangling
         symlink)."""
-        raw, p = _fspath(path, "mkdir")
-        with _errors(p), self._creating(raw, want_dir=True) as (w, name):
+        raw, p = fspath(path, "mkdir")
+        with errors(p), self._creating(raw, want_dir=True) as (w, name):
             entry = self.client.mkdir(w.dir.nodeid, name, mode & 0o1777 & ~self._umask,
                                       self._umask)
             self.client.put(entry.nodeid)
@@ -662,8 +394,8 @@ class GuestOS:
     def rmdir(self, path: Any) -> None:
         """``os.rmdir``: EINVAL for ``.``, ENOTEMPTY for ``..``, EBUSY for ``/``, ENOTDIR for a
         non-directory (a symlink is not followed), ENOTEMPTY from the host."""
-        raw, p = _fspath(path, "rmdir")
-        with _errors(p):
+        raw, p = fspath(path, "rmdir")
+        with errors(p):
             check_path(raw)
             with PathWalk(self.client) as w:
                 last = w.parent(raw)
@@ -681,8 +413,8 @@ class GuestOS:
     def unlink(self, path: Any) -> None:
         """``os.unlink``: EISDIR for a directory (and ``.``, ``..``, ``/``); with a trailing
         slash ENOENT / EISDIR / ENOTDIR as Linux chooses."""
-        raw, p = _fspath(path, "unlink")
-        with _errors(p):
+        raw, p = fspath(path, "unlink")
+        with errors(p):
             check_path(raw)
             with PathWalk(self.client) as w:
                 last = w.parent(raw)
@@ -706,9 +438,9 @@ class GuestOS:
         source, EINVAL for moving a directory under itself, ENOTEMPTY for a target that is an
         ancestor of the source, nothing at all when both names are the same inode, then
         ENOTDIR/EISDIR for a type mismatch with an existing target."""
-        raw_src, ps = _fspath(src, "rename")
-        raw_dst, pd = _fspath(dst, "rename")
-        with _errors(ps, pd):
+        raw_src, ps = fspath(src, "rename")
+        raw_dst, pd = fspath(dst, "rename")
+        with errors(ps, pd):
             check_path(raw_src)
             check_path(raw_dst)
             with PathWalk(self.client) as wo, PathWalk(self.client) as wn:
@@ -751,9 +483,9 @@ class GuestOS:
         """``os.link``.  On Linux ``os.link`` calls link(2), which never follows a symlink
         source, whatever ``follow_symlinks`` says (without dir_fd); so does this.  EPERM for a
         directory, EEXIST for an existing target."""
-        raw_src, ps = _fspath(src, "link")
-        raw_dst, pd = _fspath(dst, "link")
-        with _errors(ps, pd):
+        raw_src, ps = fspath(src, "link")
+        raw_dst, pd = fspath(dst, "link")
+        with errors(ps, pd):
             with PathWalk(self.client) as w:
                 old = w.resolve(raw_src, follow=False)
             try:
@@ -768,9 +500,9 @@ class GuestOS:
     def symlink(self, src: Any, dst: Any, target_is_directory: bool = False) -> None:
         """``os.symlink``: ``dst`` becomes a symlink to ``src``.  ENOENT for an empty target,
         ENAMETOOLONG from PATH_MAX, EEXIST for an existing ``dst``."""
-        raw_src, ps = _fspath(src, "symlink")
-        raw_dst, pd = _fspath(dst, "symlink")
-        with _errors(ps, pd):
+        raw_src, ps = fspath(src, "symlink")
+        raw_dst, pd = fspath(dst, "symlink")
+        with errors(ps, pd):
             check_path(raw_src)
             with self._creating(raw_dst) as (w, name):
                 entry = self.client.symlink(w.dir.nodeid, name, raw_src)
@@ -790,10 +522,9 @@ class GuestOS:
         if isinstance(path, int):
             with self._file(path) as f:
                 return self.client.getxattr(f.nodeid, self._xattr_name(attribute))
-        with _errors(os.fspath(path)):
+        with errors(os.fspath(path)):
             name = self._xattr_name(attribute)
-        with self._lookup(path, "getxattr", follow=follow_symlinks) as node, \
-                _errors(os.fspath(path)):
+        with self._lookup(path, "getxattr", follow=follow_symlinks) as node:
             return self.client.getxattr(node.nodeid, name)
 
     def setxattr(self, path: Any, attribute: Any, value: Any, flags: int = 0, *,
@@ -801,7 +532,7 @@ class GuestOS:
         """``os.setxattr``: EINVAL for unknown flags, ERANGE for a bad name, E2BIG for a value
         over 64 KiB (all before the path); EEXIST (XATTR_CREATE), ENODATA (XATTR_REPLACE)."""
         value = bytes(value)
-        with _errors(None if isinstance(path, int) else os.fspath(path)):
+        with errors(None if isinstance(path, int) else os.fspath(path)):
             if flags & ~(XATTR_CREATE | XATTR_REPLACE):
                 raise oserror(errno.EINVAL)
             name = self._xattr_name(attribute)
@@ -810,8 +541,7 @@ class GuestOS:
         if isinstance(path, int):
             with self._file(path) as f:
                 return self.client.setxattr(f.nodeid, name, value, flags)
-        with self._lookup(path, "setxattr", follow=follow_symlinks) as node, \
-                _errors(os.fspath(path)):
+        with self._lookup(path, "setxattr", follow=follow_symlinks) as node:
             self.client.setxattr(node.nodeid, name, value, flags)
 
     def listxattr(self, path: Any = None, *, follow_symlinks: bool = True) -> list[str]:
@@ -822,8 +552,7 @@ class GuestOS:
             with self._file(path) as f:
                 names = self.client.listxattr(f.nodeid)
         else:
-            with self._lookup(path, "listxattr", follow=follow_symlinks) as node, \
-                    _errors(os.fspath(path)):
+            with self._lookup(path, "listxattr", follow=follow_symlinks) as node:
                 names = self.client.listxattr(node.nodeid)
         return [os.fsdecode(n) for n in names.split(b"\0") if n]
 
@@ -832,10 +561,9 @@ class GuestOS:
         if isinstance(path, int):
             with self._file(path) as f:
                 return self.client.removexattr(f.nodeid, self._xattr_name(attribute))
-        with _errors(os.fspath(path)):
+        with errors(os.fspath(path)):
             name = self._xattr_name(attribute)
-        with self._lookup(path, "removexattr", follow=follow_symlinks) as node, \
-                _errors(os.fspath(path)):
+        with self._lookup(path, "removexattr", follow=follow_symlinks) as node:
             self.client.removexattr(node.nodeid, name)
 
     # locks (lockf, fcntl) and mmap(fd, length, offset): later issues.

@@ -241,18 +241,20 @@ class PathWalk:
     def resolve(self, path: bytes, *, follow: bool = True, must_dir: bool = False) -> Node:
         """The node ``path`` names, pinned; :attr:`dir` is then its parent's chain (or, for
         ``.``/``..``/``/``, the node itself).  ``follow``: follow a symlink in last position
-        (a trailing slash or ``must_dir`` forces it); ``must_dir``: ENOTDIR unless a directory."""
+        (a trailing slash forces it: LOOKUP_FOLLOW | LOOKUP_DIRECTORY); ``must_dir``: ENOTDIR
+        unless a directory (LOOKUP_DIRECTORY alone, as O_DIRECTORY sets it)."""
         check_path(path)
         last = self.parent(path)
+        slashed = False
         while True:
-            must_dir = must_dir or last.slash
+            slashed = slashed or last.slash
             node = self.last_node(last)
             if node is None:
                 node = self.lookup(last.name)
-                if node.is_symlink and (follow or must_dir):
+                if node.is_symlink and (follow or slashed):
                     last = self.follow(node)
                     continue
-            if must_dir and not node.is_dir:
+            if (must_dir or slashed) and not node.is_dir:
                 self.client.put(node.nodeid)
                 raise oserror(errno.ENOTDIR)
             return node

@@ -38,8 +38,9 @@ class GuestService:
         if method == "stats":
             dev = self.mount.device
             return {"in_flight": dev.in_flight(),
-                    "queues": [{"index": q.index, "kicks": q.kicks, "full_waits": q.full_waits}
-                               for q in dev.queues]}
+                    "queues": [{"index": q.index, "kicks": q.kicks, "full_waits": q.full_waits,
+                                "spin_ns": b.ns, "spin_hits": b.hits, "blocks": b.blocks}
+                               for q, b in zip(dev.queues, dev._spin)]}
         if method == "shutdown":
             self.stop.set()
             return True

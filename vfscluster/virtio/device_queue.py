@@ -16,7 +16,7 @@ from ..errors import QueueError
 from .chain import DescriptorChain, walk_chain
 from .fence import barrier
 from .memory import GuestMemory
-from .ring import (AVAIL_F_NO_INTERRUPT, U16, USED_ELEM, USED_F_NO_NOTIFY, avail_event_offset, avail_size,
+from .ring import (AVAIL_F_NO_INTERRUPT, USED_ELEM, USED_F_NO_NOTIFY, avail_event_offset, avail_size,
                    desc_table_size, need_event, used_event_offset, used_size, valid_queue_size)
 
 
@@ -60,6 +60,8 @@ class Queue:
         self.desc = desc
         self.avail = avail
         self.used = used
+        self._a16 = avail.cast("H")          # single-load/store u16 access (see ring.py)
+        self._u16 = used.cast("H")
         self.next_avail = state.next_avail & 0xFFFF
         self.next_used = state.next_used & 0xFFFF
         self.event_idx = state.event_idx
@@ -74,19 +76,19 @@ class Queue:
 
     # -- available ring ------------------------------------------------------------------------
     def avail_idx(self) -> int:
-        return U16.unpack_from(self.avail, 2)[0]
+        return self._a16[1]
 
     def has_work(self) -> bool:
-        return U16.unpack_from(self.avail, 2)[0] != self.next_avail
+        return self._a16[1] != self.next_avail
 
     def pop(self) -> DescriptorChain | None:
         """The next available chain, checked, or None."""
-        idx = U16.unpack_from(self.avail, 2)[0]
+        idx = self._a16[1]
         if idx == self.next_avail:
             return None
         if ((idx - self.next_avail) & 0xFFFF) > self.size:
             raise QueueError(f"avail index jumped from {self.next_avail} to {idx} (queue size {self.size})")
-        head = U16.unpack_from(self.avail, 4 + 2 * (self.next_avail % self.size))[0]
+        head = self._a16[2 + self.next_avail % self.size]
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         self.popped += 1
         return walk_chain(self.mem, self.desc, self.size, head, indirect_ok=self.indirect)
@@ -97,7 +99,7 @@ class Queue:
         slot = self.next_used % self.size
         USED_ELEM.pack_into(self.used, 4 + 8 * slot, head, length)
         self.next_used = (self.next_used + 1) & 0xFFFF
-        U16.pack_into(self.used, 2, self.next_used)   # x86 TSO keeps the element store before this
+        self._u16[1] = self.next_used   # x86 TSO keeps the element store before this
 
     def needs_notification(self) -> bool:
         """Should the driver be called for the used entries added since the last call?"""
@@ -107,9 +109,9 @@ class Queue:
             return False
         if self.event_idx:
             self._signalled_used = new
-            return need_event(U16.unpack_from(self.avail, self._used_event_off)[0], new, old)
+            return need_event(self._a16[self._used_event_off >> 1], new, old)
         self._signalled_used = new
-        return not (U16.unpack_from(self.avail, 0)[0] & AVAIL_F_NO_INTERRUPT)
+        return not (self._a16[0] & AVAIL_F_NO_INTERRUPT)
 
     def notify(self) -> None:
         """Signal the call eventfd (if any)."""
@@ -131,16 +133,16 @@ class Queue:
     def disable_kicks(self) -> None:
         """Ask the driver not to kick (we are polling)."""
         if self.event_idx:
-            U16.pack_into(self.used, self._avail_event_off, (self.next_avail - 1) & 0xFFFF)
+            self._u16[self._avail_event_off >> 1] = (self.next_avail - 1) & 0xFFFF
         else:
-            U16.pack_into(self.used, 0, USED_F_NO_NOTIFY)
+            self._u16[0] = USED_F_NO_NOTIFY
 
     def enable_kicks(self) -> bool:
         """Ask for a kick on the next buffer; returns True if work arrived meanwhile (process it)."""
         if self.event_idx:
-            U16.pack_into(self.used, self._avail_event_off, self.next_avail)
+            self._u16[self._avail_event_off >> 1] = self.next_avail
         else:
-            U16.pack_into(self.used, 0, 0)
+            self._u16[0] = 0
         barrier()   # the request for kicks must be visible before we look at avail.idx again
         return self.has_work()
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import LocalProtocolError
 from .fence import barrier
-from .ring import (DESC, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, U16, USED_ELEM, USED_F_NO_NOTIFY,
+from .ring import (DESC, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, USED_ELEM, USED_F_NO_NOTIFY,
                    avail_event_offset, layout, need_event, used_event_offset, valid_queue_size)
 
 
@@ -42,6 +42,8 @@ class DriverQueue:
         self.desc[:] = bytes(len(self.desc))
         self.avail[:] = bytes(len(self.avail))
         self.used[:] = bytes(len(self.used))
+        self._a16 = self.avail.cast("H")     # single-load/store u16 access (see ring.py)
+        self._u16 = self.used.cast("H")
         self._used_event_off = used_event_offset(size)
         self._avail_event_off = avail_event_offset(size)
         self.lock = threading.Lock()
@@ -93,9 +95,37 @@ class DriverQueue:
                     DESC.pack_into(self.desc, ids[i] * DESC_SIZE, addr, length, flags, 0)
             head = ids[0]
             self._chains[head] = (ids, token)
-            U16.pack_into(self.avail, 4 + 2 * (self.avail_idx % self.size), head)
+            self._a16[2 + self.avail_idx % self.size] = head
             self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-            U16.pack_into(self.avail, 2, self.avail_idx)      # TSO: ring entry visible before idx
+            self._a16[1] = self.avail_idx      # TSO: ring entry visible before idx
+            return self._should_kick()
+
+    def add_pair(self, in_gpa: int, in_len: int, out_gpa: int, out_len: int, token: Any) -> bool:
+        """:meth:`add` for the common chain: one device-readable buffer, then one device-writable
+        buffer (omitted when ``out_len`` is 0)."""
+        n = 2 if out_len else 1
+        with self.lock:
+            free = self._free
+            while len(free) < n:
+                if self.closed:
+                    raise QueueClosed()
+                self.full_waits += 1
+                self.space.wait()
+            if self.closed:
+                raise QueueClosed()
+            head = free.pop()
+            if n == 2:
+                tail = free.pop()
+                DESC.pack_into(self.desc, head * DESC_SIZE, in_gpa, in_len, DESC_F_NEXT, tail)
+                DESC.pack_into(self.desc, tail * DESC_SIZE, out_gpa, out_len, DESC_F_WRITE, 0)
+                self._chains[head] = ([head, tail], token)
+            else:
+                DESC.pack_into(self.desc, head * DESC_SIZE, in_gpa, in_len, 0, 0)
+                self._chains[head] = ([head], token)
+            idx = self.avail_idx
+            self._a16[2 + idx % self.size] = head
+            self.avail_idx = idx = (idx + 1) & 0xFFFF
+            self._a16[1] = idx      # TSO: ring entry visible before idx
             return self._should_kick()
 
     def _should_kick(self) -> bool:
@@ -103,8 +133,8 @@ class DriverQueue:
         old, new = self._kicked_at, self.avail_idx
         self._kicked_at = new
         if self.event_idx:
-            return need_event(U16.unpack_from(self.used, self._avail_event_off)[0], new, old)
-        return not (U16.unpack_from(self.used, 0)[0] & USED_F_NO_NOTIFY)
+            return need_event(self._u16[self._avail_event_off >> 1], new, old)
+        return not (self._u16[0] & USED_F_NO_NOTIFY)
 
     def kick(self) -> None:
         if self.kick_fd is not None:
@@ -113,10 +143,10 @@ class DriverQueue:
 
     # -- completion ----------------------------------------------------------------------------
     def used_idx(self) -> int:
-        return U16.unpack_from(self.used, 2)[0]
+        return self._u16[1]
 
     def has_used(self) -> bool:
-        return U16.unpack_from(self.used, 2)[0] != self.last_used
+        return self._u16[1] != self.last_used
 
     def reap(self, complete: Callable[[Any, int], None]) -> int:
         """Take every used entry; ``complete(token, length)`` for each.  Caller holds ``lock``.
@@ -127,7 +157,7 @@ class DriverQueue:
         """
         count = 0
         while True:
-            idx = U16.unpack_from(self.used, 2)[0]
+            idx = self._u16[1]
             while self.last_used != idx:
                 head, length = USED_ELEM.unpack_from(self.used, 4 + 8 * (self.last_used % self.size))
                 self.last_used = (self.last_used + 1) & 0xFFFF
@@ -140,9 +170,9 @@ class DriverQueue:
                 count += 1
             if self._suppressed or not self.event_idx:
                 break
-            U16.pack_into(self.avail, self._used_event_off, self.last_used)
+            self._a16[self._used_event_off >> 1] = self.last_used
             barrier()
-            if U16.unpack_from(self.used, 2)[0] == self.last_used:
+            if self._u16[1] == self.last_used:
                 break
         if count:
             self.space.notify_all()
@@ -152,18 +182,18 @@ class DriverQueue:
         """Ask the device not to call (someone is polling the used ring).  Caller holds ``lock``."""
         self._suppressed = True
         if self.event_idx:
-            U16.pack_into(self.avail, self._used_event_off, (self.last_used - 1) & 0xFFFF)
+            self._a16[self._used_event_off >> 1] = (self.last_used - 1) & 0xFFFF
         else:
-            U16.pack_into(self.avail, 0, 1)
+            self._a16[0] = 1
 
     def enable_calls(self) -> bool:
         """Ask for a call on the next used buffer; True if one arrived meanwhile (reap it).
         Caller holds ``lock``."""
         self._suppressed = False
         if self.event_idx:
-            U16.pack_into(self.avail, self._used_event_off, self.last_used)
+            self._a16[self._used_event_off >> 1] = self.last_used
         else:
-            U16.pack_into(self.avail, 0, 0)
+            self._a16[0] = 0
         barrier()
         return self.has_used()
 

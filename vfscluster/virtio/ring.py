@@ -20,6 +20,10 @@ AVAIL_F_NO_INTERRUPT = 1          # driver: do not call me (ignored with EVENT_I
 USED_F_NO_NOTIFY = 1              # device: do not kick me (ignored with EVENT_IDX)
 
 DESC = struct.Struct("<QIHH")
+# Ring indexes and event fields change under the peer's feet: read and write them through
+# ``memoryview.cast("H")`` item access, which is ONE 2-byte load or store.  ``struct`` packs and
+# unpacks little-endian fields byte by byte, so a reader can see a torn index (seen here: an
+# avail.idx of 40588 read as 0).  U16 is for fields nobody changes concurrently.
 U16 = struct.Struct("<H")
 USED_ELEM = struct.Struct("<II")
 

@@ -1,0 +1,237 @@
+"""The descriptor calls of :class:`~vfscluster.guest.gos.GuestOS` (``fs/read_write.c``,
+``fs/open.c``, ``fs/sync.c``): close, read/write at the position or at an offset, lseek,
+ftruncate, fsync, fstat.
+
+Checks are made in the kernel's order: the argument checks CPython and the system call make
+before looking at the descriptor (a negative length or offset is EINVAL even for a bad
+descriptor), then EBADF (unknown descriptor, ``O_PATH`` file, not open for reading/writing), then
+the file type (EISDIR reading a directory, EINVAL truncating what is not a regular file open for
+writing).  An ``O_APPEND`` write goes to the end of the file as the host reports it, and leaves the
+position there (``pwrite`` too appends, as on Linux).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..fuse.abi import Attr, OpenOutFlags, SetattrIn, SetattrValid
+from .client import FuseClient
+from .files import FdTable, OpenFile
+from .namei import Node, oserror
+from .osargs import errors, named
+
+__all__ = ["FdCalls", "MAX_RW_COUNT"]
+
+MAX_RW_COUNT = 0x7FFFF000          # fs/read_write.c: INT_MAX & PAGE_MASK
+_SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+_SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+
+
+class FdCalls:
+    """Descriptor calls; mixed into GuestOS, which provides ``client``, ``_fds``, ``lock_owner``
+    and ``st_dev``."""
+
+    client: FuseClient
+    _fds: FdTable
+    lock_owner: int
+    st_dev: int
+
+    def _released(self, file: OpenFile) -> None:
+        """The last reference to an open file went: RELEASE(DIR) it and unpin its node."""
+        c = self.client
+        try:
+            if file.fh is not None:
+                if file.is_dir:
+                    c.releasedir(file.nodeid, file.fh, file.flags)
+                else:
+                    c.release(file.nodeid, file.fh, file.flags)
+        finally:
+            c.put(file.nodeid)
+
+    def close(self, fd: int) -> None:
+        """``os.close``: FLUSH (regular files, unless the server said FOPEN_NOFLUSH), then
+        release the file once no operation uses it.  EBADF; FLUSH's error is reported."""
+        with errors():
+            file = self._fds.remove(fd)
+            try:
+                noflush = file.open_flags & OpenOutFlags.NOFLUSH
+                if not file.is_path and not file.is_dir and not noflush:
+                    self.client.flush(file.nodeid, file.fh, self.lock_owner)
+            finally:
+                file.put()
+
+    @contextmanager
+    def _file(self, fd: int) -> Iterator[OpenFile]:
+        with errors():
+            file = self._fds.get(fd)
+            try:
+                yield file
+            finally:
+                file.put()
+
+    # ================================================================== reading and writing
+
+    def read(self, fd: int, n: int) -> bytes:
+        """``os.read`` at the file position.  EINVAL (n < 0), EBADF (not open for reading),
+        EISDIR (a directory)."""
+        if n < 0:
+            raise named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            self._check_readable(f)
+            if n == 0:
+                return b""
+            with f.pos_lock:
+                data = self.client.read(f.nodeid, f.fh, f.pos, min(n, MAX_RW_COUNT),
+                                        flags=f.flags, lock_owner=self.lock_owner)
+                f.pos += len(data)
+            return data
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        """``os.pread``: ``n`` bytes at ``offset``; the position does not move."""
+        if n < 0 or offset < 0:
+            raise named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            self._check_readable(f)
+            if n == 0:
+                return b""
+            return self.client.read(f.nodeid, f.fh, offset, min(n, MAX_RW_COUNT), flags=f.flags,
+                                    lock_owner=self.lock_owner)
+
+    @staticmethod
+    def _check_readable(f: OpenFile) -> None:
+        if not f.readable:
+            raise oserror(errno.EBADF)
+        if f.is_dir:
+            raise oserror(errno.EISDIR)
+
+    def write(self, fd: int, data: Any) -> int:
+        """``os.write`` at the file position, or at the end of the file with O_APPEND (the
+        position then is the new end).  EBADF when not open for writing."""
+        view = memoryview(data)
+        with self._file(fd) as f:
+            if not f.writable:
+                raise oserror(errno.EBADF)
+            if not view.nbytes:
+                return 0
+            with f.pos_lock:
+                offset = self._size(f) if f.flags & os.O_APPEND else f.pos
+                n = self._write(f, offset, view)
+                f.pos = offset + n
+            return n
+
+    def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        """``os.pwrite`` at ``offset`` (at the end of the file with O_APPEND, as Linux does);
+        the position does not move."""
+        view = memoryview(data)
+        if offset < 0:
+            raise named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            if not f.writable:
+                raise oserror(errno.EBADF)
+            if not view.nbytes:
+                return 0
+            if f.flags & os.O_APPEND:
+                offset = self._size(f)
+            return self._write(f, offset, view)
+
+    def _write(self, f: OpenFile, offset: int, view: memoryview) -> int:
+        view = view.cast("B")[:MAX_RW_COUNT]
+        return self.client.write(f.nodeid, f.fh, offset, view, flags=f.flags,
+                                 lock_owner=self.lock_owner)
+
+    def _size(self, f: OpenFile) -> int:
+        """The file's current size, asked through its handle (FUSE_GETATTR_FH)."""
+        return self.client.getattr(f.nodeid, f.fh).attr.size
+
+    def lseek(self, fd: int, pos: int, how: int) -> int:
+        """``os.lseek``: SEEK_SET/CUR/END locally (END asks the size), SEEK_DATA/SEEK_HOLE with
+        FUSE_LSEEK (the generic answer when the server lacks it).  EINVAL for a bad ``how`` or a
+        negative result, ENXIO for DATA/HOLE past the end."""
+        with self._file(fd) as f:
+            if f.is_path:
+                raise oserror(errno.EBADF)
+            with f.pos_lock:
+                if how == os.SEEK_SET:
+                    new = pos
+                elif how == os.SEEK_CUR:
+                    new = f.pos + pos
+                elif how == os.SEEK_END:
+                    new = self._size(f) + pos
+                elif how in (_SEEK_DATA, _SEEK_HOLE):
+                    new = self._seek_data(f, pos, how)
+                else:
+                    raise oserror(errno.EINVAL)
+                if new < 0:
+                    raise oserror(errno.EINVAL)
+                f.pos = new
+                return new
+
+    def _seek_data(self, f: OpenFile, pos: int, how: int) -> int:
+        if not f.is_dir:
+            try:
+                return self.client.lseek(f.nodeid, f.fh, pos, how)
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+        size = self._size(f)            # fs/read_write.c generic_file_llseek_size
+        if pos < 0 or pos >= size:
+            raise oserror(errno.ENXIO)
+        return pos if how == _SEEK_DATA else size
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        """``os.ftruncate``: EINVAL for a negative length (before anything else), for a file
+        not open for writing or not regular."""
+        if length < 0:
+            raise named(oserror(errno.EINVAL))
+        with self._file(fd) as f:
+            if f.is_path:
+                raise oserror(errno.EBADF)
+            if not f.node.is_reg or not f.writable:
+                raise oserror(errno.EINVAL)
+            # fs/fuse/dir.c update_mtime(): no FATTR_MTIME for ftruncate, the host's truncate
+            # sets the times itself
+            self._setattr(f.nodeid, SetattrValid.SIZE | SetattrValid.FH | SetattrValid.LOCKOWNER,
+                          fh=f.fh, size=length)
+
+    def fsync(self, fd: Any) -> None:
+        """``os.fsync`` (FSYNC, or FSYNCDIR for a directory)."""
+        self._fsync(fd, False)
+
+    def fdatasync(self, fd: Any) -> None:
+        """``os.fdatasync``."""
+        self._fsync(fd, True)
+
+    def _fsync(self, fd: Any, datasync: bool) -> None:
+        if not isinstance(fd, int):
+            fd = fd.fileno()
+        with self._file(fd) as f:
+            if f.is_path:
+                raise oserror(errno.EBADF)
+            if f.is_dir:
+                self.client.fsyncdir(f.nodeid, f.fh, datasync)
+            else:
+                self.client.fsync(f.nodeid, f.fh, datasync)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        """``os.fstat`` (GETATTR of the file's node, as fs/fuse/dir.c fuse_getattr sends it)."""
+        with self._file(fd) as f:
+            return self._stat_of(f.node, fresh=True)
+
+    def _stat_of(self, node: Node, fresh: bool = False) -> os.stat_result:
+        attr = node.attr
+        if attr is None or fresh:
+            attr = self.client.getattr(node.nodeid).attr
+        return attr.to_stat_result(self.st_dev)
+
+    def _setattr(self, nodeid: int, valid: int, *, fh: int | None = None, size: int = 0,
+                 mode: int = 0, atime_ns: int = 0, mtime_ns: int = 0) -> Attr:
+        a_s, a_n = divmod(atime_ns, 1_000_000_000)
+        m_s, m_n = divmod(mtime_ns, 1_000_000_000)
+        arg = SetattrIn(valid=int(valid), fh=fh or 0, size=size,
+                        lock_owner=self.lock_owner if valid & SetattrValid.LOCKOWNER else 0,
+                        atime=a_s & 0xFFFF_FFFF_FFFF_FFFF, mtime=m_s & 0xFFFF_FFFF_FFFF_FFFF,
+                        atimensec=a_n, mtimensec=m_n, mode=mode)
+        return self.client.setattr(nodeid, arg).attr

@@ -1,0 +1,89 @@
+"""How ``os`` presents a call: argument conversion, error objects, time conversion.
+
+Shared by :mod:`~vfscluster.guest.gos` and :mod:`~vfscluster.guest.fdcalls` so that both raise
+exactly what CPython's ``os`` module raises: ``OSError`` with the errno, the standard message and
+the ``filename`` / ``filename2`` CPython attaches; TypeError / ValueError for arguments CPython
+refuses before any system call.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..errors import ProtocolError
+from .namei import oserror
+
+__all__ = ["process_umask", "named", "errors", "fspath", "time_to_ns"]
+
+log = logging.getLogger(__name__)
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it (``/proc/self/status``), else 0o022."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def named(exc: OSError, filename: Any = None, filename2: Any = None) -> OSError:
+    if filename is None:
+        return OSError(exc.errno, exc.strerror)
+    if filename2 is None:
+        return OSError(exc.errno, exc.strerror, filename)
+    return OSError(exc.errno, exc.strerror, filename, None, filename2)
+
+
+@contextmanager
+def errors(filename: Any = None, filename2: Any = None) -> Iterator[None]:
+    """Attach file names to the OSErrors raised inside; a protocol error becomes EIO."""
+    try:
+        yield
+    except OSError as exc:
+        raise named(exc, filename, filename2) from None
+    except ProtocolError as exc:
+        log.warning("FUSE protocol error: %s", exc)
+        raise named(oserror(errno.EIO), filename, filename2) from exc
+
+
+def fspath(path: Any, func: str) -> tuple[bytes, Any]:
+    """``(path as bytes, path as the caller gave it, after os.fspath)``.  TypeError, and
+    ValueError for an embedded NUL, as ``os`` raises them."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{func}: path should be string, bytes or os.PathLike, "
+                        f"not {type(path).__name__}") from None
+    raw = os.fsencode(p)
+    if b"\0" in raw:
+        raise ValueError(f"{func}: embedded null character in path")
+    return raw, p
+
+
+def time_to_ns(value: Any, func: str) -> int:
+    """A ``times`` element as CPython converts it (_PyTime_ObjectToTimespec, ROUND_FLOOR)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ValueError("Invalid value NaN (not a number)")
+        frac, whole = math.modf(value)
+        nsec = math.floor(frac * 1e9)
+        if nsec >= 1_000_000_000:
+            nsec -= 1_000_000_000
+            whole += 1
+        elif nsec < 0:
+            nsec += 1_000_000_000
+            whole -= 1
+        return int(whole) * 1_000_000_000 + nsec
+    try:
+        return int(value.__index__()) * 1_000_000_000
+    except AttributeError:
+        raise TypeError(f"{func}: 'times' must be either a tuple of two ints or None") from None
