@@ -126,6 +126,7 @@ class VirtioFsDevice:
         self._unique = itertools.count(2, 2)
         self._affinity = threading.local()
         self._tls = threading.local()
+        self._broken: dict[int, int] = {}       # queue index -> errno its requests fail with
         self._next_queue = itertools.count()
         self._stop_r, self._stop_w = os.pipe()
         self.frontend = None
@@ -168,8 +169,10 @@ class VirtioFsDevice:
             fe.set_vring_num(q.index, q.size)
             fe.set_vring_base(q.index, 0)
             fe.set_vring_addr(VringAddr(q.index, 0, q.desc_user, q.used_user, q.avail_user, 0))
+            q.err_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             fe.set_vring_kick(q.index, q.kick_fd)
             fe.set_vring_call(q.index, q.call_fd)
+            fe.set_vring_err(q.index, q.err_fd)
         if self.features & VHOST_USER_F_PROTOCOL_FEATURES:
             for q in self.queues:
                 fe.set_vring_enable(q.index, True)
@@ -191,6 +194,9 @@ class VirtioFsDevice:
                 creds: Credentials | None, sync: bool = False) -> _Pending:
         if self.disconnected or not self.connected:
             raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        if q.index in self._broken:
+            err = self._broken[q.index]
+            raise OSError(err, os.strerror(err))
         in_len = 40
         for a in args:
             in_len += len(a)
@@ -229,7 +235,8 @@ class VirtioFsDevice:
             kick = q.add_pair(gpa + base, in_len, gpa + out_off, out_size, p)
         except QueueClosed:
             self._release(p)
-            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN)) from None
+            err = self._broken.get(q.index, errno.ENOTCONN)
+            raise OSError(err, os.strerror(err)) from None
         if kick:
             q.kick()
         return p
@@ -344,9 +351,12 @@ class VirtioFsDevice:
     def _complete_loop(self) -> None:
         poller = select.poll()
         by_fd = {}
+        errs = {}
         for q in self.queues:
             poller.register(q.call_fd, select.POLLIN)
             by_fd[q.call_fd] = q
+            poller.register(q.err_fd, select.POLLIN)
+            errs[q.err_fd] = q
         poller.register(self._stop_r, select.POLLIN)
         sock_fd = self.frontend.conn.fileno()
         poller.register(sock_fd, 0)          # only hang-up / error are reported
@@ -360,6 +370,12 @@ class VirtioFsDevice:
                         self._fail_all(errno.ENOTCONN)
                         return
                     continue
+                if fd in errs:
+                    q = errs[fd]
+                    log.warning("the host reports queue %d broken: failing its requests with EIO", q.index)
+                    poller.unregister(fd)
+                    self._fail_queue(q, errno.EIO)
+                    continue
                 q = by_fd[fd]
                 try:
                     os.eventfd_read(fd)
@@ -371,14 +387,19 @@ class VirtioFsDevice:
     def _fail_all(self, err: int) -> None:
         self.disconnected = True
         for q in self.queues:
-            q.close()
-            with q.lock:
-                for p in q.pending_tokens():
-                    if not p.done:
-                        p.error = err
-                        p.done = True
-                        if p.out_size:
-                            p.lock.release()
+            self._fail_queue(q, err)
+
+    def _fail_queue(self, q: DriverQueue, err: int) -> None:
+        """Complete every request pending on ``q`` with ``err``; later submitters get it at once."""
+        self._broken[q.index] = err
+        q.close()
+        with q.lock:
+            for p in q.pending_tokens():
+                if isinstance(p, _Pending) and not p.done:
+                    p.error = err
+                    p.done = True
+                    if p.out_size:
+                        p.lock.release()
 
     # -- life cycle ----------------------------------------------------------------------------
     def in_flight(self) -> int:
@@ -402,10 +423,10 @@ class VirtioFsDevice:
         if fe is not None:
             fe.close()
         for q in self.queues:
-            for fd in (q.kick_fd, q.call_fd):
+            for fd in (q.kick_fd, q.call_fd, q.err_fd):
                 if fd is not None:
                     os.close(fd)
-            q.kick_fd = q.call_fd = None
+            q.kick_fd = q.call_fd = q.err_fd = None
         os.close(self._stop_r)
         os.close(self._stop_w)
 

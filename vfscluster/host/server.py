@@ -207,7 +207,7 @@ class HostServer:
                     chain = q.pop()
                 except QueueError as exc:
                     log.warning("%s queue %d is broken: %s", s.name, i, exc)
-                    q.broken = str(exc)
+                    q.mark_broken(str(exc))
                     break
                 if chain is None:
                     break

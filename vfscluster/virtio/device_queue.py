@@ -146,6 +146,16 @@ class Queue:
         barrier()   # the request for kicks must be visible before we look at avail.idx again
         return self.has_work()
 
+    def mark_broken(self, reason: str) -> None:
+        """Stop using the queue and tell the driver (its vring error eventfd, if it gave one)."""
+        self.broken = reason
+        fd = self.state.err_fd
+        if fd is not None:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass  # the driver closed it: it is going away
+
     def sync_state(self) -> QueueState:
         """Write the ring position back into the plain state (GET_VRING_BASE)."""
         self.state.next_avail = self.next_avail

@@ -55,6 +55,7 @@ class DriverQueue:
         self.last_used = 0
         self.kick_fd: int | None = None
         self.call_fd: int | None = None
+        self.err_fd: int | None = None
         self.closed = False
         self._suppressed = False
         self.kicks = 0
