@@ -89,10 +89,7 @@ class Reaper(threading.Thread):
             except BlockingIOError:
                 pass
             with self.dq.lock:
-                self.dq.reap(self.complete)
-            self.dq.enable_calls()
-            with self.dq.lock:
-                self.dq.reap(self.complete)
+                self.dq.reap(self.complete)     # re-arms used_event and looks again
 
     def close(self):
         os.write(self.stop_w, b"x")
@@ -106,7 +103,8 @@ def test_full_ring_many_threads(event_idx):
     dev, reaper = EchoDevice(q), Reaper(dq)
     dev.start()
     reaper.start()
-    dq.enable_calls()
+    with dq.lock:
+        dq.enable_calls()
     errors = []
 
     def worker(t):

@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -55,13 +56,16 @@ def _context():
 
 
 def _close_inherited(keep: int) -> None:
-    """In a freshly forked member: close the launcher's descriptors (other clusters' sockets and
-    pipes), keeping ``keep`` and fds 0-2, which become ``sys.stdout``/``sys.stderr`` again (the
-    launcher may have replaced those objects, e.g. pytest's capture)."""
+    """In a freshly forked member: close the sockets inherited from the launcher (other clusters'
+    control connections must not be held open by this process), keeping ``keep``.  Pipes stay:
+    one of them is multiprocess's sentinel, whose closing tells the launcher this process exited.
+    ``sys.stdout``/``sys.stderr`` are made fresh objects on fds 1 and 2 (the launcher may have
+    replaced those objects, e.g. pytest's capture)."""
     for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
         if fd > 2 and fd != keep:
             try:
-                os.close(fd)
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.close(fd)
             except OSError:
                 pass
     sys.stdout = open(1, "w", buffering=1, closefd=False)

@@ -405,6 +405,14 @@ class VirtioFsDevice:
     def in_flight(self) -> int:
         return sum(q.in_flight() for q in self.queues[1:])
 
+    def drain(self) -> None:
+        """Wait until no request is in flight on any request queue (unmount).  Woken by reaping, or
+        by a disconnect, which completes everything with ENOTCONN."""
+        for q in self.queues[1:]:
+            with q.space:
+                while q.in_flight() and not q.closed:
+                    q.space.wait()
+
     def shutdown(self) -> None:
         """Stop the rings (GET_VRING_BASE), close the connection and the completion thread."""
         fe = self.frontend

@@ -31,11 +31,13 @@ class Mount:
     def unmount(self) -> None:
         """Drain in-flight requests, send DESTROY, stop the rings."""
         dev = self.device
+        dev.drain()
         try:
             if not dev.disconnected:
                 self.client.destroy()
         except OSError as exc:
             log.info("unmount %s: %s", self.tag, exc)
+        dev.drain()
 
 
 class GuestMachine:

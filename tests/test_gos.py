@@ -1,0 +1,601 @@
+"""vfscluster.guest.gos: GuestOS against a real Server(PassthroughFs) over the loopback transport.
+
+Every call, the errnos ``os`` gives on a local Linux file system (each checked against ``os``
+itself on a local twin directory), lookup counts back to zero on the host, large I/O, an unlinked
+open file, threads."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+
+import pytest
+
+from loopback import LoopbackTransport, make_loopback
+from vfscluster.fuse.abi import Opcode
+from vfscluster.guest.client import FuseClient
+from vfscluster.guest.gos import GuestOS
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+class Twin:
+    """A GuestOS over share/ and plain ``os`` on local/, with the same starting tree."""
+
+    def __init__(self, tmp_path, **loopback) -> None:
+        self.share = tmp_path / "share"
+        self.local = tmp_path / "local"
+        self.share.mkdir()
+        self.local.mkdir()
+        self.fs, self.server, self.transport = make_loopback(self.share, **loopback)
+        self.client = FuseClient(self.transport)
+        self.client.init()
+        self.g = GuestOS(self.client)
+        for root in (self.share, self.local):
+            (root / "dir" / "sub").mkdir(parents=True)
+            (root / "full").mkdir()
+            (root / "full" / "x").write_bytes(b"")
+            (root / "file").write_bytes(b"hello")
+            os.symlink("missing", root / "dangling")
+            os.symlink("file", root / "lfile")
+            os.symlink("dir", root / "ldir")
+            os.symlink("loop2", root / "loop1")
+            os.symlink("loop1", root / "loop2")
+
+    def lpath(self, p):
+        """``p`` (relative to the twin root) as a local path, keeping its type and slashes."""
+        if isinstance(p, bytes):
+            return os.fsencode(self.local) + b"/" + p if p else p
+        return f"{self.local}/{p}" if p else p
+
+    def outcome(self, fn, *args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+        except OSError as exc:
+            fn1 = exc.filename
+            fn2 = exc.filename2
+            return ("error", exc.errno, self._strip(fn1), self._strip(fn2))
+        except (ValueError, TypeError) as exc:
+            return ("error", type(exc).__name__)
+        if isinstance(result, list):
+            result = sorted(result)
+        if isinstance(result, os.stat_result):
+            result = (result.st_mode, result.st_size if not stat.S_ISDIR(result.st_mode) else 0,
+                      result.st_nlink)
+        return ("ok", result)
+
+    def _strip(self, name):
+        if isinstance(name, str):
+            return name.replace(f"{self.local}/", "")
+        if isinstance(name, bytes):
+            return name.replace(os.fsencode(self.local) + b"/", b"")
+        return name
+
+    def both(self, op: str, *paths, extra=(), **kwargs):
+        """Run ``op`` on both sides (``paths`` translated locally), return (guest, local)."""
+        g = self.outcome(getattr(self.g, op), *paths, *extra, **kwargs)
+        loc = self.outcome(getattr(os, op), *(self.lpath(p) for p in paths), *extra, **kwargs)
+        return g, loc
+
+    def close(self) -> None:
+        for fd in self.g.open_fds():
+            self.g.close(fd)
+        self.client.flush_forgets()
+        self.fs.close()
+
+
+@pytest.fixture
+def twin(tmp_path):
+    t = Twin(tmp_path)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def g(twin):
+    return twin.g
+
+
+def _errno(call, *args, **kwargs) -> int:
+    with pytest.raises(OSError) as info:
+        call(*args, **kwargs)
+    return info.value.errno
+
+
+# ------------------------------------------------------------------------------------- errnos vs os
+
+PATHS = ["", ".", "dir", "dir/", "dir//sub///", "file", "file/", "file/.", "file/x", "missing",
+         "missing/", "missing/x", "lfile", "lfile/", "ldir", "ldir/", "ldir/sub", "dangling",
+         "dangling/", "loop1", "loop1/x", "dir/..", "dir/sub/../..", "a" * 256, "a" * 256 + "/x",
+         "missing/" + "a" * 256, "x/" * 2100]
+
+OPEN_FLAGS = {
+    "RDONLY": os.O_RDONLY, "WRONLY": os.O_WRONLY, "RDWR": os.O_RDWR, "ACC3": 3,
+    "RDONLY|TRUNC": os.O_RDONLY | os.O_TRUNC, "CREAT": os.O_WRONLY | os.O_CREAT,
+    "CREAT|EXCL": os.O_WRONLY | os.O_CREAT | os.O_EXCL, "DIRECTORY": os.O_DIRECTORY,
+    "CREAT|DIRECTORY": os.O_CREAT | os.O_DIRECTORY, "NOFOLLOW": os.O_NOFOLLOW,
+    "NOFOLLOW|DIRECTORY": os.O_NOFOLLOW | os.O_DIRECTORY,
+    "CREAT|NOFOLLOW": os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, "PATH": os.O_PATH,
+    "PATH|NOFOLLOW": os.O_PATH | os.O_NOFOLLOW,
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_open_matches_os(twin, path):
+    for name, flags in OPEN_FLAGS.items():
+        res = []
+        for opener, p in ((twin.g, path), (os, twin.lpath(path))):
+            try:
+                fd = opener.open(p, flags, 0o640)
+            except OSError as exc:
+                res.append(("error", exc.errno, twin._strip(exc.filename)))
+                continue
+            st = opener.fstat(fd)
+            opener.close(fd)
+            res.append(("ok", st.st_mode, st.st_size))
+        assert res[0] == res[1], (path, name)
+        for root in (twin.share, twin.local):     # what O_CREAT made ("dangling" -> "missing")
+            if os.path.isfile(root / "missing"):
+                os.unlink(root / "missing")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op", ["stat", "lstat", "readlink", "listdir", "access", "truncate",
+                                "getxattr", "listxattr", "statvfs", "chmod", "utime",
+                                "removexattr", "exists"])
+def test_path_calls_match_os(twin, op, path):
+    extra = {"access": (os.R_OK,), "truncate": (3,), "getxattr": ("user.x",), "chmod": (0o644,),
+             "removexattr": ("user.x",)}.get(op, ())
+    if op == "exists":
+        assert twin.g.exists(path) == os.path.exists(twin.lpath(path))
+        return
+    if op == "statvfs":
+        g, loc = twin.both(op, path)
+        assert g[0] == loc[0] and g[1:] == loc[1:] if g[0] == "error" else g[0] == loc[0]
+        return
+    g, loc = twin.both(op, path, extra=extra)
+    assert g == loc
+
+
+@pytest.mark.parametrize("op,args", [
+    ("mkdir", ("dir",)), ("mkdir", ("file",)), ("mkdir", ("dangling",)), ("mkdir", (".",)),
+    ("mkdir", ("..",)), ("mkdir", ("dir/sub/",)), ("mkdir", ("file/x",)), ("mkdir", ("new/",)),
+    ("mkdir", ("missing/x",)), ("mkdir", ("",)),
+    ("rmdir", (".",)), ("rmdir", ("..",)), ("rmdir", ("dir/.",)), ("rmdir", ("dir/..",)),
+    ("rmdir", ("full",)), ("rmdir", ("file",)), ("rmdir", ("ldir",)), ("rmdir", ("missing",)),
+    ("rmdir", ("file/",)), ("rmdir", ("dir/sub/",)), ("rmdir", ("ldir/sub",)),
+    ("unlink", ("dir",)), ("unlink", (".",)), ("unlink", ("file/",)), ("unlink", ("dir/",)),
+    ("unlink", ("missing/",)), ("unlink", ("missing",)), ("unlink", ("lfile",)),
+    ("unlink", ("dangling/",)), ("remove", ("ldir",)),
+    ("link", ("dir", "newlink")), ("link", ("dir", "file")), ("link", ("missing", "x")),
+    ("link", ("file", "file")), ("link", ("file", "new/")), ("link", ("file/", "new")),
+    ("link", ("file", ".")), ("link", ("file", "dir/")), ("link", ("lfile", "hl")),
+    ("link", ("dangling", "hl")), ("link", ("file", "dir/hl")),
+    ("rename", ("dir", "dir/sub/x")), ("rename", ("dir", "dir/x")), ("rename", ("dir", "dir")),
+    ("rename", ("dir/sub", "dir")), ("rename", ("full/x", "full")), ("rename", ("full", "dir")),
+    ("rename", ("file", "dir")), ("rename", ("dir", "file")), ("rename", ("missing", "x")),
+    ("rename", ("file", "missing/x")), ("rename", ("file/", "x")), ("rename", ("file", "x/")),
+    ("rename", (".", "x")), ("rename", ("file", ".")), ("rename", ("file", "..")),
+    ("rename", ("dir/sub/..", "x")), ("rename", ("missing", "missing/")),
+    ("rename", ("file", "lfile")), ("rename", ("lfile", "file")), ("rename", ("dir", "ldir/sub/y")),
+    ("rename", ("ldir/sub", "dir/s2")), ("rename", ("dir", "newdir/")),
+    ("rename", ("full", "dir/sub")),
+    ("rename", ("file", "full/x")), ("replace", ("dir/sub", "full")),
+])
+def test_namespace_calls_match_os(twin, op, args):
+    g, loc = twin.both(op, *args)
+    assert g == loc
+    for d in ("", "dir", "full", "newdir"):
+        assert twin.outcome(twin.g.listdir, d or ".") == twin.outcome(os.listdir, twin.local / d)
+
+
+@pytest.mark.parametrize("target,name", [("x", "file"), ("", "newsl"), ("x", "newsl/"),
+                                         ("x", "dir/"), ("x", ".."), ("x", "missing/y"),
+                                         ("y" * 4096, "long"), ("file", "dir/ok")])
+def test_symlink_matches_os(twin, target, name):
+    g = twin.outcome(twin.g.symlink, target, name)
+    loc = twin.outcome(os.symlink, target, twin.lpath(name))
+    assert g == loc
+
+
+# ------------------------------------------------------------------------------- the listed errnos
+
+def test_errnos_of_the_issue(g):
+    assert _errno(g.stat, "") == errno.ENOENT
+    assert _errno(g.stat, "file/") == errno.ENOTDIR
+    assert _errno(g.stat, "a" * 256) == errno.ENAMETOOLONG
+    assert _errno(g.stat, "loop1") == errno.ELOOP
+    fd = g.open("file", os.O_RDONLY)
+    assert _errno(g.write, fd, b"x") == errno.EBADF
+    assert _errno(g.ftruncate, fd, 0) == errno.EINVAL
+    g.close(fd)
+    fd = g.open("file", os.O_WRONLY)
+    assert _errno(g.read, fd, 1) == errno.EBADF
+    g.close(fd)
+    assert _errno(g.read, fd, 1) == errno.EBADF
+    assert _errno(g.close, fd) == errno.EBADF
+    assert _errno(g.read, 999, 1) == errno.EBADF
+    fd = g.open("dir", os.O_RDONLY)
+    assert _errno(g.read, fd, 1) == errno.EISDIR
+    assert _errno(g.pread, fd, 1, 0) == errno.EISDIR
+    g.close(fd)
+    assert _errno(g.open, "file", os.O_RDONLY | os.O_DIRECTORY) == errno.ENOTDIR
+    assert _errno(g.open, "file", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+    assert _errno(g.open, "dangling", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+    assert _errno(g.open, "lfile", os.O_RDONLY | os.O_NOFOLLOW) == errno.ELOOP
+    assert _errno(g.rename, "dir", "dir/sub/x") == errno.EINVAL
+    assert _errno(g.rmdir, "full") == errno.ENOTEMPTY
+    assert _errno(g.rmdir, ".") == errno.EINVAL
+    assert _errno(g.unlink, "dir") == errno.EISDIR
+    assert _errno(g.link, "dir", "d2") == errno.EPERM
+    assert _errno(g.mkdir, "dir") == errno.EEXIST
+
+
+def test_error_carries_the_filenames(g):
+    with pytest.raises(FileNotFoundError) as info:
+        g.stat("missing/x")
+    assert (info.value.filename, info.value.filename2) == ("missing/x", None)
+    with pytest.raises(FileNotFoundError) as info:
+        g.rename("missing", "x")
+    assert (info.value.filename, info.value.filename2) == ("missing", "x")
+    with pytest.raises(FileNotFoundError) as info:
+        g.stat(b"missing")
+    assert info.value.filename == b"missing"
+    with pytest.raises(FileNotFoundError) as info:
+        g.utime("missing")
+    assert info.value.filename is None            # as CPython's os.utime
+    with pytest.raises(ValueError):
+        g.stat("a\0b")
+    with pytest.raises(TypeError):
+        g.stat(1.5)
+
+
+def test_symlink_loop_limit_is_40(twin):
+    """c0 -> c1 -> ... -> c41 (a directory): 40 links resolve, 41 are ELOOP."""
+    for i in range(41):
+        twin.g.symlink(f"c{i + 1}", f"c{i}")
+        os.symlink(f"c{i + 1}", twin.local / f"c{i}")
+    twin.g.mkdir("c41")
+    os.mkdir(twin.local / "c41")
+    for path in ("c1", "c0", "c1/", "c2/.", "c0/x", "c1/x"):
+        for op in ("stat", "lstat", "listdir"):
+            g, loc = twin.both(op, path)
+            assert g == loc, (op, path)
+    assert twin.both("stat", "c0")[0][1] == errno.ELOOP
+    assert twin.both("stat", "c1")[0][0] == "ok"
+
+
+# -------------------------------------------------------------------------------- every call works
+
+def test_file_io_calls(g):
+    fd = g.open("f", os.O_CREAT | os.O_RDWR, 0o600)
+    assert fd == 3
+    assert g.write(fd, b"hello world") == 11
+    assert g.lseek(fd, 0, os.SEEK_CUR) == 11
+    assert g.pread(fd, 5, 6) == b"world"
+    assert g.pwrite(fd, b"W", 6) == 1
+    assert g.lseek(fd, 0, os.SEEK_SET) == 0
+    assert g.read(fd, 100) == b"hello World"
+    assert g.read(fd, 100) == b""
+    assert g.lseek(fd, -5, os.SEEK_END) == 6
+    assert g.lseek(fd, 2, os.SEEK_CUR) == 8
+    assert g.lseek(fd, 0, os.SEEK_DATA) == 0
+    assert g.lseek(fd, 0, os.SEEK_HOLE) == 11
+    assert _errno(g.lseek, fd, 11, os.SEEK_DATA) == errno.ENXIO
+    assert _errno(g.lseek, fd, -20, os.SEEK_END) == errno.EINVAL
+    g.ftruncate(fd, 5)
+    assert g.fstat(fd).st_size == 5
+    g.fsync(fd)
+    g.fdatasync(fd)
+    fd2 = g.open("f", os.O_RDONLY)
+    assert fd2 == 4
+    g.close(fd)
+    fd3 = g.open("f", os.O_RDONLY)
+    assert fd3 == 3                                 # lowest free descriptor
+    assert g.read(fd3, 10) == b"hello"
+    g.close(fd2)
+    g.close(fd3)
+    st = g.stat("f")
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 & ~g.umask(g.umask(0))
+    assert g.open_fds() == []
+
+
+def test_o_trunc_o_append_and_o_excl(g):
+    fd = g.open("f", os.O_CREAT | os.O_WRONLY | os.O_EXCL)
+    g.write(fd, b"12345")
+    g.close(fd)
+    fd = g.open("f", os.O_WRONLY | os.O_APPEND)
+    g.lseek(fd, 0, os.SEEK_SET)
+    assert g.write(fd, b"ab") == 2
+    assert g.lseek(fd, 0, os.SEEK_CUR) == 7          # the new end
+    assert g.pwrite(fd, b"Z", 0) == 1                # appends too, position unchanged
+    assert g.lseek(fd, 0, os.SEEK_CUR) == 7
+    g.close(fd)
+    fd = g.open("f", os.O_RDWR | os.O_TRUNC)
+    assert g.fstat(fd).st_size == 0
+    g.close(fd)
+
+
+def test_o_trunc_without_atomic_o_trunc_sends_setattr(twin):
+    """A server without ATOMIC_O_TRUNC gets OPEN without O_TRUNC, then SETATTR(size 0, fh)."""
+    import dataclasses
+    from vfscluster.fuse.abi import InitFlags
+    c, t = twin.client, twin.transport
+    c.info = dataclasses.replace(c.info, flags=c.info.flags & ~InitFlags.ATOMIC_O_TRUNC)
+    fd = twin.g.open("file", os.O_WRONLY | os.O_TRUNC)
+    assert t.counts[Opcode.SETATTR] == 1
+    assert twin.g.fstat(fd).st_size == 0
+    twin.g.close(fd)
+    fd = twin.g.open("new", os.O_WRONLY | os.O_TRUNC | os.O_CREAT)   # created: not truncated
+    twin.g.close(fd)
+    assert t.counts[Opcode.SETATTR] == 1
+
+
+def test_o_creat_through_a_dangling_symlink_creates_the_target(g, twin):
+    g.symlink("dir/target", "dl")
+    fd = g.open("dl", os.O_CREAT | os.O_WRONLY, 0o644)
+    g.write(fd, b"x")
+    g.close(fd)
+    assert (twin.share / "dir" / "target").read_bytes() == b"x"
+    assert g.readlink("dl") == "dir/target"
+    assert _errno(g.open, "dl", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+
+
+def test_namespace_calls(g, twin):
+    g.mkdir("d", 0o750)
+    assert stat.S_ISDIR(g.stat("d").st_mode)
+    g.mkdir("d/e")
+    fd = g.open("d/e/f", os.O_CREAT | os.O_WRONLY)
+    g.close(fd)
+    g.rename("d/e/f", "d/f")
+    g.replace("d/f", "d/e/g")
+    g.link("d/e/g", "d/h")
+    assert g.stat("d/h").st_nlink == 2
+    g.symlink("e/g", "d/s")
+    assert g.readlink("d/s") == "e/g"
+    assert g.readlink(b"d/s") == b"e/g"
+    assert g.stat("d/s").st_ino == g.stat("d/h").st_ino
+    assert stat.S_ISLNK(g.lstat("d/s").st_mode)
+    assert sorted(g.listdir("d")) == ["e", "h", "s"]
+    assert sorted(g.listdir(b"d")) == [b"e", b"h", b"s"]
+    assert sorted(g.listdir()) == sorted(os.listdir(twin.share))
+    g.remove("d/h")
+    g.unlink("d/s")
+    g.unlink("d/e/g")
+    g.rmdir("d/e")
+    g.rmdir("d/")
+    assert not g.exists("d")
+    assert g.exists("dir") and g.exists("ldir/sub") and not g.exists("dangling")
+
+
+def test_scandir(g):
+    entries = {e.name: e for e in g.scandir()}
+    assert set(entries) == set(g.listdir())
+    assert entries["dir"].is_dir() and not entries["dir"].is_file()
+    assert entries["file"].is_file() and entries["file"].path == "./file"
+    assert entries["ldir"].is_symlink() and entries["ldir"].is_dir()
+    assert not entries["ldir"].is_dir(follow_symlinks=False)
+    assert not entries["dangling"].is_dir() and not entries["dangling"].is_file()
+    assert entries["file"].stat().st_size == 5
+    assert entries["file"].inode() == g.stat("file").st_ino
+    assert stat.S_ISLNK(entries["lfile"].stat(follow_symlinks=False).st_mode)
+    assert stat.S_ISREG(entries["lfile"].stat().st_mode)
+    assert os.fspath(entries["file"]) == "./file"
+    with g.scandir(b"dir") as it:
+        assert [(e.name, e.path) for e in it] == [(b"sub", b"dir/sub")]
+    assert [e.path for e in g.scandir("dir/")] == ["dir/sub"]
+
+
+def test_large_directories_are_read_page_by_page(twin):
+    names = {f"entry-{i:04d}-{'x' * 40}" for i in range(300)}
+    twin.g.mkdir("big")
+    for n in names:
+        twin.g.close(twin.g.open(f"big/{n}", os.O_CREAT | os.O_WRONLY))
+    t = twin.transport
+    assert set(twin.g.listdir("big")) == names
+    assert t.counts[Opcode.READDIR] > 3                 # several pages, then an empty one
+    assert {e.name for e in twin.g.scandir("big")} == names
+    assert t.counts[Opcode.READDIRPLUS] > 3
+    twin.client.flush_forgets()
+    assert twin.client.lookup_counts() == {} and len(twin.fs.inodes) == 1
+
+
+def test_metadata_calls(g):
+    g.chmod("file", 0o640)
+    assert stat.S_IMODE(g.stat("file").st_mode) == 0o640
+    g.chmod("lfile", 0o600)                          # follows the symlink
+    assert stat.S_IMODE(g.stat("file").st_mode) == 0o600
+    with pytest.raises(NotImplementedError):
+        g.chmod("lfile", 0o600, follow_symlinks=False)
+    g.utime("file", ns=(1_000_000_001, 2_000_000_002))
+    st = g.stat("file")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_001, 2_000_000_002)
+    g.utime("file", (1.5, 2.0000001))
+    assert g.stat("file").st_mtime_ns == 2_000_000_099          # CPython's rounding
+    g.utime("file")
+    assert g.stat("file").st_mtime_ns > 2_000_000_099
+    with pytest.raises(ValueError):
+        g.utime("file", (1, 2), ns=(1, 2))
+    with pytest.raises(TypeError):
+        g.utime("file", (1,))
+    g.truncate("file", 2)
+    assert g.stat("file").st_size == 2
+    assert g.access("file", os.R_OK | os.W_OK) and g.access("dir", os.X_OK)
+    assert not g.access("file", os.X_OK) and not g.access("missing", os.F_OK)
+    assert g.statvfs("file").f_namemax == 255
+    fd = g.open("file", os.O_RDONLY)
+    assert g.statvfs(fd).f_bsize == g.statvfs("/").f_bsize
+    assert g.stat(fd).st_size == 2
+    g.close(fd)
+    root = g.stat("/")
+    assert stat.S_ISDIR(root.st_mode)
+    assert root.st_ino == os.stat(g.client.transport.server.fs.shared_dir).st_ino
+
+
+def test_xattr_calls(g):
+    g.setxattr("file", "user.a", b"1")
+    g.setxattr("file", b"user.b", b"22", os.XATTR_CREATE)
+    assert _errno(g.setxattr, "file", "user.b", b"2", os.XATTR_CREATE) == errno.EEXIST
+    assert _errno(g.setxattr, "file", "user.c", b"2", os.XATTR_REPLACE) == errno.ENODATA
+    assert g.getxattr("file", "user.b") == b"22"
+    assert g.getxattr("lfile", "user.a") == b"1"
+    assert sorted(g.listxattr("file")) == ["user.a", "user.b"]
+    g.removexattr("file", "user.a")
+    assert g.listxattr("file") == ["user.b"]
+    assert _errno(g.getxattr, "file", "user.a") == errno.ENODATA
+    assert _errno(g.getxattr, "missing", "") == errno.ERANGE
+    assert _errno(g.setxattr, "missing", "user.x", b"v" * 70000) == errno.E2BIG
+    assert _errno(g.setxattr, "missing", "user.x", b"v", 4) == errno.EINVAL
+    big = os.urandom(3000)
+    g.setxattr("dir", "user.big", big)
+    assert g.getxattr("dir", "user.big") == big
+
+
+# ----------------------------------------------------------------------------------- lookup counts
+
+def test_lookup_counts_return_to_zero_on_the_host(twin):
+    g, fs, client = twin.g, twin.fs, twin.client
+    fds = [g.open("file", os.O_RDONLY), g.open("dir", os.O_RDONLY), g.open("ldir/sub", os.O_RDONLY),
+           g.open("new", os.O_CREAT | os.O_RDWR), g.open("lfile", os.O_PATH | os.O_NOFOLLOW)]
+    g.stat("ldir/sub/../../lfile")
+    g.listdir("dir")
+    list(g.scandir("."))
+    g.rename("new", "dir/new2")
+    g.link("dir/new2", "hl")
+    g.unlink("dir/new2")
+    for op in (lambda: g.stat("loop1"), lambda: g.rmdir("full"),
+               lambda: g.open("dir", os.O_WRONLY)):
+        with pytest.raises(OSError):
+            op()
+    client.flush_forgets()
+    pinned = {nid for nid, (_n, pins) in client.lookup_counts().items()}
+    assert len(pinned) == 5 and len(fs.inodes) == 1 + 5    # only the open files' inodes
+    for fd in fds:
+        g.close(fd)
+    client.flush_forgets()
+    assert client.lookup_counts() == {}
+    assert len(fs.inodes) == 1                              # the root only
+    assert fs.inodes.refs(0, 1) == 0
+
+
+# --------------------------------------------------------------- I/O size, unlinked files, threads
+
+def test_large_io_is_split(tmp_path):
+    twin = Twin(tmp_path, max_io=256 * 1024)
+    try:
+        g, t = twin.g, twin.transport
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        fd = g.open("big", os.O_CREAT | os.O_RDWR)
+        assert g.write(fd, data) == len(data)
+        assert t.counts[Opcode.WRITE] == 13
+        assert g.pread(fd, len(data), 0) == data
+        assert t.counts[Opcode.READ] == 13
+        g.close(fd)
+        assert (twin.share / "big").read_bytes() == data
+    finally:
+        twin.close()
+
+
+def test_unlinked_open_file_is_still_readable_and_writable(twin):
+    g = twin.g
+    fd = g.open("file", os.O_RDWR)
+    g.unlink("file")
+    assert not g.exists("file")
+    assert g.pread(fd, 10, 0) == b"hello"
+    assert g.pwrite(fd, b"HELLO!", 0) == 6
+    assert g.pread(fd, 10, 0) == b"HELLO!"
+    st = g.fstat(fd)
+    assert (st.st_nlink, st.st_size) == (0, 6)
+    g.ftruncate(fd, 2)
+    assert g.read(fd, 10) == b"HE"
+    g.close(fd)
+    twin.client.flush_forgets()
+    assert len(twin.fs.inodes) == 1
+
+
+def test_threads_share_one_guest_os(twin):
+    g = twin.g
+    errors = []
+    shared = g.open("shared", os.O_CREAT | os.O_RDWR)
+
+    def worker(k):
+        try:
+            for i in range(20):
+                name = f"t{k}_{i % 3}"
+                fd = g.open(name, os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
+                g.write(fd, name.encode())
+                g.close(fd)
+                assert g.stat(name).st_size == len(name)
+                g.pwrite(shared, bytes([65 + k]) * 10, k * 10)
+                g.rename(name, f"r{k}")
+                g.listdir()
+        except BaseException as exc:       # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert g.pread(shared, 40, 0) == b"A" * 10 + b"B" * 10 + b"C" * 10 + b"D" * 10
+    g.close(shared)
+    twin.client.flush_forgets()
+    assert len(twin.fs.inodes) == 1
+
+
+def test_close_while_another_thread_uses_the_fd(twin):
+    """close() removes the descriptor at once; the RELEASE waits for the operation in progress."""
+    g, t = twin.g, twin.transport
+    fd = g.open("file", os.O_RDONLY)
+    file = g._fds.get(fd)                 # an operation in progress holds a reference
+    g.close(fd)
+    assert _errno(g.read, fd, 1) == errno.EBADF
+    assert t.counts[Opcode.RELEASE] == 0 and t.counts[Opcode.FLUSH] == 1
+    file.put()
+    assert t.counts[Opcode.RELEASE] == 1
+
+
+def test_protocol_error_becomes_eio(twin):
+    g, t = twin.g, twin.transport
+    t.reply_hook = lambda op, err, body: (err, body[:10]) if op == Opcode.LOOKUP else (err, body)
+    with pytest.raises(OSError) as info:
+        g.stat("file")
+    assert info.value.errno == errno.EIO and info.value.filename == "file"
+    t.reply_hook = None
+    assert g.stat("file").st_size == 5
+
+
+def test_umask(g):
+    old = g.umask(0o077)
+    fd = g.open("m", os.O_CREAT | os.O_WRONLY, 0o777)
+    g.close(fd)
+    g.mkdir("md", 0o777)
+    assert stat.S_IMODE(g.stat("m").st_mode) == 0o700
+    assert stat.S_IMODE(g.stat("md").st_mode) == 0o700
+    assert g.umask(old) == 0o077
+
+
+def test_loopback_transport_is_thread_safe(tmp_path):
+    share = tmp_path / "s"
+    share.mkdir()
+    fs, server, _ = make_loopback(share)
+    transport = LoopbackTransport(server)
+    client = FuseClient(transport)
+    client.init()
+    g = GuestOS(client)
+    g.mkdir("d")
+    results = []
+
+    def worker():
+        results.append(all(g.stat("d").st_nlink == 2 for _ in range(100)))
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert results == [True] * 4
+    client.flush_forgets()
+    assert len(fs.inodes) == 1
+    fs.close()
