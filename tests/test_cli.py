@@ -51,3 +51,29 @@ def test_demo_runs_and_agrees():
 def test_clean_reports():
     r = run("clean")
     assert r.returncode == 0 and "removed" in r.stdout
+
+
+def test_up_runs_until_ctrl_c_and_cleans_up(tmp_path):
+    import os
+    import signal
+    (tmp_path / "t.toml").write_text(f'share = "{tmp_path}/share"\nguests = 2\n')
+    p = subprocess.Popen([sys.executable, "-m", "vfscluster", "up", str(tmp_path / "t.toml")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    try:
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("Up."):
+                break
+        out = "".join(seen)
+        assert "guest g0" in out and "guest g1" in out and "host" in out, out
+        cid = [w for w in out.split() if w.startswith("/tmp/vfsc-")][0].split("/")[2]
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0, p.stderr.read()
+        assert not os.path.exists(f"/tmp/{cid}")
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(cid)]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import os
 import shutil
 import stat
@@ -479,3 +480,53 @@ def test_guest_os_conforms_to_os(guest_os_factory):
         stateful_step_count=int(os.environ.get("CONFORMANCE_STEPS", 40)),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+
+
+# ------------------------------------------------------------------- the same machine, real guest
+
+def _rmtree_in(gos, path: str) -> None:
+    for name in gos.listdir(path):
+        p = f"{path}/{name}"
+        st = gos.lstat(p)
+        if stat.S_ISDIR(st.st_mode):
+            gos.chmod(p, 0o755)
+            _rmtree_in(gos, p)
+            gos.rmdir(p)
+        else:
+            gos.unlink(p)
+
+
+def _run_machine_in_guest(gos, examples: int, steps: int) -> int:
+    """Runs inside a cluster guest process: the machine against its GuestOS (ring, host process)."""
+    counter = itertools.count()
+
+    def make() -> Subject:
+        base = f"example{next(counter)}"
+        gos.mkdir(base)
+
+        def close() -> None:
+            for fd in gos.open_fds():
+                gos.close(fd)
+            gos.chmod(base, 0o755)
+            _rmtree_in(gos, base)
+            gos.rmdir(base)
+        return Subject(gos, base, close)
+
+    machine = type("GuestMachine", (ConformanceMachine,), {"factory": staticmethod(make)})
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    return next(counter)
+
+
+def test_cluster_guest_conforms_to_os(tmp_path):
+    """The same random sequences, run inside a guest of a real cluster (vfs-hostd process, rings in
+    shared memory); the local side is plain ``os`` in that guest process."""
+    from vfscluster import Cluster, Topology
+    share = tmp_path / "share"
+    share.mkdir()
+    with Cluster.start(Topology(share, guests=1)) as c:
+        ran = c.guests[0].run(_run_machine_in_guest, int(os.environ.get("CONFORMANCE_EXAMPLES", 100)),
+                              int(os.environ.get("CONFORMANCE_STEPS", 30)))
+        assert ran > 0
+        assert os.listdir(share) == []
