@@ -1,7 +1,7 @@
 """Benchmarks with baselines measured in the same run (``vfscluster bench …``).
 
 ``rtt``: the round trip of a ``cache=none`` ``stat`` through a guest's virtqueue to vfs-hostd and
-back, against (a) an AF_UNIX SEQPACKET ping-pong between two processes carrying the same bytes
+back (as ``GuestOS.stat``, and as the bare FUSE LOOKUP under it), against (a) an AF_UNIX SEQPACKET ping-pong between two processes carrying the same bytes
 (request 42 B, reply 144 B) with the server doing the same ``os.stat``, and (b) ``os.stat``
 in-process.  Goals (issue: foundation): ring ≤ 0.25× SEQPACKET and ≤ 4× in-process ``os.stat``.
 """
@@ -50,6 +50,24 @@ def _guest_stat_loop(gos, name: str, seconds: float):
     return _timed_loop(lambda: gos.stat(name), seconds)
 
 
+def _guest_lookup_loop(gos, name: str, seconds: float):
+    """The bare FUSE round trip under GuestOS: one LOOKUP through the device (lookup count
+    returned with a FORGET now and then, as the client would)."""
+    from ..fuse.abi import ROOT_ID, EntryOut, Opcode
+    dev = gos.client.transport
+    arg = [name.encode() + b"\0"]
+    count = [0]
+
+    def one():
+        err, body = dev.request(Opcode.LOOKUP, ROOT_ID, arg, EntryOut.SIZE)
+        count[0] += 1
+    res = _timed_loop(one, seconds)
+    nodeid = EntryOut.unpack_from(dev.request(Opcode.LOOKUP, ROOT_ID, arg, EntryOut.SIZE)[1]).nodeid
+    import struct
+    dev.send_noreply(Opcode.FORGET, nodeid, [struct.pack("<Q", count[0] + 1)])
+    return res
+
+
 def _seqpacket_server(sock, path: str) -> None:
     reply = bytes(REPLY)
     while True:
@@ -70,7 +88,9 @@ def bench_rtt(seconds: float = 2.0, console: Console | None = None) -> list[Resu
         with console.status("ring: cache=none stat through the virtqueue…"):
             with Cluster.start(Topology(share, 1, cache="none")) as c:
                 us, n = c.guests[0].run(_guest_stat_loop, "f", seconds)
-                results.append(Result("ring stat (guest → vfs-hostd)", us, n))
+                results.append(Result("ring: GuestOS.stat (guest → vfs-hostd)", us, n))
+                us, n = c.guests[0].run(_guest_lookup_loop, "f", seconds)
+                results.append(Result("ring: bare FUSE LOOKUP round trip", us, n))
         with console.status("SEQPACKET ping-pong between two processes…"):
             ctx = _context()
             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -125,10 +145,11 @@ def main(which: str, *, seconds: float = 2.0, plot: str | None = None) -> int:
     console = Console()
     if which == "rtt":
         res = bench_rtt(seconds, console)
-        ring, seq, local = res
+        ring, bare, seq, local = res
         _report("round trip of one stat", res, [
-            ("ring / SEQPACKET", ring.us / seq.us, 0.25),
-            ("ring / in-process os.stat", ring.us / local.us, 4.0)], console)
+            ("GuestOS.stat through the ring / SEQPACKET", ring.us / seq.us, 0.25),
+            ("GuestOS.stat through the ring / in-process os.stat", ring.us / local.us, 4.0),
+            ("bare LOOKUP through the ring / SEQPACKET", bare.us / seq.us, 0.25)], console)
         if plot:
             _plot(plot, "round trip of one stat", res)
             console.print(f"plot written to {plot}")
