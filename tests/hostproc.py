@@ -6,7 +6,7 @@ import os
 import secrets
 import tempfile
 
-from vfscluster.cluster.launcher import _context, _host_main
+from vfscluster.cluster.launcher import _context, _member_main
 
 
 class HostProcess:
@@ -16,7 +16,7 @@ class HostProcess:
         ctx = _context()
         parent, child = ctx.Pipe(duplex=False)
         kw = dict(shared_dir=str(share), socket_path=self.socket_path, log_level="WARNING", **kwargs)
-        self.proc = ctx.Process(target=_host_main, args=(child, kw))
+        self.proc = ctx.Process(target=_member_main, args=(child, "host", kw))
         self.proc.start()
         child.close()
         try:

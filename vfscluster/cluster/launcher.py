@@ -72,24 +72,16 @@ def _close_inherited(keep: int) -> None:
     sys.stderr = open(2, "w", buffering=1, closefd=False)
 
 
-def _host_main(conn, kwargs):
-    from ..host.process import run_host
+def _member_main(conn, role: str, kwargs: dict) -> None:
+    """Body of a forked member: run the host or a guest, telling the launcher when it is ready
+    (or why it failed) over ``conn``."""
+    if role == "host":
+        from ..host.process import run_host as run
+    else:
+        from ..guest.process import run_guest as run
     _close_inherited(conn.fileno())
     try:
-        run_host(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
-    except BaseException as exc:
-        try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-        except OSError:
-            pass
-        raise
-
-
-def _guest_main(conn, kwargs):
-    from ..guest.process import run_guest
-    _close_inherited(conn.fileno())
-    try:
-        run_guest(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
+        run(**kwargs, ready=lambda info: conn.send(("ready", info)), managed=True)
     except BaseException as exc:
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
@@ -197,7 +189,7 @@ class Cluster:
                       thread_pool_size=t.thread_pool_size, num_request_queues=t.host_queues,
                       trace=trace, log_level=log_level)
         parent, child = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_host_main, args=(child, kwargs), name="vfs-hostd", daemon=False)
+        proc = self._ctx.Process(target=_member_main, args=(child, "host", kwargs), name="vfs-hostd")
         proc.start()
         child.close()
         self.host = Member("host", "host", proc)
@@ -213,7 +205,7 @@ class Cluster:
                       versions=spec.versions, writeback=spec.writeback, timeout=spec.timeout,
                       dax=spec.dax, window_size=spec.window_size)
         parent, child = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_guest_main, args=(child, kwargs), name=f"vfs-guest-{spec.name}")
+        proc = self._ctx.Process(target=_member_main, args=(child, "guest", kwargs), name=f"vfs-guest-{spec.name}")
         proc.start()
         child.close()
         self._record(proc.pid, f"guest {spec.name}")
