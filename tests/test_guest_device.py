@@ -125,3 +125,34 @@ def test_host_gone_fails_pending_and_later_requests_with_enotconn(share):
     finally:
         m.close()
         h.stop()
+
+
+def test_four_request_queues_eight_threads(share, host):
+    """Threads are spread over the request queues (affinity); the host serves them all."""
+    for i in range(8):
+        (share / f"t{i}").write_bytes(b"y" * i)
+    m = GuestMachine("mq", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = m.add_device(host.socket_path, "vfs", num_request_queues=4, queue_size=16)
+        gos = m.mount("vfs").os
+        results, errors = {}, []
+        start = threading.Barrier(8)
+
+        def worker(t):
+            try:
+                start.wait(10)
+                for k in range(50):
+                    results[(t, k)] = gos.stat(f"t{t}").st_size
+            except Exception as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert not errors
+        assert all(results[(t, k)] == t for t in range(8) for k in range(50))
+        used = [q.index for q in dev.queues[1:] if q.avail_idx > 0]
+        assert used == [1, 2, 3, 4]          # every request queue carried requests
+    finally:
+        m.close()
