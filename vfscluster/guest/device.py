@@ -121,8 +121,6 @@ class VirtioFsDevice:
                                            user_base=ram.user_addr, event_idx=True, index=i))
         spin = GUEST_SPIN_NS if spin_ns is None else spin_ns
         self._spin = [SpinBudget(max_ns=spin, window_ns=4 * spin) for _ in self.queues]
-        self._spinners = [0] * len(self.queues)
-        self._spin_lock = threading.Lock()
         self._unique = itertools.count(2, 2)
         self._affinity = threading.local()
         self._tls = threading.local()
@@ -298,20 +296,17 @@ class VirtioFsDevice:
         """Register a spinner on ``q`` (the first one suppresses calls); False if spinning is off."""
         if not self._spin[q.index].ns:
             return False
-        with self._spin_lock:
-            self._spinners[q.index] += 1
-            if self._spinners[q.index] == 1:
-                with q.lock:
-                    q.suppress_calls()
+        with q.lock:
+            q.spinners += 1
+            if q.spinners == 1:
+                q.suppress_calls()
         return True
 
     def _spin_exit(self, q: DriverQueue) -> None:
         """The last spinner to leave re-enables calls and reaps what came meanwhile."""
-        with self._spin_lock:
-            self._spinners[q.index] -= 1
-            last = self._spinners[q.index] == 0
-        if last:
-            with q.lock:
+        with q.lock:
+            q.spinners -= 1
+            if q.spinners == 0:
                 q.enable_calls()
                 q.reap(self._complete)
 

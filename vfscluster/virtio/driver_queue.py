@@ -58,6 +58,7 @@ class DriverQueue:
         self.err_fd: int | None = None
         self.closed = False
         self._suppressed = False
+        self.spinners = 0              # threads polling the used ring (calls suppressed meanwhile)
         self.kicks = 0
         self.full_waits = 0
 
