@@ -484,27 +484,22 @@ class Attr(WireStruct):
 
     def to_stat_result(self, dev: int = 0) -> os.stat_result:
         """A real ``os.stat_result`` with these attributes and ``st_dev = dev``."""
-        secs = (_signed64(self.atime), _signed64(self.mtime), _signed64(self.ctime))
-        nsecs = (self.atimensec, self.mtimensec, self.ctimensec)
+        a, m, c = self.atime, self.mtime, self.ctime
+        if (a | m | c) >> 63:
+            a, m, c = _signed64(a), _signed64(m), _signed64(c)
+        an, mn, cn = self.atimensec, self.mtimensec, self.ctimensec
+        rdev = self.rdev
         # os.stat_result positions (Linux): 0 mode, 1 ino, 2 dev, 3 nlink, 4 uid, 5 gid, 6 size,
         # 7-9 int a/m/ctime, 10-12 float a/m/ctime, 13-15 a/m/ctime_ns, 16 blksize, 17 blocks,
         # 18 rdev.  The float is computed as CPython's own os.stat computes it.
-        seq = (
-            self.mode,
-            self.ino,
-            dev,
-            self.nlink,
-            self.uid,
-            self.gid,
-            self.size,
-            *secs,
-            *(s + ns * 1e-9 for s, ns in zip(secs, nsecs)),
-            *(s * 1_000_000_000 + ns for s, ns in zip(secs, nsecs)),
-            self.blksize,
-            self.blocks,
-            decode_dev(self.rdev),
-        )
-        return os.stat_result(seq + (0,) * (os.stat_result.n_fields - len(seq)))
+        return os.stat_result((
+            self.mode, self.ino, dev, self.nlink, self.uid, self.gid, self.size,
+            a, m, c, a + an * 1e-9, m + mn * 1e-9, c + cn * 1e-9,
+            a * 1_000_000_000 + an, m * 1_000_000_000 + mn, c * 1_000_000_000 + cn,
+            self.blksize, self.blocks, decode_dev(rdev) if rdev else 0) + _STAT_PAD)
+
+
+_STAT_PAD = (0,) * (os.stat_result.n_fields - 19)
 
 
 def _signed64(v: int) -> int:

@@ -265,10 +265,11 @@ class FuseClient:
             if pin:
                 node.pins += 1
 
-    def _entry(self, body: bytes, expect_type: int | None = None) -> EntryOut:
-        """Decode an entry reply, count it and return it pinned (fs/fuse/dir.c
-        create_new_entry / fuse_lookup_name)."""
-        entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
+    def _entry(self, body: bytes, expect_type: int | None = None, entry: EntryOut | None = None) -> EntryOut:
+        """Decode an entry reply (unless ``entry`` is it, decoded), count it and return it pinned
+        (fs/fuse/dir.c create_new_entry / fuse_lookup_name)."""
+        if entry is None:
+            entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
         if entry.nodeid == 0 or entry.nodeid == ROOT_ID:
             # LOOKUP's negative entry is handled by the caller; elsewhere an invalid nodeid is
             # EIO, and the root (never counted by the server) needs no forget.
@@ -321,7 +322,7 @@ class FuseClient:
         entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
         if entry.nodeid == 0:
             raise _oserror(errno.ENOENT)
-        return self._entry(body)
+        return self._entry(body, entry=entry)
 
     def getattr(self, nodeid: int, fh: int | None = None) -> AttrOut:
         """GETATTR (with FUSE_GETATTR_FH when ``fh`` is given)."""
