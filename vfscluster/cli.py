@@ -30,25 +30,25 @@ def _cmd_up(a) -> int:
     if not os.path.exists(topo.share):
         os.makedirs(topo.share)
         console.print(f"created the share directory {topo.share}")
-    with Cluster.start(topo, trace=a.trace, log_level=a.log_level) as c:
-        t = Table(title=f"cluster {c.id} — share {topo.share}")
-        for col in ("member", "pid", "cache", "queues", "where"):
-            t.add_column(col)
-        t.add_row("host (vfs-hostd)", str(c.host.pid), "", "", c.socket_path)
-        for g in c.guests:
-            t.add_row(f"guest {g.name}", str(g.pid), g.spec.cache, str(g.spec.num_request_queues),
-                      g.control_path)
-        console.print(t)
-        console.print("Up. Ctrl-C stops every member and removes its sockets and shared memory.")
-        stop = threading.Event()
-        try:
+    try:
+        with Cluster.start(topo, trace=a.trace, log_level=a.log_level) as c:
+            t = Table(title=f"cluster {c.id} — share {topo.share}")
+            for col in ("member", "pid", "cache", "queues", "where"):
+                t.add_column(col)
+            t.add_row("host (vfs-hostd)", str(c.host.pid), "", "", c.socket_path)
+            for g in c.guests:
+                t.add_row(f"guest {g.name}", str(g.pid), g.spec.cache, str(g.spec.num_request_queues),
+                          g.control_path)
+            console.print(t)
+            console.print("Up. Ctrl-C stops every member and removes its sockets and shared memory.")
+            stop = threading.Event()
             while not stop.wait(1.0):
                 dead = [m.name for m in [c.host, *c.guests] if not m.alive()]
                 if dead:
                     console.print(f"[red]member(s) exited: {', '.join(dead)}[/red]")
                     return 1
-        except KeyboardInterrupt:
-            console.print("stopping…")
+    except KeyboardInterrupt:       # the way to stop `up`: the with-block has cleaned up
+        console.print("stopped; every member is gone and its resources removed")
     return 0
 
 
