@@ -32,10 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfs-hostd", "--thread-pool-size must be >= 0")
     if a.num_request_queues < 1:
         fail("vfs-hostd", "--num-request-queues must be >= 1")
+    for opt in a.options:                     # virtiofsd style: -o cache=none,other=…
+        for item in opt.split(","):
+            key, _, value = item.partition("=")
+            if key == "cache":
+                if value not in ("none", "auto", "always"):
+                    fail("vfs-hostd", f"-o cache={value}: must be none, auto or always")
+                a.cache = value
     from vfscluster.host.process import run_host
     print(f"vfs-hostd: serving {a.shared_dir} on {a.socket_path}", file=sys.stderr, flush=True)
     return run_host(a.shared_dir, a.socket_path, tag=a.tag, thread_pool_size=a.thread_pool_size,
-                    num_request_queues=a.num_request_queues, trace=a.trace, log_level=a.log_level)
+                    num_request_queues=a.num_request_queues, trace=a.trace, log_level=a.log_level,
+                    cache=a.cache)
 
 
 if __name__ == "__main__":

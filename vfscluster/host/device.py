@@ -116,6 +116,8 @@ class FsBackendDevice(BackendHandler):
                 r.close()
             raise VhostUserError(f"SET_MEM_TABLE refused: {exc}") from exc
         old, self.mem = self.mem, mem
+        log.info("%s: memory table of %d region(s): %s", self.name, len(mapped),
+                 ", ".join(f"[{r.gpa:#x}, +{r.size:#x})" for r in mapped))
         for i in range(self.num_queues):
             self._refresh(i)
         if old is not None:

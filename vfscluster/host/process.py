@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 def run_host(shared_dir: str, socket_path: str, *, tag: str | None = None, thread_pool_size: int = 4,
              num_request_queues: int = 16, trace: str | None = None, log_level: str = "WARNING",
-             ready=None, managed: bool = False, spin_ns: int | None = None) -> int:
+             ready=None, managed: bool = False, spin_ns: int | None = None, cache: str = "auto") -> int:
     """Serve ``shared_dir`` on ``socket_path`` until SIGTERM (or SIGINT when not ``managed``).
 
     ``ready(info)`` is called once the socket listens.  ``managed`` (started by a cluster): die with the
@@ -24,7 +24,8 @@ def run_host(shared_dir: str, socket_path: str, *, tag: str | None = None, threa
     if managed:
         die_with_parent()
     server = HostServer(shared_dir, socket_path, tag=tag, thread_pool_size=thread_pool_size,
-                        num_request_queues=num_request_queues, trace=trace, spin_ns=spin_ns)
+                        num_request_queues=num_request_queues, trace=trace, spin_ns=spin_ns,
+                        cache=cache)
     server.install_signal_handlers()
     if managed:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

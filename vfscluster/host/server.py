@@ -48,6 +48,7 @@ class GuestSession:
     def __init__(self, sid: int, sock: socket.socket, fs, *, num_request_queues: int, tag: str | None) -> None:
         self.sid = sid
         self.name = f"guest{sid}"
+        self.fd = sock.fileno()                # the epoll key, still valid after the conn closes
         self.conn = Connection(sock)
         self.device = FsBackendDevice(self.name, num_request_queues=num_request_queues, tag=tag)
         self.dispatcher = BackendDispatcher(self.conn, self.device)
@@ -69,14 +70,14 @@ class HostServer:
 
     def __init__(self, shared_dir: str, socket_path: str, *, tag: str | None = None,
                  thread_pool_size: int = 4, num_request_queues: int = 16, trace: str | None = None,
-                 spin_ns: int | None = None) -> None:
+                 spin_ns: int | None = None, cache: str = "auto") -> None:
         if not os.path.isdir(shared_dir):
             raise FileNotFoundError(f"shared directory {shared_dir!r} does not exist")
         self.shared_dir = shared_dir
         self.socket_path = socket_path
         self.tag = tag
         self.num_request_queues = num_request_queues
-        self.fs = PassthroughFs(shared_dir)
+        self.fs = PassthroughFs(shared_dir, cache=cache)
         self.pool = (concurrent.futures.ThreadPoolExecutor(thread_pool_size, thread_name_prefix="vfs-worker")
                      if thread_pool_size > 0 else None)
         self.tracer = Tracer(trace) if trace else None
@@ -141,10 +142,9 @@ class HostServer:
     def _drop(self, s: GuestSession) -> None:
         for fd in list(s.kick_fds):
             self._unregister_kick(fd)
-        fd = s.conn.fileno()
-        self.sessions.pop(fd, None)
+        self.sessions.pop(s.fd, None)
         try:
-            self._epoll.unregister(fd)
+            self._epoll.unregister(s.fd)
         except (OSError, ValueError):
             pass
         s.close()

@@ -27,6 +27,7 @@ Decisions (where Linux or virtiofsd leave a choice):
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -38,6 +39,8 @@ from . import locks, syscalls
 from .confine import O_PATH_FLAGS, check_name, einval, is_inside, oserror, proc_path, reopen
 from .handles import Handle, HandleTable, close_handle, snapshot
 from .inodes import Inode, InodeStore
+
+log = logging.getLogger(__name__)
 
 CACHE_TIMEOUTS = {"none": 0.0, "auto": 1.0, "always": 86400.0}
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -193,10 +196,15 @@ class PassthroughFs(FileSystem):
         pass
 
     def drop_session(self, session: int) -> None:
-        self.handles.drop_session(session)
-        self.inodes.drop_session(session)
+        held = self.inodes.held_by(session)
+        handles = self.handles.drop_session(session)
+        freed = self.inodes.drop_session(session)
         with self._lock:
             self._writeback_sessions.discard(session)
+        if held or handles:
+            log.info("session %d dropped: released %d inodes (%d freed) and %d handles; it now holds "
+                     "%d inodes; the store holds %d inodes and %d handles", session, held, freed, handles,
+                     self.inodes.held_by(session), len(self.inodes), self.handles.count())
 
     # ---------------------------------------------------------------- names and inodes
 

@@ -94,6 +94,11 @@ class InodeStore:
         inode = self._by_id.get(nodeid)
         return 0 if inode is None else inode.refs.get(session, 0)
 
+    def held_by(self, session: int) -> int:
+        """How many inodes ``session`` holds a lookup count on (the root, which needs none, aside)."""
+        with self._lock:
+            return sum(1 for inode in self._by_id.values() if session in inode.refs)
+
     # ------------------------------------------------------------------ counting
 
     def acquire(self, session: int, fd: int, st: os.stat_result) -> Inode:
