@@ -3,6 +3,7 @@
     vfscluster demo                   three guests on a temporary share, watching each other
     vfscluster up TOPOLOGY.toml       start a cluster and keep it up until Ctrl-C
     vfscluster bench rtt              round-trip benchmarks with same-run baselines
+    vfscluster stress --guests N …    random operations from N guests, checked for stale reads
     vfscluster clean [--all]          remove what dead clusters left behind
 """
 
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     b.add_argument("--plot", metavar="PNG", help="also write a bar chart")
     b.set_defaults(fn=_cmd_bench)
+    st = sub.add_parser("stress", help="random operations from N guests; a checker finds stale reads")
+    from .cluster import stress
+    stress.add_arguments(st)
+    st.set_defaults(fn=stress.run_cli)
     c = sub.add_parser("clean", help="remove shared memory, sockets and processes of dead clusters")
     c.add_argument("--all", action="store_true", help="also clusters whose launcher is still alive")
     c.set_defaults(fn=_cmd_clean)

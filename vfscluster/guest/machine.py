@@ -24,7 +24,7 @@ class Mount:
         from .gos import GuestOS
         self.tag = tag
         self.device = device
-        self.client = FuseClient(device)
+        self.client = FuseClient(device, cache=cache)     # ConfigError for modes not built yet
         self.client.init()
         self.os = GuestOS(self.client)
 
