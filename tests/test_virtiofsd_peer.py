@@ -8,17 +8,14 @@ differently from a local file system, ``deploy/qemu/VIRTIOFSD-NOTES.md`` says ho
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import secrets
 import stat
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import run_state_machine_as_test
 
 from realpeers import boot, require_virtiofsd, rundir  # noqa: F401 (fixture)
-from test_conformance import ConformanceMachine, Subject, _rmtree_in
+from test_conformance import _run_machine_in_guest as _run_machine
 from vfscluster.guest.machine import GuestMachine
 
 TAG = "vfs"
@@ -153,29 +150,6 @@ def test_basic_operations(peer, share):
     with pytest.raises(FileNotFoundError):
         gos.stat("hard")
     assert sorted(os.listdir(share)) == ["big.bin", "c.txt", "d", "host.txt"]
-
-
-def _run_machine(gos, examples: int, steps: int) -> int:
-    """The conformance machine on ``gos``, each example in a fresh directory of the share."""
-    counter = itertools.count()
-
-    def make() -> Subject:
-        base = f"example{next(counter)}"
-        gos.mkdir(base)
-
-        def close() -> None:
-            for fd in gos.open_fds():
-                gos.close(fd)
-            gos.chmod(base, 0o755)
-            _rmtree_in(gos, base)
-            gos.rmdir(base)
-        return Subject(gos, base, close)
-
-    machine = type("PeerMachine", (ConformanceMachine,), {"factory": staticmethod(make)})
-    run_state_machine_as_test(machine, settings=settings(
-        max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
-    return next(counter)
 
 
 @pytest.mark.timeout(240)
