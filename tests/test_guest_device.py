@@ -54,6 +54,14 @@ def test_duplicate_tag_and_unknown_tag(host, machine):
     assert m.os.listdir("/") == []
 
 
+def run_threads(worker, n: int) -> None:
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+
+
 def _lookup_args(name: bytes):
     return [name + b"\0"]
 
@@ -81,11 +89,7 @@ def test_queue_of_8_with_64_in_flight_from_8_threads(share, host):
             except Exception as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
+        run_threads(worker, 8)
         assert not errors
         assert len(results) == 64
         assert all(results[(t, k)] == (0, t * 8 + k) for t in range(8) for k in range(8))
@@ -145,11 +149,7 @@ def test_four_request_queues_eight_threads(share, host):
                     results[(t, k)] = gos.stat(f"t{t}").st_size
             except Exception as exc:
                 errors.append(exc)
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
+        run_threads(worker, 8)
         assert not errors
         assert all(results[(t, k)] == t for t in range(8) for k in range(50))
         used = [q.index for q in dev.queues[1:] if q.avail_idx > 0]

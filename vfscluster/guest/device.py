@@ -26,7 +26,7 @@ from typing import Sequence
 
 from ..errors import RemoteProtocolError
 from ..virtio.driver_queue import DriverQueue, QueueClosed
-from ..virtio.ring import F_EVENT_IDX, F_VERSION_1
+from ..virtio.ring import F_EVENT_IDX, F_VERSION_1, layout
 from ..virtio.spin import SpinBudget
 from .ram import PAGE, GuestRam
 from .transport import Credentials
@@ -114,7 +114,6 @@ class VirtioFsDevice:
         self.max_io = MAX_IO
         self.queues: list[DriverQueue] = []
         for i in range(1 + config.num_request_queues):
-            from ..virtio.ring import layout
             need = layout(config.queue_size)[3]
             base = ram.alloc_static(need, 4096)
             self.queues.append(DriverQueue(ram.view, base, config.queue_size, gpa_base=ram.gpa,
@@ -281,9 +280,6 @@ class VirtioFsDevice:
             self.ram.pages.free(p.page, p.npages)
 
     # -- waiting -------------------------------------------------------------------------------
-    def _reap_locked(self, q: DriverQueue) -> None:
-        q.reap(self._complete)
-
     def _complete(self, p: _Pending, length: int) -> None:
         p.length = length
         p.done = True

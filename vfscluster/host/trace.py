@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 
 from ..fuse.abi import Opcode
 
@@ -31,7 +32,6 @@ class Tracer:
         result = "noreply"
         if written and chain.writable and len(chain.writable[0]) >= _OUT.size:
             result = str(_OUT.unpack_from(chain.writable[0])[1])
-        import time
         with self._lock:
             self._f.write(f"{time.monotonic_ns()}\t{guest}\t{queue}\t{name}\t{nodeid}\t{result}\t{ns / 1000:.1f}\n")
 
