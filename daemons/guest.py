@@ -1,6 +1,7 @@
 """vfs-guest: a guest emulator with one virtio-fs device, mounted, reachable on a control socket.
 
-    vfs-guest --socket-path HOST_SOCK --control PATH [--tag TAG] [--cache none] [--name NAME]
+    vfs-guest --socket-path HOST_SOCK --control PATH [--tag TAG] [--name NAME]
+              [--cache none|auto|always] [--versions] [--writeback] [--timeout SECONDS]
               [--num-request-queues N] [--queue-size N] [--ram-size MiB]
 """
 
@@ -20,17 +21,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=f"guest-{os.getpid()}")
     p.add_argument("--tag", default="vfs")
     p.add_argument("--cache", choices=("none", "auto", "always"), default="none")
+    p.add_argument("--versions", action="store_true",
+                   help="cache validity by the host's metadata-version table (needs --cache auto|always)")
+    p.add_argument("--writeback", action="store_true", help="write-back data caching")
+    p.add_argument("--timeout", type=float, default=1.0, help="cache=auto timeout in seconds")
     p.add_argument("--num-request-queues", type=int, default=1)
     p.add_argument("--queue-size", type=int, default=128)
     p.add_argument("--ram-size", type=int, default=64, help="guest RAM in MiB")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     a = p.parse_args(argv)
+    if a.versions and a.cache == "none":
+        fail("vfs-guest", "--versions needs --cache auto or --cache always")
+    if a.timeout < 0:
+        fail("vfs-guest", "--timeout must be >= 0")
     if a.ram_size < 4:
         fail("vfs-guest", "--ram-size must be at least 4 (MiB)")
     from vfscluster.guest.process import run_guest
     ram_name = f"/vfsc-{os.getpid()}-{secrets.token_hex(3)}-{a.name}-ram"
     try:
         return run_guest(a.name, a.socket_path, a.control, ram_name=ram_name, tag=a.tag, cache=a.cache,
+                         versions=a.versions, writeback=a.writeback, timeout=a.timeout,
                          num_request_queues=a.num_request_queues, queue_size=a.queue_size,
                          ram_size=a.ram_size << 20, log_level=a.log_level,
                          ready=lambda info: print(f"vfs-guest {a.name}: control socket {a.control}",

@@ -1,7 +1,7 @@
 """vfs-hostd: the host server (a vhost-user-fs backend), with virtiofsd's option names.
 
     vfs-hostd --socket-path PATH --shared-dir DIR [--tag TAG] [--cache none|auto|always]
-              [--thread-pool-size N] [--trace FILE]
+              [--thread-pool-size N] [--trace FILE] [--version-slots N]
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import sys
 
 from vfscluster.cliutil import ArgumentParser, fail
+from vfscluster.host.versions import DEFAULT_SLOTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thread-pool-size", type=int, default=4, help="workers for blocking requests")
     p.add_argument("--num-request-queues", type=int, default=16, help="request queues offered per guest")
     p.add_argument("--trace", metavar="FILE", help="append one line per FUSE request to FILE")
+    p.add_argument("--version-slots", type=int, default=DEFAULT_SLOTS, metavar="N",
+                   help="slots of the metadata-version table (a power of two; 0: no table)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="virtiofsd-style options (accepted for compatibility, e.g. -o cache=none)")
@@ -32,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfs-hostd", "--thread-pool-size must be >= 0")
     if a.num_request_queues < 1:
         fail("vfs-hostd", "--num-request-queues must be >= 1")
+    if a.version_slots < 0 or a.version_slots & (a.version_slots - 1):
+        fail("vfs-hostd", "--version-slots must be 0 or a power of two")
     for opt in a.options:                     # virtiofsd style: -o cache=none,other=…
         for item in opt.split(","):
             key, _, value = item.partition("=")
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vfs-hostd: serving {a.shared_dir} on {a.socket_path}", file=sys.stderr, flush=True)
     return run_host(a.shared_dir, a.socket_path, tag=a.tag, thread_pool_size=a.thread_pool_size,
                     num_request_queues=a.num_request_queues, trace=a.trace, log_level=a.log_level,
-                    cache=a.cache)
+                    cache=a.cache, version_slots=a.version_slots)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,20 @@ def test_up_runs_until_ctrl_c_and_cleans_up(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait(10)
+
+
+@pytest.mark.timeout(120)
+def test_bench_meta_runs_and_prints_its_goals(tmp_path):
+    """A smoke run (no timing assert: the goals' verdicts are printed, not tested)."""
+    r = run("bench", "meta", "--seconds", "0.05", "--plot", str(tmp_path / "meta.png"))
+    assert r.returncode == 0, r.stderr
+    for text in ("os.stat on the host", "cache=always,versions=on", "cache=none",
+                 "versions=on stat / host os.stat", "asked the host"):
+        assert text in r.stdout, r.stdout
+    assert (tmp_path / "meta.png").stat().st_size > 0
+
+
+def test_guest_daemon_refuses_versions_without_a_cache():
+    r = run_daemon("daemons.guest", "--socket-path", "/tmp/x.sock", "--control", "/tmp/x.ctl",
+                   "--versions")
+    assert r.returncode == 2 and "--versions needs" in r.stderr

@@ -155,6 +155,8 @@ def test_sweep_after_the_launcher_is_killed(share, tmp_path):
 def test_topology_from_toml(tmp_path):
     t = Topology.load(os.path.join(os.path.dirname(__file__), "..", "deploy", "topologies", "three-guests.toml"))
     assert [g.name for g in t.guests] == ["alpha", "beta", "gamma"]
+    assert [(g.cache, g.versions) for g in t.guests] == [("none", False), ("always", True),
+                                                        ("auto", False)]
     (tmp_path / "t.toml").write_text('share = "s"\ncache = "none"\n[[guests]]\nname = "a"\n[[guests]]\ncache = "none"\n')
     t = Topology.load(tmp_path / "t.toml")
     assert t.share == str(tmp_path / "s") and [g.name for g in t.guests] == ["a", "g1"]
@@ -167,7 +169,7 @@ def test_topology_from_toml(tmp_path):
     (dict(guests=1, colour="red"), "unknown topology option"),
     (dict(guests=[{"qeue_size": 8}]), "unknown option"),
     (dict(guests=1, queue_size=100), "power of two"),
-    (dict(guests=1, cache="always"), "not implemented yet"),     # until the coherency issue lands
+    (dict(guests=1, versions=True), "needs cache=auto or cache=always"),
     (dict(guests=1, dax="always"), "not implemented yet"),       # until the DAX issue lands
 ])
 def test_topology_mistakes_are_config_errors(tmp_path, kwargs, msg):

@@ -19,6 +19,7 @@ import errno
 import functools
 import itertools
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -33,7 +34,12 @@ from hypothesis.stateful import (
     RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test,
 )
 
-from loopback import make_loopback
+from loopback import LoopbackTransport, make_loopback
+from vfscluster.fuse.passthrough import PassthroughFs
+from vfscluster.fuse.server import Server
+from vfscluster.guest.versions import VersionView
+from vfscluster.host.versions import VersionTable
+from vfscluster.guest.cache import CacheConfig, CacheMode, CachePolicy
 from vfscluster.guest.client import FuseClient
 from vfscluster.guest.gos import GuestOS
 
@@ -49,26 +55,46 @@ class Subject:
     close: Callable[[], None] = lambda: None
 
 
-def _loopback_subject() -> Subject:
+def _loopback_subject(cache: "CacheConfig | None" = None) -> Subject:
     share = tempfile.mkdtemp(prefix="conformance-share-")
-    fs, _server, transport = make_loopback(share)
-    client = FuseClient(transport)
+    table = view = None
+    if cache is not None and cache.versions:
+        table = VersionTable(f"/vfsc-conf-{os.getpid()}-{secrets.token_hex(4)}", 1 << 12,
+                             unlink_name=True)
+        view = VersionView(table.fd)
+        fs = PassthroughFs(share)
+        transport = LoopbackTransport(Server(fs, versions=table))
+    else:
+        fs, _server, transport = make_loopback(share)
+    client = FuseClient(transport, CachePolicy(cache, versions=view))
     client.init()
     gos = GuestOS(client)
 
     def close() -> None:
         for fd in gos.open_fds():
             gos.close(fd)
-        client.flush_forgets()
+        client.drop_caches()
         leaked = len(fs.inodes) - 1
         client.destroy()
         fs.close()
+        if table is not None:
+            view.close()
+            table.close()
         shutil.rmtree(share, ignore_errors=True)
         assert leaked == 0, f"{leaked} host inodes still counted after everything was closed"
     return Subject(gos, "", close)
 
 
-FACTORIES = {"loopback": _loopback_subject}
+FACTORIES = {
+    "loopback": _loopback_subject,
+    # one guest alone must see exactly what a local fs shows, whatever it caches
+    "loopback-auto": functools.partial(_loopback_subject, CacheConfig(CacheMode.AUTO)),
+    "loopback-always": functools.partial(_loopback_subject, CacheConfig(CacheMode.ALWAYS)),
+    "loopback-versions": functools.partial(
+        _loopback_subject, CacheConfig(CacheMode.ALWAYS, versions=True)),
+    "loopback-always-writeback": functools.partial(
+        _loopback_subject, CacheConfig(CacheMode.ALWAYS, writeback=True)),
+}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -475,8 +501,9 @@ def test_guest_os_conforms_to_os(guest_os_factory):
     """CONFORMANCE_EXAMPLES / CONFORMANCE_STEPS enlarge the search (e.g. 4000 / 120 with
     ``--timeout=0`` for a campaign)."""
     machine = type("Machine", (ConformanceMachine,), {"factory": staticmethod(guest_os_factory)})
+    default = 400 if guest_os_factory is FACTORIES["loopback"] else 120   # cached modes: fewer
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=int(os.environ.get("CONFORMANCE_EXAMPLES", 400)),
+        max_examples=int(os.environ.get("CONFORMANCE_EXAMPLES", default)),
         stateful_step_count=int(os.environ.get("CONFORMANCE_STEPS", 40)),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

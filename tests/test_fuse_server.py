@@ -524,3 +524,164 @@ def test_sessions_share_nodeids(fs):
     assert call(b, request(O.GETATTR, bytes(16), nodeid=eb.nodeid)).header.error == 0
     b.end_session()
     assert len(fs.inodes) == 1
+
+
+# ---------------------------------------------------------------------------- version table
+
+
+EV = InitFlags.ENTRY_VERSION
+ENTRY = abi.EntryOut.SIZE
+VER = abi.EntryVerOut.SIZE
+
+
+@pytest.fixture
+def table():
+    from vfscluster.host.versions import VersionTable
+    t = VersionTable(f"/vfsc-{os.getpid()}-{os.urandom(3).hex()}-vt", slots=64, unlink_name=True)
+    yield t
+    t.close()
+
+
+def versioned(fs, table, offered=InitFlags.INIT_EXT | EV) -> Server:
+    s = Server(fs, session=3, versions=table)
+    r = call(s, request(O.INIT, init_body(flags=offered)))
+    assert r.header.error == 0
+    return s
+
+
+@pytest.mark.parametrize("has_table, offered, granted", [
+    (True, InitFlags.INIT_EXT | EV, True),
+    (True, InitFlags.INIT_EXT, False),          # not offered (a stock kernel never sets bit 63)
+    (False, InitFlags.INIT_EXT | EV, False),    # offered, but no table
+    (True, InitFlags.ASYNC_READ, False),        # flags2 is read only with INIT_EXT
+])
+def test_entry_version_granted_only_with_a_table_and_when_offered(fs, table, has_table, offered, granted):
+    s = Server(fs, versions=table if has_table else None)
+    lo, hi = abi.split_init_flags(offered)
+    body = abi.InitIn(7, 38, 0, lo, hi if offered & InitFlags.INIT_EXT else abi.split_init_flags(EV)[1]).pack()
+    out = abi.InitOut.unpack_from(call(s, request(O.INIT, body)).body)
+    assert bool(out.all_flags & EV) is granted and s.entry_version is granted
+    r = call(s, request(O.LOOKUP, name(b"file")))
+    assert r.header.error == 0 and len(r.body) == ENTRY + (VER if granted else 0)
+
+
+def _entry_ver(body: bytes, nodeid: int, table, extra: int = 0):
+    """The EntryVerOut at the very end of an entry reply, checked against the table now."""
+    assert len(body) == ENTRY + extra + VER
+    ev = abi.EntryVerOut.unpack_from(body, ENTRY + extra)
+    assert ev.version_index == table.slot(nodeid) and ev.version == table.version(nodeid)
+    return ev
+
+
+def test_every_entry_reply_carries_the_slot_version(fs, tree, table):
+    s = versioned(fs, table)
+    r = call(s, request(O.LOOKUP, name(b"file")))
+    f = abi.EntryOut.unpack_from(r.body)
+    _entry_ver(r.body, f.nodeid, table)
+    assert f.attr.size == 100 and f.attr.ino == os.stat(tree / "file").st_ino
+    ops = {
+        "m": (O.MKDIR, abi.MkdirIn(0o755, 0).pack() + name(b"m"), 0),
+        "p": (O.MKNOD, abi.MknodIn(stat.S_IFIFO | 0o644, 0, 0).pack() + name(b"p"), 0),
+        "s": (O.SYMLINK, name(b"s") + name(b"file"), 0),
+        "hard": (O.LINK, abi.LinkIn(f.nodeid).pack() + name(b"hard"), 0),
+        "c": (O.CREATE, abi.CreateIn(os.O_RDWR, 0o644, 0).pack() + name(b"c"), abi.OpenOut.SIZE),
+    }
+    for what, (op, body, extra) in ops.items():
+        before = table.version(ROOT)
+        r = call(s, request(op, body))
+        assert r.header.error == 0, what
+        e = abi.EntryOut.unpack_from(r.body)
+        ev = _entry_ver(r.body, e.nodeid, table, extra)
+        assert ev.version >= 1, what                         # bumped before the version was read
+        assert table.version(ROOT) > before, what           # the parent too
+        st = os.lstat(tree / what)
+        assert (e.attr.ino, e.attr.nlink, e.attr.ctime) == (st.st_ino, st.st_nlink, int(st.st_ctime)), what
+        if op == O.CREATE:
+            assert abi.OpenOut.unpack_from(r.body, ENTRY).fh
+    # A LINK bumps the linked inode, whose nlink went up: the entry carries the new count.
+    assert abi.EntryOut.unpack_from(call(s, request(O.LOOKUP, name(b"file"))).body).attr.nlink == 2
+
+
+def test_negative_lookup_and_readdirplus_are_unchanged(fs, table):
+    s = versioned(fs, table)
+    r = call(s, request(O.LOOKUP, name(b"nope")))
+    assert r.error == errno.ENOENT and r.n == 16
+    d = lookup(s, ROOT, b"dir")
+    fh = open_(s, d.nodeid, os.O_RDONLY, O.OPENDIR)
+    records = _list(s, d.nodeid, fh, O.READDIRPLUS, 8192)
+    assert len(records) == 22 and all(n for _, _, n in records)
+
+
+class _Racy(PassthroughFs):
+    """A file system whose lookups return stale attributes, and whose getattr sees a change that
+    lands after the server read the slot (a concurrent bump)."""
+
+    table = None
+
+    def lookup(self, ctx, parent, n):
+        from dataclasses import replace
+        e = super().lookup(ctx, parent, n)
+        stale = os.stat_result((0o100644, e.attr.st_ino, e.attr.st_dev, 1, 0, 0, 12345, 0, 0, 0))
+        return replace(e, attr=stale)
+
+    def getattr(self, ctx, nodeid, fh):
+        self.table.bump([nodeid])
+        return super().getattr(ctx, nodeid, fh)
+
+
+def test_version_is_read_before_the_attributes(tree, table):
+    with _Racy(tree) as fs:
+        fs.table = table
+        s = versioned(fs, table)
+        r = call(s, request(O.LOOKUP, name(b"file")))
+        e = abi.EntryOut.unpack_from(r.body)
+        ev = abi.EntryVerOut.unpack_from(r.body, ENTRY)
+        assert e.attr.size == 100                      # fresh, from getattr, not the stale 12345
+        assert ev.version == table.version(e.nodeid) - 1   # read before the change getattr saw
+
+
+class _SnapWriter(Writer):
+    """Remembers the table's versions of ``watch`` when the reply is written."""
+
+    def __init__(self, bufs, table, watch):
+        super().__init__(bufs)
+        self.table, self.watch, self.seen = table, watch, None
+
+    def write(self, data):
+        self.seen = {n: self.table.version(n) for n in self.watch()}
+        super().write(data)
+
+
+def test_changing_ops_bump_parents_and_child_before_the_reply(fs, table):
+    s = versioned(fs, table)
+    f = lookup(s, ROOT, b"file").nodeid
+    d = lookup(s, ROOT, b"dir").nodeid
+    fh = open_(s, f)
+
+    def run(op, body, nodeid, watch):
+        start = {n: table.version(n) for n in watch}
+        w = _SnapWriter([bytearray(4096)], table, lambda: watch)
+        assert s.handle(Reader([request(op, body, nodeid=nodeid)]), w) > 0
+        assert abi.OutHeader.unpack_from(bytes(w._bufs[0])).error == 0
+        return {n: w.seen[n] - start[n] for n in watch}
+
+    slots = {table.slot(n) for n in (ROOT, f, d)}
+    assert len(slots) == 3                      # no collision hides a missing bump below
+    assert run(O.WRITE, abi.WriteIn(fh, 0, 1).pack() + b"x", f, [f, ROOT]) == {f: 1, ROOT: 0}
+    sa = abi.SetattrIn(valid=abi.SetattrValid.MODE, mode=0o600).pack()
+    assert run(O.SETATTR, sa, f, [f, ROOT]) == {f: 1, ROOT: 0}
+    assert run(O.RENAME, abi.RenameIn(d).pack() + name(b"file") + name(b"moved"), ROOT,
+               [ROOT, d, f]) == {ROOT: 1, d: 1, f: 1}
+    assert run(O.UNLINK, name(b"moved"), d, [d, f]) == {d: 1, f: 1}
+    assert run(O.GETATTR, bytes(16), d, [d]) == {d: 0}
+    g = lookup(s, d, b"entry-05").nodeid
+    assert run(O.OPEN, abi.OpenIn(os.O_RDWR | os.O_TRUNC, 0).pack(), g, [g]) == {g: 1}
+    assert run(O.OPEN, abi.OpenIn(os.O_RDWR, 0).pack(), g, [g]) == {g: 0}
+
+
+def test_no_room_for_the_entry_version_is_a_protocol_error(fs, table, caplog):
+    s = versioned(fs, table)
+    r = call(s, request(O.LOOKUP, name(b"file")), cap=16 + ENTRY)
+    assert r.error == errno.EINVAL and "does not fit" in caplog.text
+    f = abi.EntryOut.unpack_from(call(s, request(O.LOOKUP, name(b"file"))).body)
+    assert fs.inodes.refs(3, f.nodeid) == 1          # the unsent entry's count was given back

@@ -14,6 +14,7 @@ from vfscluster.guest.device import DeviceConfig
 from vfscluster.guest.machine import GuestMachine
 
 from hostproc import HostProcess, ram_name
+from realpeers import boot, require_virtiofsd, rundir  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -156,3 +157,100 @@ def test_four_request_queues_eight_threads(share, host):
         assert used == [1, 2, 3, 4]          # every request queue carried requests
     finally:
         m.close()
+
+
+# ---------------------------------------------------------------------------- region 1: the version table
+
+
+def test_version_view_from_vfs_hostd(host, machine):
+    dev = machine.add_device(host.socket_path, "vfs")
+    view = dev.version_view()
+    assert view.slots == 1 << 16 and dev.version_view(timeout=0) is view
+    assert dev.shmem_config.sizes == (0, 32 + 8 * view.slots)     # region 0 (DAX) unused yet
+
+
+def test_no_version_table_when_the_host_has_none(share):
+    h = HostProcess(share, version_slots=0)
+    machine = GuestMachine("nt", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = machine.add_device(h.socket_path, "vfs")
+        with pytest.raises(OSError) as ei:
+            dev.version_view()
+        assert ei.value.errno == errno.EOPNOTSUPP and "no metadata-version table" in str(ei.value)
+        assert machine.mount("vfs").os.listdir("/") == []
+    finally:
+        machine.close()
+        h.stop()
+
+
+def test_the_c_virtiofsd_offers_no_version_table(share, rundir):
+    require_virtiofsd()
+    d = boot.VirtiofsdDaemon(str(share), rundir / "v.sock", cache="none", log_path=rundir / "v.log")
+    machine = GuestMachine("cv", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = machine.add_device(d.socket_path, "vfs")
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as ei:
+            dev.version_view()
+        assert ei.value.errno == errno.EOPNOTSUPP and time.monotonic() - t0 < 1.0   # at once
+        assert dev.backend_channel is None
+        (share / "x").write_bytes(b"")
+        assert machine.mount("vfs").os.listdir("/") == ["x"]
+    finally:
+        machine.close()
+        d.stop()
+
+
+@pytest.fixture
+def inproc_host(share, tmp_path):
+    """A HostServer in a thread of this process (so a test can make its device misbehave)."""
+    from vfscluster.host.server import HostServer
+    srv = HostServer(str(share), str(tmp_path / "h.sock"), thread_pool_size=0, version_slots=64)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield srv
+    srv.stop()
+    th.join(10)
+    srv.close()
+
+
+def test_garbage_shmem_map_is_refused_and_logged(inproc_host, machine, monkeypatch, tmp_path, caplog):
+    from vfscluster.host.device import FsBackendDevice
+    from vfscluster.vhost_user import BackendReq, ShmemMap
+    real = FsBackendDevice._map_versions
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\xff" * 4096)
+    r, w = os.pipe()
+
+    def garbage_first(self, sock):
+        fd = self.versions.ro_fd
+        size = self.versions.size
+        jfd = os.open(junk, os.O_RDONLY)
+        try:
+            for m, f in ((ShmemMap(1, 0, 0, size, 1), fd),          # writable
+                         (ShmemMap(1, 0, 0, 16, 0), fd),            # shorter than a table
+                         (ShmemMap(1, 0, 0, size + 8, 0), fd),      # past the region
+                         (ShmemMap(1, 8, 0, 64, 0), fd),            # not from offset 0
+                         (ShmemMap(7, 0, 0, size, 0), fd),          # no such region
+                         (ShmemMap(1, 0, 0, 4096 if size >= 4096 else size, 0), jfd),   # no magic
+                         (ShmemMap(1, 0, 0, size, 0), r)):          # not a file
+                self.backend_channel.request(BackendReq.SHMEM_MAP, m, [f], need_reply=False)
+        finally:
+            os.close(jfd)
+        real(self, sock)
+
+    monkeypatch.setattr(FsBackendDevice, "_map_versions", garbage_first)
+    try:
+        dev = machine.add_device(inproc_host.socket_path, "vfs")
+        view = dev.version_view(timeout=10)            # the good one came last: all were handled
+        assert view.slots == 64
+        refused = [rec.getMessage() for rec in caplog.records if "refused SHMEM_MAP" in rec.getMessage()]
+        reasons = ["read-only", "shorter than a version table", "past region 1", "from offset 0",
+                   "region 7 is not served", "not a version table", "not a shared-memory file"]
+        assert len(refused) == len(reasons)
+        for msg, why in zip(refused, reasons):
+            assert why in msg, (msg, why)
+        assert machine.mount("vfs").os.listdir("/") == []         # the device keeps working
+    finally:
+        os.close(r)
+        os.close(w)

@@ -149,3 +149,97 @@ def test_trace_has_one_line_per_request(host, guest):
     ops = [l[3] for l in lines]
     assert "INIT" in ops and "MKDIR" in ops and "LOOKUP" in ops
     assert any(l[3] == "LOOKUP" and l[5] == str(-errno.ENOENT) for l in lines)
+
+
+# ---------------------------------------------------------------------------- version table
+
+
+EV = abi.InitFlags.ENTRY_VERSION
+
+
+def raw_init(dev, flags) -> abi.InitOut:
+    lo, hi = abi.split_init_flags(flags)
+    err, body = dev.request(abi.Opcode.INIT, 0, [abi.InitIn(7, 38, 0, lo, hi).pack()], 256)
+    assert err == 0
+    return abi.InitOut.unpack_from(body)
+
+
+@pytest.fixture
+def vdev(host):
+    """A device on the host, INIT with ENTRY_VERSION (raw: the entry replies are read by hand)."""
+    m = GuestMachine("v", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = m.add_device(host.socket_path, "vfs")
+        assert raw_init(dev, abi.InitFlags.INIT_EXT | abi.InitFlags.DO_READDIRPLUS | EV).all_flags & EV
+        yield dev
+    finally:
+        m.close()
+
+
+def versioned_lookup(dev, parent, n):
+    err, body = dev.request(abi.Opcode.LOOKUP, parent, [n + b"\0"], abi.EntryOut.SIZE + abi.EntryVerOut.SIZE)
+    assert err == 0 and len(body) == abi.EntryOut.SIZE + abi.EntryVerOut.SIZE
+    return abi.EntryOut.unpack_from(body), abi.EntryVerOut.unpack_from(body, abi.EntryOut.SIZE)
+
+
+def barrier(dev):
+    """Any request: its reply comes after every host-side change made before it was sent."""
+    err, _ = dev.request(abi.Opcode.GETATTR, abi.ROOT_ID, [abi.GetattrIn().pack()], 256)
+    assert err == 0
+
+
+def test_version_view_and_entry_versions(vdev, share):
+    (share / "f").write_bytes(b"abc")
+    view = vdev.version_view()
+    entry, ev = versioned_lookup(vdev, abi.ROOT_ID, b"f")
+    assert ev.version_index == entry.nodeid % view.slots and ev.version == view.version(entry.nodeid)
+    assert entry.attr.size == 3 and entry.attr.ino == os.stat(share / "f").st_ino
+    with pytest.raises(TypeError):
+        view.mem[0] = 1                          # mapped read-only: refused, not a crash
+    with pytest.raises(TypeError):
+        view._words[4 + entry.nodeid % view.slots] = 0
+
+
+def test_writes_and_setattr_through_the_device_change_the_slot(vdev, share):
+    (share / "f").write_bytes(b"abc")
+    view = vdev.version_view()
+    entry, _ = versioned_lookup(vdev, abi.ROOT_ID, b"f")
+    n = entry.nodeid
+    err, body = vdev.request(abi.Opcode.OPEN, n, [abi.OpenIn(os.O_RDWR).pack()], abi.OpenOut.SIZE)
+    fh = abi.OpenOut.unpack_from(body).fh
+    v0 = view.version(n)
+    err, _ = vdev.request(abi.Opcode.WRITE, n, [abi.WriteIn(fh, 0, 2).pack(), b"xy"], abi.WriteOut.SIZE)
+    assert err == 0 and view.version(n) > v0
+    v1 = view.version(n)
+    sa = abi.SetattrIn(valid=abi.SetattrValid.MODE, mode=0o600).pack()
+    err, _ = vdev.request(abi.Opcode.SETATTR, n, [sa], abi.AttrOut.SIZE)
+    assert err == 0 and view.version(n) > v1
+
+
+def test_host_side_changes_are_visible_after_any_request(vdev, share):
+    (share / "f").write_bytes(b"abc")
+    view = vdev.version_view()
+    f, _ = versioned_lookup(vdev, abi.ROOT_ID, b"f")
+    for _ in range(3):
+        before = view.version(f.nodeid)
+        os.utime(share / "f", (1_000, 1_000))
+        barrier(vdev)
+        assert view.version(f.nodeid) > before
+    root, moved = view.version(abi.ROOT_ID), view.version(f.nodeid)
+    os.rename(share / "f", share / "g")
+    barrier(vdev)
+    assert view.version(abi.ROOT_ID) > root and view.version(f.nodeid) > moved
+    entry, ev = versioned_lookup(vdev, abi.ROOT_ID, b"g")
+    assert entry.nodeid == f.nodeid and ev.version == view.version(f.nodeid)
+
+
+def test_stock_init_gets_stock_entry_replies(host, share):
+    (share / "f").write_bytes(b"")
+    m = GuestMachine("stock", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = m.add_device(host.socket_path, "vfs")
+        assert not raw_init(dev, abi.InitFlags.INIT_EXT | abi.InitFlags.DO_READDIRPLUS).all_flags & EV
+        err, body = dev.request(abi.Opcode.LOOKUP, abi.ROOT_ID, [b"f\0"], 1024)
+        assert err == 0 and len(body) == abi.EntryOut.SIZE
+    finally:
+        m.close()

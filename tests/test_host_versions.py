@@ -72,3 +72,22 @@ def test_reads_in_another_process_are_never_torn():
             assert res.get(60) == 0
     finally:
         t.close()
+
+
+def test_the_fd_given_to_guests_cannot_be_mapped_writable():
+    import mmap
+    t = VersionTable(_name(), slots=8, unlink_name=True)
+    try:
+        assert not os.path.exists("/dev/shm" + t.name)      # unlinked at once: nothing to leak
+        assert os.fstat(t.ro_fd).st_size == t.size == 32 + 8 * 8
+        with pytest.raises(PermissionError):
+            mmap.mmap(t.ro_fd, t.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        v = VersionView(t.ro_fd)
+        t.bump([5])
+        assert v.version(5) == 1
+        with pytest.raises(TypeError):
+            v.mem[0] = 1
+        v.close()
+    finally:
+        t.close()
+        t.close()                                            # idempotent

@@ -115,3 +115,28 @@ def test_concurrent_lookups_and_forgets_keep_counts_right(store):
     nodeid = store.nodeid_of(store._by_id[max(store._by_id)].key)
     assert [store.refs(s, nodeid) for s in range(4)] == [1, 1, 1, 1]
     assert len(store) == 2
+
+
+def test_observer_hears_of_inodes_entering_and_leaving(store):
+    seen = []
+
+    class Observer:
+        def added(self, inode):
+            seen.append(("added", inode.nodeid))
+
+        def removed(self, inode):
+            seen.append(("removed", inode.nodeid, _fd_open(inode.fd)))   # its fd still open
+
+    store.set_observer(Observer())
+    assert seen == [("added", ROOT_ID)]                  # what the store held already
+    a = _acquire(store, 0, "a")
+    _acquire(store, 1, "a")                              # known already: no news
+    b = _acquire(store, 0, "b")
+    store.forget(0, a.nodeid, 1)
+    store.forget(1, a.nodeid, 1)
+    store.drop_session(0)
+    assert seen[1:] == [("added", a.nodeid), ("added", b.nodeid), ("removed", a.nodeid, True),
+                        ("removed", b.nodeid, True)]
+    store.set_observer(None)
+    _acquire(store, 0, "c")
+    assert len(seen) == 5

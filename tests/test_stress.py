@@ -82,6 +82,38 @@ def _cached_guest_is_caught(history, ttl):
         [f.describe() for f in res.findings if not (f.kind == "stale" and f.staleness_ns <= ttl)]
 
 
+@pytest.mark.parametrize("cache,versions,timeout", [
+    ("always", True, 1.0),          # the point of the version table: cached, yet 0 stale reads
+    ("auto", False, 0.3),           # stale reads appear, none older than the timeout (+ margin)
+    ("always", False, 1.0),         # stale reads appear, and the checker sees them
+])
+def test_stress_in_each_cache_mode(tmp_path, cache, versions, timeout):
+    share = tmp_path / "share"
+    share.mkdir()
+    r = run_stress(guests=4, seconds=2.5, cache=cache, versions=versions, seed=99, share=share,
+                   timeout=timeout)
+    total = r.result.total
+    assert total.operations >= 200
+    if versions:
+        assert r.coherent and r.exit_status == 0
+        assert r.result.findings == (), [f.describe() for f in r.result.findings[:5]]
+        return
+    assert not r.coherent and r.exit_status == 0
+    assert total.stale_reads > 0, total
+    if cache == "auto":
+        margin = 0.3
+        assert total.worst_staleness_ns <= (timeout + margin) * 1e9, total
+
+
+@pytest.mark.parametrize("flag", ["--writeback", "--versions"])
+def test_writeback_and_versions_flags_reach_the_guests(tmp_path, flag, capsys):
+    args = ["--guests", "2", "--seconds", "0.5", "--cache", "always", flag, "--share", str(tmp_path)]
+    status = main(args)
+    out = capsys.readouterr().out
+    assert "writeback" in out if flag == "--writeback" else "versions=on" in out
+    assert status == 0
+
+
 def _fake(cache="none", versions=False, stale=1):
     op = Operation(guest="g0", kind="stat", path="a", result=(1, 0o644), start_ns=5, end_ns=6)
     findings = tuple(Finding(op=op, kind="stale", register="size/mode of a", staleness_ns=3_000_000)

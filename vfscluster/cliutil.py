@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -14,6 +15,6 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def fail(prog: str, message: str) -> "NoReturn":  # noqa: F821
+def fail(prog: str, message: str) -> NoReturn:
     sys.stderr.write(f"{prog}: error: {message}\n")
     raise SystemExit(2)

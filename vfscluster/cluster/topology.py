@@ -52,13 +52,11 @@ class GuestSpec:
                               f"not {self.cache!r}")
         if self.dax not in DAX_MODES:
             raise ConfigError(f"guest {self.name!r}: dax must be one of {', '.join(DAX_MODES)}, not {self.dax!r}")
-        unbuilt = [f"cache={self.cache}"] if self.cache != "none" else []
-        unbuilt += ["versions"] if self.versions else []
-        unbuilt += ["writeback"] if self.writeback else []
-        unbuilt += [f"dax={self.dax}"] if self.dax != "never" else []
-        if unbuilt:
-            raise ConfigError(f"guest {self.name!r}: {', '.join(unbuilt)} is not implemented yet "
-                              f"(guests run cache=none, dax=never for now)")
+        if self.versions and self.cache == "none":
+            raise ConfigError(f"guest {self.name!r}: versions=on needs cache=auto or cache=always")
+        if self.dax != "never":
+            raise ConfigError(f"guest {self.name!r}: dax={self.dax} is not implemented yet "
+                              f"(guests run dax=never for now)")
         if not isinstance(self.num_request_queues, int) or self.num_request_queues < 1:
             raise ConfigError(f"guest {self.name!r}: num_request_queues must be an integer >= 1")
         qs = self.queue_size

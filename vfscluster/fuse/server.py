@@ -26,10 +26,20 @@ virtio-fs fork of libfuse does).  DESTROY ends the session (``fs.destroy`` and
 
 The version-table hook: after an operation that changed metadata succeeded, and before its
 reply is written, :meth:`Server.after_change` gets the nodeids it changed: SETATTR, WRITE,
-FALLOCATE, SETXATTR, REMOVEXATTR (the inode); COPY_FILE_RANGE (the destination); CREATE, MKNOD,
+FALLOCATE, SETXATTR, REMOVEXATTR, OPEN with O_TRUNC (the inode); COPY_FILE_RANGE (the destination); CREATE, MKNOD,
 MKDIR, SYMLINK, LINK (the parent and the new entry's inode); UNLINK, RMDIR (the parent and the
 removed inode when the file system knows it); RENAME, RENAME2 (both parents, the moved inode and
-a replaced one when known).
+a replaced one when known).  With a version table (``versions=``) the default hook bumps their
+slots.
+
+ENTRY_VERSION (vfscluster's INIT flag, bit 63, in flags2): enabled only when the guest offers it
+and the server has a version table.  Then every reply that hands out a nodeid — a positive
+LOOKUP, MKNOD, MKDIR, SYMLINK, LINK, CREATE and TMPFILE — carries an ``EntryVerOut{version_index
+= slot, version}`` after its whole usual body (LOOKUP: EntryOut + EntryVerOut; CREATE: EntryOut +
+OpenOut + EntryVerOut).  DESIGN §4's order: after the operation (and after its bump), the slot is
+read, *then* the attributes are read again (``fs.getattr``) and those go into the EntryOut, so a
+change that lands in between leaves the slot ahead of the version the guest stores (an extra
+refresh), never behind it.  Negative LOOKUPs and READDIRPLUS are unchanged.
 """
 
 from __future__ import annotations
@@ -37,12 +47,17 @@ from __future__ import annotations
 import errno
 import logging
 import mmap
+import os
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import abi
 from .abi import InitFlags, Opcode, SetattrValid
 from .filesystem import Context, Entry, FileSystem, SetattrChanges
+
+if TYPE_CHECKING:
+    from ..host.versions import VersionTable
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +66,7 @@ _OUT = abi.OutHeader.STRUCT
 IN_SIZE = abi.InHeader.SIZE
 OUT_SIZE = abi.OutHeader.SIZE
 _ENTRY_OUT = abi.EntryOut.STRUCT
+_ENTRYVER_OUT = abi.EntryVerOut.STRUCT
 _ATTR_OUT = abi.AttrOut.STRUCT
 _NS = 1_000_000_000
 _U32 = 0xFFFF_FFFF
@@ -63,9 +79,8 @@ DEFAULT_MAX_WRITE = 1 << 20
 # be large, max_pages and flags2 are honoured, map_alignment is reported.
 SERVER_FLAGS = (InitFlags.ASYNC_READ | InitFlags.BIG_WRITES | InitFlags.MAX_PAGES
                 | InitFlags.INIT_EXT | InitFlags.MAP_ALIGNMENT | InitFlags.ASYNC_DIO)
-# Never enabled here: ENTRY_VERSION needs the version table (the reply would carry an
-# EntryVerOut after each EntryOut), SETXATTR_EXT/SECURITY_CTX/CREATE_SUPP_GROUP change request
-# layouts the file system does not take.
+# Never enabled here: ENTRY_VERSION without a version table (the reply would carry an EntryVerOut
+# after each EntryOut: see the module docstring).
 _NEVER = InitFlags.ENTRY_VERSION
 
 _NO_REPLY = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY})
@@ -115,19 +130,21 @@ def attr_values(st, flags: int = 0) -> tuple:
             abi.encode_dev(rdev) if rdev else 0, st.st_blksize, flags)
 
 
-def entry_out(e: Entry) -> bytes:
-    """fuse_entry_out of an :class:`Entry`."""
+def entry_out(e: Entry, st=None) -> bytes:
+    """fuse_entry_out of an :class:`Entry` (with the attributes ``st`` instead of ``e.attr``)."""
     es, ens = _split(e.entry_timeout)
     as_, ans = _split(e.attr_timeout)
     return _ENTRY_OUT.pack(e.nodeid, e.generation, es, as_, ens, ans,
-                           *attr_values(e.attr, e.attr_flags))
+                           *attr_values(e.attr if st is None else st, e.attr_flags))
 
 
 class Server:
     """One FUSE session (one guest connection) over ``fs``, which other sessions may share.
 
     ``session`` is the number passed to the file system in every :class:`Context`.
-    ``after_change``, when given, replaces the :meth:`after_change` hook.  :meth:`handle` may be
+    ``versions`` is the host's version table (several sessions share it): the default
+    :meth:`after_change` bumps it, and INIT may grant ENTRY_VERSION.  ``after_change``, when
+    given, replaces the :meth:`after_change` hook.  :meth:`handle` may be
     called from several threads at once (one per queue); INIT is the only request that changes
     the server's state.
     """
@@ -140,10 +157,13 @@ class Server:
         max_write: int = DEFAULT_MAX_WRITE,
         map_alignment: int = PAGE_SIZE.bit_length() - 1,
         after_change: Callable[[tuple[int, ...]], None] | None = None,
+        versions: VersionTable | None = None,
     ) -> None:
         if max_write < 4096:
             raise ValueError("max_write must be at least 4096")
         self.fs = fs
+        self.versions = versions
+        self.entry_version = False      # ENTRY_VERSION negotiated at INIT
         self.session = session
         self.max_write = max_write
         self.map_alignment = map_alignment
@@ -178,8 +198,10 @@ class Server:
 
     def after_change(self, nodeids: tuple[int, ...]) -> None:
         """Called with the nodeids a successful metadata-changing operation touched, before its
-        reply is written (see the module docstring for which).  The default does nothing; the
-        host bumps its version table here."""
+        reply is written (see the module docstring for which).  The default bumps the version
+        table, if the server has one."""
+        if self.versions is not None:
+            self.versions.bump(nodeids)
 
     def interrupt(self, unique: int) -> None:
         """INTERRUPT of request ``unique``.  The default does nothing (the request finishes)."""
@@ -188,6 +210,7 @@ class Server:
         """The guest went away (disconnect or DESTROY): release what the session holds in the
         file system and wait for a new INIT."""
         self.initialized = False
+        self.entry_version = False
         self.fs.drop_session(self.session)
 
     # ------------------------------------------------------------------ entry point
@@ -303,7 +326,9 @@ class Server:
             if e.errno != errno.ENOSYS:
                 raise
             accepted = InitFlags(0)
-        enabled = offered & (SERVER_FLAGS | accepted) & ~_NEVER
+        never = _NEVER if self.versions is None else _NEVER & ~InitFlags.ENTRY_VERSION
+        server_flags = SERVER_FLAGS if self.versions is None else SERVER_FLAGS | InitFlags.ENTRY_VERSION
+        enabled = offered & (server_flags | accepted) & ~never
         minor = min(init.minor, abi.KERNEL_MINOR_VERSION)
         lo, hi = abi.split_init_flags(enabled)
         out = abi.InitOut(
@@ -321,6 +346,7 @@ class Server:
         )
         self.minor = minor
         self.flags = enabled
+        self.entry_version = bool(enabled & InitFlags.ENTRY_VERSION)
         self._setxattr_in_size = abi.setxattr_in_size(bool(enabled & InitFlags.SETXATTR_EXT))
         n = self._reply(writer, ctx.unique, out.pack()[: abi.init_out_size(minor)])
         self.initialized = True
@@ -368,12 +394,21 @@ class Server:
 
     # ------------------------------------------------------------------ inodes
 
-    def _send_entry(self, ctx, writer, entry: Entry, body: bytes, fh: int | None = None) -> int:
-        """Reply ``body`` for a new ``entry``; if it cannot be written the guest never learns
-        the nodeid (or the fh), so the lookup count is given back (and the fh released)."""
+    def _send_entry(self, ctx, writer, entry: Entry, tail: bytes = b"", fh: int | None = None) -> int:
+        """Reply EntryOut of a new ``entry`` + ``tail`` (+ EntryVerOut with ENTRY_VERSION).  If the
+        reply cannot be built or written the guest never learns the nodeid (or the fh), so the
+        lookup count is given back (and the fh released)."""
         try:
+            if self.entry_version:
+                # DESIGN §4: the slot first, then the attributes that go with it.
+                version = self.versions.version(entry.nodeid)
+                st, _timeout = self.fs.getattr(ctx, entry.nodeid, None)
+                body = (entry_out(entry, st) + tail
+                        + _ENTRYVER_OUT.pack(self.versions.slot(entry.nodeid), version))
+            else:
+                body = entry_out(entry) + tail
             return self._reply(writer, ctx.unique, body)
-        except RemoteProtocolError:
+        except (RemoteProtocolError, OSError):
             try:
                 self.fs.forget(ctx, entry.nodeid, 1)
                 if fh is not None:
@@ -387,7 +422,7 @@ class Server:
         entry = self.fs.lookup(ctx, nodeid, name)
         if entry.nodeid == 0:  # a negative entry holds no count
             return self._reply(writer, ctx.unique, entry_out(entry))
-        return self._send_entry(ctx, writer, entry, entry_out(entry))
+        return self._send_entry(ctx, writer, entry)
 
     def _getattr(self, ctx, nodeid, body, writer) -> int:
         flags, fh = self._exact(abi.GetattrIn, body)
@@ -422,7 +457,7 @@ class Server:
 
     def _entry_reply(self, ctx, writer, entry: Entry, parent: int) -> int:
         self._changed((parent, entry.nodeid))
-        return self._send_entry(ctx, writer, entry, entry_out(entry))
+        return self._send_entry(ctx, writer, entry)
 
     def _symlink(self, ctx, nodeid, body, writer) -> int:
         name, target = _two_cstrs(body, 0)
@@ -475,6 +510,8 @@ class Server:
     def _open(self, ctx, nodeid, body, writer) -> int:
         flags, _open_flags = self._exact(abi.OpenIn, body)
         fh, fopen = self.fs.open(ctx, nodeid, flags)
+        if flags & os.O_TRUNC:      # ATOMIC_O_TRUNC: the open truncated the file
+            self._changed((nodeid,))
         return self._reply(writer, ctx.unique, abi.OpenOut.STRUCT.pack(fh, int(fopen), 0))
 
     def _opendir(self, ctx, nodeid, body, writer) -> int:
@@ -487,8 +524,7 @@ class Server:
         name = _cstr_exact(body, abi.CreateIn.SIZE)
         entry, fh, fopen = call(ctx, nodeid, name, mode, flags, umask)
         self._changed((nodeid, entry.nodeid))
-        return self._send_entry(ctx, writer, entry,
-                                entry_out(entry) + abi.OpenOut.STRUCT.pack(fh, int(fopen), 0), fh)
+        return self._send_entry(ctx, writer, entry, abi.OpenOut.STRUCT.pack(fh, int(fopen), 0), fh)
 
     def _create(self, ctx, nodeid, body, writer) -> int:
         return self._create_like(self.fs.create, ctx, nodeid, body, writer)

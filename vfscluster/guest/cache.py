@@ -1,34 +1,52 @@
-"""Guest-side cache policy: what the FUSE client may remember between requests.
+"""Guest-side caches: what the FUSE client may remember between requests, and for how long.
 
-The Linux FUSE client keeps three caches, each with a validity the server grants per reply:
+The Linux FUSE client keeps an inode cache (with lookup counts), a dentry cache, an attribute
+cache and a page cache.  virtio-fs mounts choose among the v6 patch's modes (DESIGN §5):
 
-* **inodes** (and with them their lookup counts): an inode whose last user went away may stay in
-  the inode cache; the kernel sends FORGET only when the inode is evicted;
-* **dentries** (``entry_valid`` of an entry reply): a name may be resolved without LOOKUP;
-* **attributes** (``attr_valid``) and **data** (the page cache, close-to-open with
-  ``cache=auto``).
+* ``cache=none``: nothing is cached; every name is looked up, every attribute and byte comes
+  from the host;
+* ``cache=auto``: dentries (positive and negative) and attributes for ``timeout`` seconds
+  (default 1); data close-to-open (the page cache is dropped at every open, as the kernel does
+  when the server does not answer FOPEN_KEEP_CACHE);
+* ``cache=always``: dentries, attributes and data never expire (FOPEN_KEEP_CACHE, infinite
+  timeouts);
+* ``versions=on`` (with ``auto`` or ``always``): validity is decided by the host's
+  metadata-version table (DESIGN §4) instead of by time;
+* ``writeback``: writes stay in the guest until close, fsync or memory pressure
+  (:mod:`~vfscluster.guest.pagecache`).
 
-virtio-fs mounts choose among the v6 patch's modes (DESIGN §5): ``cache=none`` (nothing is
-cached: every name is looked up, every attribute and byte comes from the host), ``cache=auto``
-(attributes and dentries for the server's timeout, 1 s; data close-to-open), ``cache=always``
-(never expire), each optionally with ``versions=on`` (validity decided by the metadata-version
-table, DESIGN §4, instead of by time) and ``writeback``.
+Every cached item carries a **stamp** taken *before* the request that fetched it:
 
-Only ``cache=none`` exists yet.  :class:`CachePolicy` is the single place the client and
-``GuestOS`` ask; the later modes fill in its methods (a dentry table keyed by
-``(parent nodeid, name)``, an attribute table keyed by nodeid, each item stored with the version
-slot read *before* its data was read) without changing the callers.
+* ``versions``: the value of the node's slot in the version table (for entries the host reads
+  it and sends it with the reply, ``EntryVerOut``); the item is valid while the slot still holds
+  that value;
+* ``auto``: the deadline, ``monotonic_ns()`` before the request plus the timeout;
+* ``always``: 0, valid until this guest invalidates it.
+
+A dentry ``(parent, name)`` is stamped with the *parent's* slot (the host bumps a directory's
+slot whenever a name in it changes); attributes and data with the node's own slot.  Changes this
+guest makes invalidate what they touch at once (:meth:`CachePolicy.changed`), and move
+:attr:`CachePolicy.local_gen`, which guards the path fast cache of ``GuestOS.stat``.
 """
 
 from __future__ import annotations
 
 import enum
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
 from ..fuse.abi import Attr
+from .pagecache import PageCache
 
-__all__ = ["CacheMode", "CacheConfig", "CachePolicy"]
+__all__ = ["CacheMode", "CacheConfig", "CachePolicy", "NEGATIVE"]
+
+#: the nodeid of a negative dentry (the name does not exist)
+NEGATIVE = 0
+_FAST_MAX = 1 << 16
+_NS = 1_000_000_000
 
 
 class CacheMode(str, enum.Enum):
@@ -44,12 +62,28 @@ class CacheConfig:
     """A mount's cache options.
 
     ``mode``: :class:`CacheMode`; ``versions``: validity by the metadata-version table instead of
-    by timeouts; ``writeback``: write-back data caching (FUSE_WRITEBACK_CACHE).
+    by timeouts (needs ``auto`` or ``always``); ``writeback``: write-back data caching;
+    ``timeout``: seconds dentries and attributes stay valid with ``auto``.
     """
 
     mode: CacheMode = CacheMode.NONE
     versions: bool = False
     writeback: bool = False
+    timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", self._mode(self.mode))
+        if self.versions and self.mode is CacheMode.NONE:
+            raise ConfigError("versions=on needs cache=auto or cache=always (cache=none keeps nothing)")
+        if not isinstance(self.timeout, (int, float)) or self.timeout < 0:
+            raise ConfigError(f"cache timeout must be a number >= 0, not {self.timeout!r}")
+
+    @staticmethod
+    def _mode(value: Any) -> CacheMode:
+        try:
+            return CacheMode(value)
+        except ValueError:
+            raise ConfigError(f"unknown cache mode {value!r} (none, auto, always)") from None
 
     @classmethod
     def parse(cls, value: "str | CacheMode | CacheConfig | None") -> CacheConfig:
@@ -58,71 +92,287 @@ class CacheConfig:
             return cls()
         if isinstance(value, CacheConfig):
             return value
-        try:
-            return cls(CacheMode(value))
-        except ValueError:
-            raise ConfigError(f"unknown cache mode {value!r} (none, auto, always)") from None
+        return cls(cls._mode(value))
+
+    def __str__(self) -> str:
+        return (f"cache={self.mode.value}" + (",versions=on" if self.versions else "")
+                + (",writeback" if self.writeback else "")
+                + (f",timeout={self.timeout:g}" if self.mode is CacheMode.AUTO else ""))
 
 
 class CachePolicy:
-    """Decides what the client keeps.  With ``cache=none`` it keeps nothing.
+    """The caches of one mount.  With ``cache=none`` every lookup misses and nothing is stored.
 
-    Methods the client calls:
-
-    * :meth:`keep_inode` — whether an inode nobody uses any more stays known (with its lookup
-      count) instead of being forgotten at once;
-    * :meth:`lookup_dentry` / :meth:`store_dentry` / :meth:`invalidate_dentry` — the dentry cache;
-    * :meth:`get_attr` / :meth:`store_attr` / :meth:`invalidate_attr` — the attribute cache;
-    * :meth:`forget_batch` — how many FORGETs the client may hold back to send as one
-      BATCH_FORGET.
+    ``versions`` is the mount's :class:`~vfscluster.guest.versions.VersionView` (required when
+    the config says ``versions``).  ``max_unused``: how many inodes nobody uses any more stay
+    known (with their dentries) before the oldest are forgotten.  All methods are thread-safe.
     """
 
     #: pending FORGETs held back before they are sent (as one BATCH_FORGET)
     DEFAULT_FORGET_BATCH = 64
+    DEFAULT_MAX_UNUSED = 8192
 
     def __init__(self, config: "CacheConfig | str | CacheMode | None" = None, *,
-                 forget_batch: int = DEFAULT_FORGET_BATCH) -> None:
+                 forget_batch: int = DEFAULT_FORGET_BATCH, versions=None,
+                 max_unused: int = DEFAULT_MAX_UNUSED) -> None:
         self.config = CacheConfig.parse(config)
-        if self.config.mode is not CacheMode.NONE or self.config.versions or self.config.writeback:
-            raise ConfigError(f"cache mode {self.config} is not implemented yet (only cache=none)")
         if forget_batch < 1:
             raise ConfigError(f"forget_batch must be at least 1, not {forget_batch}")
+        if self.config.versions and versions is None:
+            raise ConfigError("versions=on needs the host's metadata-version table")
         self.forget_batch = forget_batch
+        self.max_unused = max(1, max_unused)
+        self.enabled = self.config.mode is not CacheMode.NONE
+        self.view = versions if self.config.versions else None
+        self.uses_versions = self.view is not None
+        self.keep_data = self.enabled
+        # directory listings: with always (FOPEN_CACHE_DIR, as virtiofsd sets it) or versions
+        self.keep_listings = self.enabled and (self.config.mode is CacheMode.ALWAYS
+                                               or self.config.versions)
+        self.writeback = self.config.writeback
+        # cache=auto by time: a path's answer comes from one LOOKUP at most ``timeout`` old (the
+        # dentry keeps the attributes that came with it), and every open asks the host
+        # (close-to-open), so no read returns what the path held more than ``timeout`` ago
+        self.coupled = self.config.mode is CacheMode.AUTO and not self.config.versions
+        self.close_to_open = self.coupled
+        self._timeout_ns = int(self.config.timeout * _NS)
+        self._lock = threading.Lock()
+        self._dentries: dict[tuple[int, bytes], tuple[int, int, Attr | None]] = {}
+        self._by_node: dict[int, set[tuple[int, bytes]]] = {}
+        self._attrs: dict[int, tuple[Attr, int]] = {}
+        self._listings: dict[int, tuple[Any, int]] = {}
+        #: moves at every change this guest makes (guards the path fast cache)
+        self.local_gen = 0
+        #: ``GuestOS.stat`` fast cache: ``(path, follow) -> (local_gen, checks, stat_result)``
+        self.fast: dict[Any, tuple] | None = {} if self.enabled else None
+        self.pages = PageCache(self)
+        self.hits = 0
+        self.misses = 0
+        if self.uses_versions:
+            self.stamp = self.view.version
+            self.valid = self._valid_version
+            self.fresh = self._fresh_versions
+            self._words = self.view._words
+            self._mask = self.view.slots - 1
+            from .versions import HEADER_WORDS
+            self._base = HEADER_WORDS
+        elif self.config.mode is CacheMode.AUTO:
+            self.stamp = self._deadline
+            self.valid = self._valid_deadline
+            self.fresh = self._fresh_deadline
+        else:
+            self.stamp = self._zero
+            self.valid = self._valid_always
+            self.fresh = self._fresh_always
 
     @property
     def mode(self) -> CacheMode:
         return self.config.mode
 
+    # ------------------------------------------------------------------ stamps
+
+    # ``stamp(nodeid)``: what to store with an item of ``nodeid`` fetched by a request sent
+    # after this call; ``valid(nodeid, stamp)``: whether such an item may still be used.
+
+    def _deadline(self, nodeid: int) -> int:
+        return time.monotonic_ns() + self._timeout_ns
+
+    @staticmethod
+    def _zero(nodeid: int) -> int:
+        return 0
+
+    def _valid_version(self, nodeid: int, stamp: int) -> bool:
+        return self.view.version(nodeid) == stamp
+
+    @staticmethod
+    def _valid_deadline(nodeid: int, stamp: int) -> bool:
+        return time.monotonic_ns() < stamp
+
+    @staticmethod
+    def _valid_always(nodeid: int, stamp: int) -> bool:
+        return True
+
+    # The fast cache keeps, per path, the checks that all must still hold: ``(slot word, value)``
+    # pairs with versions, the earliest deadline with auto, nothing with always.
+
+    def checks(self, stamps: list[tuple[int, int]]) -> Any:
+        """The fast-cache checks of ``(nodeid, stamp)`` pairs."""
+        if self.uses_versions:
+            base, mask = self._base, self._mask
+            return tuple((base + (n & mask), s) for n, s in stamps)
+        if self.config.mode is CacheMode.AUTO:
+            return min((s for _, s in stamps), default=0)
+        return None
+
+    def _fresh_versions(self, checks) -> bool:
+        words = self._words
+        for i, v in checks:
+            if words[i] != v:
+                return False
+        return True
+
+    @staticmethod
+    def _fresh_deadline(checks) -> bool:
+        return time.monotonic_ns() < checks
+
+    @staticmethod
+    def _fresh_always(checks) -> bool:
+        return True
+
+    def store_fast(self, key: Any, gen: int, checks: Any, result: Any) -> None:
+        """Remember ``result`` for ``key`` while ``local_gen == gen`` and ``checks`` hold."""
+        fast = self.fast
+        if fast is None or gen != self.local_gen:
+            return
+        if len(fast) >= _FAST_MAX:
+            fast.clear()
+        fast[key] = (gen, checks, result)
+
     # ------------------------------------------------------------------ inodes
 
     def keep_inode(self, nodeid: int) -> bool:
-        """Whether the unused inode ``nodeid`` stays known.  cache=none: never (FORGET soon)."""
-        return False
+        """Whether the unused inode ``nodeid`` stays known: with a cache, yes (up to
+        ``max_unused`` of them, oldest forgotten first by the client)."""
+        return self.enabled
+
+    def forget_node(self, nodeid: int) -> None:
+        """The client forgets ``nodeid``: drop every dentry naming it and its attributes,
+        listing and pages (they would refer to a nodeid the host may reuse)."""
+        with self._lock:
+            for key in self._by_node.pop(nodeid, ()):
+                self._dentries.pop(key, None)
+            self._attrs.pop(nodeid, None)
+            self._listings.pop(nodeid, None)
+            self.local_gen += 1
+        self.pages.drop(nodeid)
 
     # ------------------------------------------------------------------ dentries
 
-    def lookup_dentry(self, parent: int, name: bytes) -> "int | None":
-        """The cached nodeid of ``parent/name``, or None to send LOOKUP.  cache=none: None."""
-        return None
+    def lookup_dentry(self, parent: int, name: bytes) -> "tuple[int, int, Attr | None] | None":
+        """``(nodeid, stamp, attributes)`` of ``parent/name`` while valid (nodeid
+        :data:`NEGATIVE`: the name does not exist; the attributes are those its LOOKUP
+        returned, or None), else None (send LOOKUP)."""
+        if not self.enabled:
+            return None
+        hit = self._dentries.get((parent, name))
+        if hit is None or not self.valid(parent, hit[1]):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return hit
 
-    def store_dentry(self, parent: int, name: bytes, nodeid: int, entry_valid_ns: int) -> None:
-        """Remember ``parent/name`` -> ``nodeid`` for ``entry_valid_ns``.  cache=none: no-op."""
+    def store_dentry(self, parent: int, name: bytes, nodeid: int, stamp: int,
+                     attr: Attr | None = None) -> None:
+        """Remember ``parent/name -> nodeid`` (NEGATIVE for a missing name), stamped with the
+        parent's stamp taken before the LOOKUP was sent, with the attributes it returned."""
+        if not self.enabled:
+            return
+        key = (parent, name)
+        with self._lock:
+            old = self._dentries.get(key)
+            if old is not None and old[0] != nodeid:
+                self._unlink_key(old[0], key)
+            self._dentries[key] = (nodeid, stamp, attr)
+            if nodeid != NEGATIVE:
+                self._by_node.setdefault(nodeid, set()).add(key)
+
+    def _unlink_key(self, nodeid: int, key: tuple[int, bytes]) -> None:
+        keys = self._by_node.get(nodeid)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_node[nodeid]
 
     def invalidate_dentry(self, parent: int, name: bytes) -> None:
-        """Forget the dentry ``parent/name`` (after UNLINK, RMDIR, RENAME)."""
+        """Forget the dentry ``parent/name`` (after UNLINK, RMDIR, RENAME, CREATE …)."""
+        if not self.enabled:
+            return
+        key = (parent, name)
+        with self._lock:
+            old = self._dentries.pop(key, None)
+            if old is not None:
+                self._unlink_key(old[0], key)
+            self.local_gen += 1
 
     # ------------------------------------------------------------------ attributes
 
-    def get_attr(self, nodeid: int) -> "Attr | None":
-        """Cached attributes of ``nodeid`` still valid, or None to send GETATTR.  cache=none:
-        None."""
-        return None
+    def get_attr(self, nodeid: int) -> "tuple[Attr, int] | None":
+        """``(attributes, stamp)`` of ``nodeid`` while valid, else None (send GETATTR)."""
+        if not self.enabled:
+            return None
+        hit = self._attrs.get(nodeid)
+        if hit is None or not self.valid(nodeid, hit[1]):
+            return None
+        return hit
 
-    def store_attr(self, nodeid: int, attr: Attr, attr_valid_ns: int) -> None:
-        """Remember ``attr`` of ``nodeid`` for ``attr_valid_ns``.  cache=none: no-op."""
+    def store_attr(self, nodeid: int, attr: Attr, stamp: int) -> None:
+        """Remember ``attr`` of ``nodeid`` with the stamp taken before it was read."""
+        if self.enabled:
+            self._attrs[nodeid] = (attr, stamp)
 
     def invalidate_attr(self, nodeid: int) -> None:
-        """Drop the cached attributes of ``nodeid`` (after a change made through this guest)."""
+        """Drop the cached attributes of ``nodeid``."""
+        if self.enabled:
+            self._attrs.pop(nodeid, None)
+            self.local_gen += 1
+
+    # ------------------------------------------------------------------ directory listings
+
+    def get_listing(self, nodeid: int) -> Any:
+        """The cached listing of directory ``nodeid`` while valid, else None."""
+        if not self.keep_listings:
+            return None
+        hit = self._listings.get(nodeid)
+        if hit is None or not self.valid(nodeid, hit[1]):
+            return None
+        return hit[0]
+
+    def store_listing(self, nodeid: int, listing: Any, stamp: int) -> None:
+        if self.keep_listings:
+            self._listings[nodeid] = (listing, stamp)
+
+    # ------------------------------------------------------------------ local changes
+
+    def changed(self, *nodeids: int, names: tuple = (), data: bool = False) -> None:
+        """This guest changed ``nodeids`` (their attributes; and directory contents of those
+        that are directories) and the names ``(parent, name)`` in ``names``; ``data``: file
+        contents changed too (drop their pages)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            touched = list(nodeids)
+            for key in names:
+                old = self._dentries.pop(key, None)
+                if old is not None:
+                    self._unlink_key(old[0], key)
+                    touched.append(old[0])              # its nlink or ctime changes too
+            for n in touched:
+                self._attrs.pop(n, None)
+                self._listings.pop(n, None)
+                if self.coupled:                        # their attributes are in dentries too
+                    for key in self._by_node.pop(n, ()):
+                        self._dentries.pop(key, None)
+            self.local_gen += 1
+        if data:
+            for n in nodeids:
+                self.pages.drop(n)
+
+    def clear(self) -> None:
+        """Drop every cached item (clean pages too; dirty data stays)."""
+        with self._lock:
+            self._dentries.clear()
+            self._by_node.clear()
+            self._attrs.clear()
+            self._listings.clear()
+            if self.fast is not None:
+                self.fast.clear()
+            self.local_gen += 1
+        self.pages.clear()
+
+    def stats(self) -> dict:
+        return {"mode": str(self.config), "dentries": len(self._dentries), "attrs": len(self._attrs),
+                "listings": len(self._listings), "fast": len(self.fast or ()), "hits": self.hits,
+                "misses": self.misses, **self.pages.stats()}
 
     def __repr__(self) -> str:
-        return f"CachePolicy({self.config.mode.value}, forget_batch={self.forget_batch})"
+        return f"CachePolicy({self.config}, forget_batch={self.forget_batch})"

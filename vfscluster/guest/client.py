@@ -1,7 +1,7 @@
 """The guest's FUSE client: builds requests, parses replies, maps errors, counts lookups.
 
-This is the part of Linux ``fs/fuse`` (``dir.c``, ``file.c``, ``inode.c``, ``readdir.c``,
-``xattr.c``) that talks to the server; path walking, file descriptors and the os-like API are in
+This is the part of Linux ``fs/fuse`` (``dir.c``, ``inode.c``; ``file.c``, ``readdir.c`` and
+``xattr.c`` are in :mod:`~vfscluster.guest.client_files`) that talks to the server; path walking, file descriptors and the os-like API are in
 :mod:`vfscluster.guest.gos`.  One :class:`FuseClient` serves one mount over one
 :class:`~vfscluster.guest.transport.Transport`; every method may be called from many threads.
 
@@ -24,36 +24,31 @@ FORGET, or as a BATCH_FORGET when several are pending, once ``forget_batch`` hav
 from __future__ import annotations
 
 import errno
-import os
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..fuse import abi
 from ..fuse.abi import (
-    ROOT_ID, AccessIn, AttrOut, BatchForgetIn, CreateIn, Dirent, EntryOut, FallocateIn, FlushIn,
-    ForgetIn, ForgetOne, FsyncIn, GetattrIn, GetxattrIn, GetxattrOut, InitFlags, InitIn, InitOut,
-    Kstatfs, LinkIn, LseekIn, LseekOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, ReadIn,
-    ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, encode_name,
+    ROOT_ID, Attr, AttrOut, BatchForgetIn, EntryOut, EntryVerOut, ForgetIn, ForgetOne, GetattrIn,
+    InitFlags, InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, Rename2In, RenameIn, SetattrIn,
+    SetattrValid, encode_name,
 )
-from .cache import CachePolicy
+from .cache import NEGATIVE, CachePolicy
+from .client_files import FileOps
+from .replies import PAGE_SIZE, check_attr, oserror
 from .transport import Credentials, Transport
 
 __all__ = ["FuseClient", "InitInfo", "REQUESTED_INIT_FLAGS", "PAGE_SIZE"]
 
-PAGE_SIZE = 4096
 #: fs/fuse: FUSE_DEFAULT_MAX_PAGES_PER_REQ (without FUSE_MAX_PAGES) and the default max_pages_limit
 DEFAULT_MAX_PAGES = 32
 MAX_PAGES_LIMIT = 256
 #: fs/fuse/inode.c: the read-ahead window a guest announces (VM_READAHEAD_PAGES pages)
 DEFAULT_MAX_READAHEAD = 32 * PAGE_SIZE
-#: include/uapi/linux/limits.h: XATTR_SIZE_MAX, XATTR_LIST_MAX
-XATTR_SIZE_MAX = 65536
-XATTR_LIST_MAX = 65536
-#: fs/fuse/readdir.c reads directories a page at a time
-READDIR_SIZE = PAGE_SIZE
 
 #: The subset of what a Linux 6.1 virtio-fs guest offers in FUSE_INIT that this client handles.
 #: Left out: locks (POSIX_LOCKS, FLOCK_LOCKS: a later issue), caching (WRITEBACK_CACHE,
@@ -66,9 +61,6 @@ REQUESTED_INIT_FLAGS = (
     | InitFlags.NO_OPENDIR_SUPPORT | InitFlags.SETXATTR_EXT | InitFlags.INIT_EXT
 )
 
-_VALID_TYPES = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK,
-                          stat.S_IFIFO, stat.S_IFSOCK))
-_MAX_SIZE = (1 << 63) - 1
 _FORGET_NODEID = 0
 
 
@@ -99,17 +91,11 @@ class _Node:
         self.pins = 0
 
 
-def _oserror(err: int) -> OSError:
-    return OSError(err, os.strerror(err))
+_oserror = oserror
+_check_attr = check_attr
 
 
-def _check_attr(attr: abi.Attr) -> None:
-    """fs/fuse/fuse_i.h fuse_invalid_attr(): an impossible file type or size is EIO."""
-    if stat.S_IFMT(attr.mode) not in _VALID_TYPES or attr.size > _MAX_SIZE:
-        raise _oserror(errno.EIO)
-
-
-class FuseClient:
+class FuseClient(FileOps):
     """FUSE requests over a transport, with the kernel's lookup-count bookkeeping.
 
     ``cache`` is a :class:`~vfscluster.guest.cache.CachePolicy` or a cache-mode value accepted
@@ -126,6 +112,10 @@ class FuseClient:
         self._destroyed = False
         self._lock = threading.Lock()
         self._nodes: dict[int, _Node] = {}
+        self._unused: OrderedDict[int, None] = OrderedDict()   # known, unpinned, kept by the cache
+        self._entryver = False
+        #: requests sent (statistics; not exact under concurrency)
+        self.requests = 0
         self._pending: list[tuple[int, int]] = []
         self._forget_lock = threading.Lock()     # keeps forgets in the order they were queued
         # operations the server answered ENOSYS (the kernel's fc->no_* bits)
@@ -142,6 +132,8 @@ class FuseClient:
         """
         if self.info is not None:
             raise LocalProtocolError("FUSE_INIT was already sent on this connection")
+        if self.cache.uses_versions:
+            flags |= InitFlags.ENTRY_VERSION
         lo, hi = abi.split_init_flags(flags)
         init_in = InitIn(abi.KERNEL_VERSION, abi.KERNEL_MINOR_VERSION, max_readahead, lo, hi)
         error, body = self.transport.request(Opcode.INIT, 0, [init_in.pack()], InitOut.SIZE,
@@ -167,12 +159,17 @@ class FuseClient:
             max_readahead=min(out.max_readahead, max_readahead), time_gran=out.time_gran,
             map_alignment=out.map_alignment, max_background=out.max_background,
             congestion_threshold=out.congestion_threshold)
+        self._entryver = bool(granted & InitFlags.ENTRY_VERSION)
+        if self.cache.uses_versions and not self._entryver:
+            raise OSError(errno.EOPNOTSUPP, "versions=on: the host does not send entry versions "
+                                            "(InitFlags.ENTRY_VERSION)")
         return self.info
 
     def destroy(self) -> None:
         """Send the pending FORGETs, then DESTROY; afterwards every call fails with ENOTCONN.
         Nodes still pinned (open files) are not forgotten: DESTROY releases them on the host."""
         self._ready()
+        self.cache.pages.flush_all(self)
         self.flush_forgets()
         try:
             error, _ = self.transport.request(Opcode.DESTROY, 0, [], 0, creds=self.creds)
@@ -220,9 +217,19 @@ class FuseClient:
             if node is None or node.pins < n:
                 raise LocalProtocolError(f"put of nodeid {nodeid} more often than it was held")
             node.pins -= n
-            if node.pins or self.cache.keep_inode(nodeid):
+            if node.pins:
                 return
-            del self._nodes[nodeid]
+            if self.cache.keep_inode(nodeid):
+                unused = self._unused
+                unused[nodeid] = None
+                unused.move_to_end(nodeid)
+                if len(unused) <= self.cache.max_unused:
+                    return
+                nodeid, _ = unused.popitem(last=False)      # the oldest unused inode goes
+                node = self._nodes.pop(nodeid)
+                self.cache.forget_node(nodeid)
+            else:
+                del self._nodes[nodeid]
             self._pending.append((nodeid, node.nlookup))
             if len(self._pending) < self.cache.forget_batch:
                 return
@@ -244,6 +251,17 @@ class FuseClient:
                              *(ForgetOne(nodeid, n).pack() for nodeid, n in batch)])
             self.transport.send_noreply(Opcode.BATCH_FORGET, _FORGET_NODEID, [body])
 
+    def drop_caches(self) -> None:
+        """``echo 3 > /proc/sys/vm/drop_caches``: write dirty data back, drop every cached
+        dentry, attribute and page, and forget every inode nobody uses (FORGET now)."""
+        self.cache.pages.flush_all(self)
+        with self._lock:
+            while self._unused:
+                nodeid, _ = self._unused.popitem(last=False)
+                self._pending.append((nodeid, self._nodes.pop(nodeid).nlookup))
+            self.cache.clear()
+        self.flush_forgets()
+
     def lookup_counts(self) -> dict[int, tuple[int, int]]:
         """``{nodeid: (lookup count owed to the server, pins)}`` of every known node (tests)."""
         with self._lock:
@@ -264,6 +282,17 @@ class FuseClient:
             node.nlookup += 1
             if pin:
                 node.pins += 1
+                self._unused.pop(nodeid, None)
+
+    def _pin_cached(self, nodeid: int) -> bool:
+        """Pin a node a cached dentry names; False if it was forgotten meanwhile."""
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            if node is None:
+                return False
+            node.pins += 1
+            self._unused.pop(nodeid, None)
+            return True
 
     def _entry(self, body: bytes, expect_type: int | None = None, entry: EntryOut | None = None) -> EntryOut:
         """Decode an entry reply (unless ``entry`` is it, decoded), count it and return it pinned
@@ -308,6 +337,7 @@ class FuseClient:
 
     def _call(self, opcode: int, nodeid: int, args: Sequence, reply_size: int) -> bytes:
         self._ready()
+        self.requests += 1
         error, body = self.transport.request(opcode, nodeid, args, reply_size, creds=self.creds)
         if error:
             raise self._error(error)
@@ -315,17 +345,116 @@ class FuseClient:
 
     # ================================================================== names and attributes
 
-    def lookup(self, parent: int, name: bytes) -> EntryOut:
+    def lookup(self, parent: int, name: bytes, trace: list | None = None, *,
+               fresh: bool = False) -> EntryOut:
         """LOOKUP ``name`` in ``parent``: the entry, pinned (:meth:`put` it).  A negative entry
-        (nodeid 0) is ENOENT."""
-        body = self._call(Opcode.LOOKUP, parent, [encode_name(name)], EntryOut.SIZE)
+        (nodeid 0) is ENOENT.
+
+        With a cache, a valid dentry answers without a request (its attributes from the
+        attribute cache, or GETATTR), and ENOENT is remembered as a negative dentry.  ``trace``
+        collects the ``(nodeid, stamp)`` pairs the answer depends on (the parent's dentry stamp,
+        the child's attribute stamp), for the path fast cache.  ``fresh``: ask the host even if
+        a timed dentry is still valid (a change is about to be made through this name; the
+        version table needs no such care)."""
+        cache = self.cache
+        pstamp = 0
+        if cache.enabled:
+            hit = None if fresh and not cache.uses_versions else cache.lookup_dentry(parent, name)
+            if hit is not None:
+                nodeid, dstamp, dattr = hit
+                if nodeid == NEGATIVE:
+                    raise _oserror(errno.ENOENT)
+                if self._pin_cached(nodeid):
+                    try:
+                        if cache.coupled:
+                            attr, astamp = dattr, dstamp
+                        else:
+                            attr, astamp = self.attr_of(nodeid)
+                    except BaseException:
+                        self.put(nodeid)
+                        raise
+                    if trace is not None:
+                        trace += ((parent, dstamp), (nodeid, astamp))
+                    return EntryOut(nodeid=nodeid, attr=attr)
+            pstamp = cache.stamp(parent)
+        try:
+            body = self._call(Opcode.LOOKUP, parent, [encode_name(name)], EntryOut.SIZE
+                              + (EntryVerOut.SIZE if self._entryver else 0))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                cache.store_dentry(parent, name, NEGATIVE, pstamp)
+            raise
         entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
         if entry.nodeid == 0:
+            cache.store_dentry(parent, name, NEGATIVE, pstamp)
             raise _oserror(errno.ENOENT)
-        return self._entry(body, entry=entry)
+        astamp = self._entry_stamp(body, EntryOut.SIZE, entry.nodeid, pstamp)
+        entry = self._entry(body, entry=entry)
+        if cache.enabled:
+            cache.store_dentry(parent, name, entry.nodeid, pstamp, entry.attr)
+            cache.store_attr(entry.nodeid, entry.attr, astamp)
+            if trace is not None:
+                trace += ((parent, pstamp), (entry.nodeid, astamp))
+        return entry
+
+    def _entry_stamp(self, body: bytes, offset: int, nodeid: int, pre: int) -> int:
+        """The stamp of an entry's attributes: the version the host sent after the entry
+        (EntryVerOut at ``offset``) when entry versions were negotiated, else ``pre`` (the
+        stamp taken before the request: a deadline, or 0)."""
+        if not self._entryver:
+            return pre
+        ver = EntryVerOut.unpack_from(self._need(body, offset + EntryVerOut.SIZE), offset)
+        if ver.version_index != nodeid & (self.cache.view.slots - 1):
+            raise RemoteProtocolError(f"entry version for slot {ver.version_index}, nodeid "
+                                      f"{nodeid} is in slot {nodeid & (self.cache.view.slots - 1)}")
+        return ver.version
+
+    def _entry_reply(self, opcode: int, parent: int, name: bytes, args: Sequence,
+                     expect_type: int) -> EntryOut:
+        """MKNOD, MKDIR, SYMLINK, LINK: send, count the new entry, update the caches."""
+        cache = self.cache
+        pstamp = cache.stamp(parent) if cache.enabled else 0
+        body = self._call(opcode, parent, args,
+                          EntryOut.SIZE + (EntryVerOut.SIZE if self._entryver else 0))
+        cache.changed(parent, names=((parent, name),))
+        entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
+        astamp = self._entry_stamp(body, EntryOut.SIZE, entry.nodeid, pstamp)
+        entry = self._entry(body, expect_type, entry=entry)
+        self._cache_new_entry(parent, name, entry, astamp, pstamp)
+        return entry
+
+    def _cache_new_entry(self, parent: int, name: bytes, entry: EntryOut, astamp: int,
+                         pstamp: int) -> None:
+        cache = self.cache
+        if not cache.enabled:
+            return
+        cache.changed(entry.nodeid)
+        cache.store_attr(entry.nodeid, entry.attr, astamp)
+        if not cache.uses_versions:
+            # by time, the new name is as good as a looked-up one; with versions this guest's
+            # own change moved the parent's slot, whose new value nobody read before it
+            cache.store_dentry(parent, name, entry.nodeid, pstamp, entry.attr)
+
+    def attr_of(self, nodeid: int, fh: int | None = None) -> tuple[Attr, int]:
+        """``(attributes, stamp)`` of ``nodeid``: cached while valid, else GETATTR."""
+        hit = self.cache.get_attr(nodeid)
+        if hit is not None:
+            return hit
+        stamp = self.cache.stamp(nodeid)
+        attr = self._getattr(nodeid, fh).attr
+        self.cache.store_attr(nodeid, attr, stamp)
+        return attr, stamp
 
     def getattr(self, nodeid: int, fh: int | None = None) -> AttrOut:
-        """GETATTR (with FUSE_GETATTR_FH when ``fh`` is given)."""
+        """GETATTR (with FUSE_GETATTR_FH when ``fh`` is given); always asks the host, and
+        refreshes the attribute cache."""
+        cache = self.cache
+        stamp = cache.stamp(nodeid) if cache.enabled else 0
+        out = self._getattr(nodeid, fh)
+        cache.store_attr(nodeid, out.attr, stamp)
+        return out
+
+    def _getattr(self, nodeid: int, fh: int | None) -> AttrOut:
         arg = GetattrIn(abi.GETATTR_FH, fh) if fh is not None else GetattrIn()
         out = AttrOut.unpack_from(self._need(
             self._call(Opcode.GETATTR, nodeid, [arg.pack()], AttrOut.SIZE), AttrOut.SIZE))
@@ -333,9 +462,16 @@ class FuseClient:
         return out
 
     def setattr(self, nodeid: int, arg: SetattrIn) -> AttrOut:
-        """SETATTR: change what ``arg.valid`` (SetattrValid) names; the new attributes."""
-        out = AttrOut.unpack_from(self._need(
-            self._call(Opcode.SETATTR, nodeid, [arg.pack()], AttrOut.SIZE), AttrOut.SIZE))
+        """SETATTR: change what ``arg.valid`` (SetattrValid) names; the new attributes.  A size
+        change writes this guest's dirty data of the file back first and drops its pages."""
+        resize = bool(arg.valid & SetattrValid.SIZE)
+        if resize:
+            self.cache.pages.flush(self, nodeid)
+        try:
+            out = AttrOut.unpack_from(self._need(
+                self._call(Opcode.SETATTR, nodeid, [arg.pack()], AttrOut.SIZE), AttrOut.SIZE))
+        finally:
+            self.cache.changed(nodeid, data=resize)
         _check_attr(out.attr)
         return out
 
@@ -348,35 +484,45 @@ class FuseClient:
 
     def symlink(self, parent: int, name: bytes, target: bytes) -> EntryOut:
         """SYMLINK ``parent/name`` -> ``target``: the new entry, pinned."""
-        body = self._call(Opcode.SYMLINK, parent, [encode_name(name), encode_name(target)],
-                          EntryOut.SIZE)
-        return self._entry(body, stat.S_IFLNK)
+        return self._entry_reply(Opcode.SYMLINK, parent, name,
+                                 [encode_name(name), encode_name(target)], stat.S_IFLNK)
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int = 0, umask: int = 0) -> EntryOut:
         """MKNOD ``parent/name`` (``mode`` includes the type): the new entry, pinned."""
-        body = self._call(Opcode.MKNOD, parent, [MknodIn(mode, rdev, umask).pack(),
-                                                 encode_name(name)], EntryOut.SIZE)
-        return self._entry(body, stat.S_IFMT(mode))
+        return self._entry_reply(Opcode.MKNOD, parent, name,
+                                 [MknodIn(mode, rdev, umask).pack(), encode_name(name)],
+                                 stat.S_IFMT(mode))
 
     def mkdir(self, parent: int, name: bytes, mode: int, umask: int = 0) -> EntryOut:
         """MKDIR ``parent/name`` with permission bits ``mode``: the new entry, pinned."""
-        body = self._call(Opcode.MKDIR, parent, [MkdirIn(mode, umask).pack(), encode_name(name)],
-                          EntryOut.SIZE)
-        return self._entry(body, stat.S_IFDIR)
+        return self._entry_reply(Opcode.MKDIR, parent, name,
+                                 [MkdirIn(mode, umask).pack(), encode_name(name)], stat.S_IFDIR)
 
     def unlink(self, parent: int, name: bytes) -> None:
         """UNLINK ``parent/name``."""
-        self._call(Opcode.UNLINK, parent, [encode_name(name)], 0)
+        try:
+            self._call(Opcode.UNLINK, parent, [encode_name(name)], 0)
+        finally:
+            self.cache.changed(parent, names=((parent, name),))
 
     def rmdir(self, parent: int, name: bytes) -> None:
         """RMDIR ``parent/name``."""
-        self._call(Opcode.RMDIR, parent, [encode_name(name)], 0)
+        try:
+            self._call(Opcode.RMDIR, parent, [encode_name(name)], 0)
+        finally:
+            self.cache.changed(parent, names=((parent, name),))
 
     def rename(self, parent: int, name: bytes, newparent: int, newname: bytes,
                flags: int = 0) -> None:
         """RENAME, or RENAME2 when ``flags`` (RENAME_NOREPLACE, RENAME_EXCHANGE) are given; a
         server without RENAME2 makes flags EINVAL (fs/fuse/dir.c fuse_rename2)."""
         names = [encode_name(name), encode_name(newname)]
+        try:
+            self._rename(parent, names, newparent, flags)
+        finally:
+            self.cache.changed(parent, newparent, names=((parent, name), (newparent, newname)))
+
+    def _rename(self, parent: int, names: list, newparent: int, flags: int) -> None:
         if not flags:
             self._call(Opcode.RENAME, parent, [RenameIn(newparent).pack(), *names], 0)
             return
@@ -392,307 +538,6 @@ class FuseClient:
 
     def link(self, nodeid: int, newparent: int, newname: bytes) -> EntryOut:
         """LINK: ``newparent/newname`` becomes another name of ``nodeid``; the entry, pinned."""
-        body = self._call(Opcode.LINK, newparent, [LinkIn(nodeid).pack(), encode_name(newname)],
-                          EntryOut.SIZE)
-        return self._entry(body)
-
-    # ================================================================== files
-
-    def open(self, nodeid: int, flags: int) -> OpenOut:
-        """OPEN (O_CREAT, O_EXCL and O_NOCTTY are the VFS's business and are not sent; O_TRUNC
-        only with ATOMIC_O_TRUNC).  A server with NO_OPEN_SUPPORT that answers ENOSYS opens
-        everything from then on without a request: fh 0, no RELEASE."""
-        return self._open(Opcode.OPEN, nodeid, flags, InitFlags.NO_OPEN_SUPPORT)
-
-    def opendir(self, nodeid: int, flags: int = os.O_RDONLY) -> OpenOut:
-        """OPENDIR, with OPEN's rules (NO_OPENDIR_SUPPORT)."""
-        return self._open(Opcode.OPENDIR, nodeid, flags, InitFlags.NO_OPENDIR_SUPPORT)
-
-    def _open(self, opcode: int, nodeid: int, flags: int, no_flag: int) -> OpenOut:
-        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_CLOEXEC)
-        if not self.flags & InitFlags.ATOMIC_O_TRUNC:
-            flags &= ~os.O_TRUNC
-        if opcode in self._no:
-            return OpenOut()
-        try:
-            body = self._call(opcode, nodeid, [OpenIn(flags).pack()], OpenOut.SIZE)
-        except OSError as exc:
-            if exc.errno == errno.ENOSYS and self.flags & no_flag:
-                self._no.add(opcode)
-                return OpenOut()
-            raise
-        return OpenOut.unpack_from(self._need(body, OpenOut.SIZE))
-
-    def create(self, parent: int, name: bytes, flags: int, mode: int,
-               umask: int = 0) -> tuple[EntryOut, OpenOut]:
-        """CREATE and open ``parent/name`` (``mode`` includes S_IFREG): the entry (pinned) and
-        the open reply.  A server without CREATE gets MKNOD + OPEN (fs/fuse/dir.c)."""
-        flags &= ~(os.O_NOCTTY | os.O_CLOEXEC)
-        if Opcode.CREATE not in self._no:
-            try:
-                body = self._call(Opcode.CREATE, parent,
-                                  [CreateIn(flags, mode, umask).pack(), encode_name(name)],
-                                  EntryOut.SIZE + OpenOut.SIZE)
-            except OSError as exc:
-                if exc.errno != errno.ENOSYS:
-                    raise
-                self._no.add(Opcode.CREATE)
-            else:
-                self._need(body, EntryOut.SIZE + OpenOut.SIZE)
-                opened = OpenOut.unpack_from(body, EntryOut.SIZE)
-                entry = EntryOut.unpack_from(body)
-                if entry.nodeid in (0, ROOT_ID):
-                    raise _oserror(errno.EIO)
-                self._counted(entry.nodeid)
-                try:
-                    _check_attr(entry.attr)
-                    if stat.S_IFMT(entry.attr.mode) != stat.S_IFREG:
-                        raise _oserror(errno.EIO)
-                except OSError:
-                    self._release(Opcode.RELEASE, entry.nodeid, opened.fh, flags, 0, 0)
-                    self.put(entry.nodeid)
-                    raise
-                return entry, opened
-        entry = self.mknod(parent, name, stat.S_IFREG | (mode & 0o7777), 0, umask)
-        try:
-            return entry, self.open(entry.nodeid, flags & ~os.O_TRUNC)
-        except BaseException:
-            self.put(entry.nodeid)
-            raise
-
-    def read(self, nodeid: int, fh: int, offset: int, size: int, *, flags: int = 0,
-             lock_owner: int = 0) -> bytes:
-        """READ ``size`` bytes at ``offset``, split into requests of :attr:`read_chunk`; stops
-        at the first short reply (end of file).  ``flags`` are the file's open flags; a
-        ``lock_owner`` is sent with READ_LOCKOWNER (as direct I/O does)."""
-        chunk = self.read_chunk
-        read_flags = abi.READ_LOCKOWNER if lock_owner else 0
-        parts: list[bytes] = []
-        while size > 0:
-            n = min(size, chunk)
-            arg = ReadIn(fh, offset, n, read_flags, lock_owner, flags)
-            body = self._call(Opcode.READ, nodeid, [arg.pack()], n)
-            if len(body) > n:
-                raise RemoteProtocolError(f"READ of {n} bytes answered with {len(body)}")
-            parts.append(body)
-            if len(body) < n:
-                break
-            offset += n
-            size -= n
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def write(self, nodeid: int, fh: int, offset: int, data, *, flags: int = 0,
-              write_flags: int = 0, lock_owner: int = 0) -> int:
-        """WRITE ``data`` at ``offset`` in requests of at most :attr:`write_chunk` bytes.
-        Returns the bytes written: a short write stops; an error after some bytes were written
-        returns their count (as fs/fuse/file.c fuse_direct_io does).  A ``lock_owner`` is sent
-        with WRITE_LOCKOWNER."""
-        if lock_owner:
-            write_flags |= abi.WRITE_LOCKOWNER
-        view = memoryview(data).cast("B")
-        chunk = self.write_chunk
-        done = 0
-        total = len(view)
-        while done < total:
-            n = min(total - done, chunk)
-            arg = WriteIn(fh, offset + done, n, write_flags, lock_owner, flags)
-            try:
-                body = self._call(Opcode.WRITE, nodeid, [arg.pack(), view[done:done + n]],
-                                  WriteOut.SIZE)
-                written = WriteOut.unpack_from(self._need(body, WriteOut.SIZE)).size
-                if written > n:
-                    raise _oserror(errno.EIO)
-            except OSError:
-                if done:
-                    return done
-                raise
-            done += written
-            if written < n:
-                break
-        return done
-
-    def flush(self, nodeid: int, fh: int, lock_owner: int = 0) -> None:
-        """FLUSH (at every close of a descriptor); ENOSYS means never again and success."""
-        if Opcode.FLUSH in self._no:
-            return
-        try:
-            self._call(Opcode.FLUSH, nodeid, [FlushIn(fh, lock_owner).pack()], 0)
-        except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                raise
-            self._no.add(Opcode.FLUSH)
-
-    def release(self, nodeid: int, fh: int, flags: int = 0, *, release_flags: int = 0,
-                lock_owner: int = 0) -> None:
-        """RELEASE the file handle (not sent when opened without OPEN: NO_OPEN_SUPPORT).
-        Errors are ignored: nothing can be reported to anyone (the kernel sends it async)."""
-        if Opcode.OPEN not in self._no:
-            self._release(Opcode.RELEASE, nodeid, fh, flags, release_flags, lock_owner)
-
-    def releasedir(self, nodeid: int, fh: int, flags: int = 0) -> None:
-        """RELEASEDIR the directory handle (not sent under NO_OPENDIR_SUPPORT)."""
-        if Opcode.OPENDIR not in self._no:
-            self._release(Opcode.RELEASEDIR, nodeid, fh, flags, 0, 0)
-
-    def _release(self, opcode: int, nodeid: int, fh: int, flags: int, release_flags: int,
-                 lock_owner: int) -> None:
-        try:
-            self._call(opcode, nodeid, [ReleaseIn(fh, flags, release_flags, lock_owner).pack()], 0)
-        except OSError:
-            pass
-
-    def fsync(self, nodeid: int, fh: int, datasync: bool = False) -> None:
-        """FSYNC (FSYNC_FDATASYNC when ``datasync``); ENOSYS means never again and success."""
-        self._fsync(Opcode.FSYNC, nodeid, fh, datasync)
-
-    def fsyncdir(self, nodeid: int, fh: int, datasync: bool = False) -> None:
-        """FSYNCDIR, with FSYNC's rules."""
-        self._fsync(Opcode.FSYNCDIR, nodeid, fh, datasync)
-
-    def _fsync(self, opcode: int, nodeid: int, fh: int, datasync: bool) -> None:
-        if opcode in self._no:
-            return
-        arg = FsyncIn(fh, abi.FSYNC_FDATASYNC if datasync else 0)
-        try:
-            self._call(opcode, nodeid, [arg.pack()], 0)
-        except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                raise
-            self._no.add(opcode)
-
-    def lseek(self, nodeid: int, fh: int, offset: int, whence: int) -> int:
-        """LSEEK (SEEK_DATA / SEEK_HOLE).  ENOSYS is remembered and raised again at once, so the
-        caller can fall back to the generic answer (fs/fuse/file.c fuse_lseek)."""
-        if Opcode.LSEEK in self._no:
-            raise _oserror(errno.ENOSYS)
-        try:
-            body = self._call(Opcode.LSEEK, nodeid, [LseekIn(fh, offset, whence).pack()],
-                              LseekOut.SIZE)
-        except OSError as exc:
-            if exc.errno == errno.ENOSYS:
-                self._no.add(Opcode.LSEEK)
-            raise
-        return LseekOut.unpack_from(self._need(body, LseekOut.SIZE)).offset
-
-    def fallocate(self, nodeid: int, fh: int, mode: int, offset: int, length: int) -> None:
-        """FALLOCATE; a server without it makes it EOPNOTSUPP."""
-        if Opcode.FALLOCATE in self._no:
-            raise _oserror(errno.EOPNOTSUPP)
-        try:
-            self._call(Opcode.FALLOCATE, nodeid, [FallocateIn(fh, offset, length, mode).pack()], 0)
-        except OSError as exc:
-            if exc.errno == errno.ENOSYS:
-                self._no.add(Opcode.FALLOCATE)
-                raise _oserror(errno.EOPNOTSUPP) from None
-            raise
-
-    # ================================================================== directories
-
-    def readdir(self, nodeid: int, fh: int, offset: int,
-                size: int = READDIR_SIZE) -> list[tuple[Dirent, bytes]]:
-        """READDIR from cookie ``offset``: the ``(Dirent, name)`` records (empty at the end)."""
-        body = self._call(Opcode.READDIR, nodeid, [ReadIn(fh, offset, size).pack()], size)
-        return list(abi.iter_dirents(body))
-
-    def readdirplus(self, nodeid: int, fh: int, offset: int, size: int = READDIR_SIZE, *,
-                    pin: bool = False) -> list[tuple[EntryOut, Dirent, bytes]]:
-        """READDIRPLUS from cookie ``offset``: ``(EntryOut, Dirent, name)`` records.
-
-        Each record with a nonzero nodeid other than ``.`` and ``..`` counts one lookup
-        (fs/fuse/readdir.c fuse_direntplus_link).  With ``pin`` those nodes are returned pinned
-        (the caller puts each once); otherwise they are released at once.  A record with
-        impossible attributes is forgotten and returned with nodeid 0.
-        """
-        body = self._call(Opcode.READDIRPLUS, nodeid, [ReadIn(fh, offset, size).pack()], size)
-        records = list(abi.iter_direntplus(body))
-        out: list[tuple[EntryOut, Dirent, bytes]] = []
-        counted: list[int] = []
-        for entry, dirent, name in records:
-            if entry.nodeid and name not in (b".", b".."):
-                if entry.nodeid == ROOT_ID:         # invalid_nodeid(); the root is not counted
-                    entry = EntryOut()
-                else:
-                    self._counted(entry.nodeid)
-                    counted.append(entry.nodeid)
-                    try:
-                        _check_attr(entry.attr)
-                    except OSError:                 # fuse_force_forget()
-                        self.put(counted.pop())
-                        entry = EntryOut()
-            out.append((entry, dirent, name))
-        if not pin:
-            for nid in counted:
-                self.put(nid)
-        return out
-
-    # ================================================================== file system
-
-    def statfs(self, nodeid: int = ROOT_ID) -> abi.Kstatfs:
-        """STATFS of the file system holding ``nodeid``."""
-        body = self._call(Opcode.STATFS, nodeid, [], Kstatfs.SIZE)
-        return Kstatfs.unpack_from(self._need(body, Kstatfs.SIZE))
-
-    def syncfs(self) -> None:
-        """SYNCFS; ENOSYS means never again and success."""
-        if Opcode.SYNCFS in self._no:
-            return
-        try:
-            self._call(Opcode.SYNCFS, ROOT_ID, [abi.SyncfsIn().pack()], 0)
-        except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                raise
-            self._no.add(Opcode.SYNCFS)
-
-    def access(self, nodeid: int, mask: int) -> None:
-        """ACCESS (R_OK|W_OK|X_OK or F_OK); ENOSYS means never again and allowed."""
-        if Opcode.ACCESS in self._no:
-            return
-        try:
-            self._call(Opcode.ACCESS, nodeid, [AccessIn(mask).pack()], 0)
-        except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                raise
-            self._no.add(Opcode.ACCESS)
-
-    # ================================================================== extended attributes
-
-    def setxattr(self, nodeid: int, name: bytes, value, flags: int = 0) -> None:
-        """SETXATTR (fuse_setxattr_in is 16 bytes with SETXATTR_EXT, else 8)."""
-        size = abi.setxattr_in_size(bool(self.flags & InitFlags.SETXATTR_EXT))
-        arg = SetxattrIn(len(value), flags).pack()[:size]
-        self._xattr_call(Opcode.SETXATTR, nodeid, [arg, encode_name(name), value], 0)
-
-    def getxattr(self, nodeid: int, name: bytes, size: int = XATTR_SIZE_MAX) -> "bytes | int":
-        """GETXATTR: the value (``size`` > 0; ERANGE if longer), or its length (``size`` 0)."""
-        body = self._xattr_call(Opcode.GETXATTR, nodeid, [GetxattrIn(size).pack(),
-                                                          encode_name(name)],
-                                size or GetxattrOut.SIZE)
-        if not size:
-            return GetxattrOut.unpack_from(self._need(body, GetxattrOut.SIZE)).size
-        return bytes(body)
-
-    def listxattr(self, nodeid: int, size: int = XATTR_LIST_MAX) -> "bytes | int":
-        """LISTXATTR: the NUL-terminated names (``size`` > 0), or their length (``size`` 0)."""
-        body = self._xattr_call(Opcode.LISTXATTR, nodeid, [GetxattrIn(size).pack()],
-                                size or GetxattrOut.SIZE)
-        if not size:
-            return GetxattrOut.unpack_from(self._need(body, GetxattrOut.SIZE)).size
-        if body and not body.endswith(b"\0"):
-            raise RemoteProtocolError("LISTXATTR reply does not end with NUL")
-        return bytes(body)
-
-    def removexattr(self, nodeid: int, name: bytes) -> None:
-        """REMOVEXATTR."""
-        self._xattr_call(Opcode.REMOVEXATTR, nodeid, [encode_name(name)], 0)
-
-    def _xattr_call(self, opcode: int, nodeid: int, args: Sequence, reply_size: int) -> bytes:
-        # fs/fuse/xattr.c: a server without the operation makes it EOPNOTSUPP from then on
-        if opcode in self._no:
-            raise _oserror(errno.EOPNOTSUPP)
-        try:
-            return self._call(opcode, nodeid, args, reply_size)
-        except OSError as exc:
-            if exc.errno == errno.ENOSYS:
-                self._no.add(opcode)
-                raise _oserror(errno.EOPNOTSUPP) from None
-            raise
+        self.cache.changed(nodeid)
+        return self._entry_reply(Opcode.LINK, newparent, newname,
+                                 [LinkIn(nodeid).pack(), encode_name(newname)], None)

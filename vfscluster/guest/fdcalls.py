@@ -12,6 +12,7 @@ position there (``pwrite`` too appends, as on Linux).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from .osargs import errors, named
 __all__ = ["FdCalls", "MAX_RW_COUNT"]
 
 MAX_RW_COUNT = 0x7FFFF000          # fs/read_write.c: INT_MAX & PAGE_MASK
+_SNAPSHOT_TRIES = 4                 # cached reads retried while other guests keep changing the file
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
@@ -57,6 +59,8 @@ class FdCalls:
         with errors():
             file = self._fds.remove(fd)
             try:
+                if file.writable and not file.is_dir:
+                    self.client.cache.pages.flush(self.client, file.nodeid)     # write-back
                 noflush = file.open_flags & OpenOutFlags.NOFLUSH
                 if not file.is_path and not file.is_dir and not noflush:
                     self.client.flush(file.nodeid, file.fh, self.lock_owner)
@@ -84,8 +88,7 @@ class FdCalls:
             if n == 0:
                 return b""
             with f.pos_lock:
-                data = self.client.read(f.nodeid, f.fh, f.pos, min(n, MAX_RW_COUNT),
-                                        flags=f.flags, lock_owner=self.lock_owner)
+                data = self._read_at(f, f.pos, min(n, MAX_RW_COUNT))
                 f.pos += len(data)
             return data
 
@@ -97,8 +100,30 @@ class FdCalls:
             self._check_readable(f)
             if n == 0:
                 return b""
-            return self.client.read(f.nodeid, f.fh, offset, min(n, MAX_RW_COUNT), flags=f.flags,
-                                    lock_owner=self.lock_owner)
+            return self._read_at(f, offset, min(n, MAX_RW_COUNT))
+
+    def _read_at(self, f: OpenFile, offset: int, n: int) -> bytes:
+        """READ, or the page cache when the mount keeps data (not for O_DIRECT files)."""
+        c = self.client
+        cache = c.cache
+        if cache.keep_data and not f.flags & os.O_DIRECT:
+            if not cache.uses_versions:
+                return cache.pages.read(c, f.nodeid, f.fh, offset, n, self._cached_size(f),
+                                        flags=f.flags, lock_owner=self.lock_owner)
+            # versions: size and pages must belong to one version of the file (a seqlock read:
+            # if the slot moved while we read, another guest changed the file; read again)
+            for _ in range(_SNAPSHOT_TRIES):
+                before = cache.stamp(f.nodeid)
+                data = cache.pages.read(c, f.nodeid, f.fh, offset, n, self._cached_size(f),
+                                        flags=f.flags, lock_owner=self.lock_owner)
+                if cache.stamp(f.nodeid) == before:
+                    return data
+        return c.read(f.nodeid, f.fh, offset, n, flags=f.flags, lock_owner=self.lock_owner)
+
+    def _cached_size(self, f: OpenFile) -> int:
+        """The size this guest believes the file has: cached attributes, dirty data included."""
+        attr, _ = self.client.attr_of(f.nodeid)
+        return max(attr.size, self.client.cache.pages.dirty_end(f.nodeid))
 
     @staticmethod
     def _check_readable(f: OpenFile) -> None:
@@ -139,11 +164,17 @@ class FdCalls:
 
     def _write(self, f: OpenFile, offset: int, view: memoryview) -> int:
         view = view.cast("B")[:MAX_RW_COUNT]
+        c = self.client
+        if c.cache.writeback and not f.flags & os.O_DIRECT:
+            return c.cache.pages.write(c, f.nodeid, f.fh, offset, view)
         return self.client.write(f.nodeid, f.fh, offset, view, flags=f.flags,
                                  lock_owner=self.lock_owner)
 
     def _size(self, f: OpenFile) -> int:
-        """The file's current size, asked through its handle (FUSE_GETATTR_FH)."""
+        """The file's current size, asked through its handle (FUSE_GETATTR_FH); with
+        write-back, the size this guest sees (its dirty data included)."""
+        if self.client.cache.writeback:
+            return self._cached_size(f)
         return self.client.getattr(f.nodeid, f.fh).attr.size
 
     def lseek(self, fd: int, pos: int, how: int) -> int:
@@ -213,6 +244,7 @@ class FdCalls:
             if f.is_dir:
                 self.client.fsyncdir(f.nodeid, f.fh, datasync)
             else:
+                self.client.cache.pages.flush(self.client, f.nodeid)
                 self.client.fsync(f.nodeid, f.fh, datasync)
 
     def fstat(self, fd: int) -> os.stat_result:
@@ -221,9 +253,15 @@ class FdCalls:
             return self._stat_of(f.node, fresh=True)
 
     def _stat_of(self, node: Node, fresh: bool = False) -> os.stat_result:
+        """The node's attributes as a stat result: those it was found with, or (``fresh``) the
+        attribute cache's while valid, else GETATTR.  This guest's dirty data counts in the
+        size."""
         attr = node.attr
         if attr is None or fresh:
-            attr = self.client.getattr(node.nodeid).attr
+            attr, _ = self.client.attr_of(node.nodeid)
+        dirty_end = self.client.cache.pages.dirty_end(node.nodeid)
+        if dirty_end > attr.size:
+            attr = dataclasses.replace(attr, size=dirty_end)
         return attr.to_stat_result(self.st_dev)
 
     def _setattr(self, nodeid: int, valid: int, *, fh: int | None = None, size: int = 0,

@@ -14,8 +14,9 @@ VFS makes before it asks the file system, the descriptor table (:mod:`~vfscluste
 and the descriptor calls (:mod:`~vfscluster.guest.fdcalls`).  A malformed reply from the host is
 EIO, as the kernel makes it.
 
-``cache=none``: every call goes to the host; nothing is cached between calls.  Locks and mmap come
-with later issues.
+What is kept between calls (dentries, attributes, directory listings, file data) is the mount's
+:class:`~vfscluster.guest.cache.CachePolicy`'s business: nothing with ``cache=none``.  Locks and
+mmap come with later issues.
 """
 
 from __future__ import annotations
@@ -127,14 +128,14 @@ class GuestOS(FdCalls):
                 if creat:
                     if last.slash:
                         raise oserror(errno.EISDIR)
-                    node = w.lookup_opt(last.name)
+                    node = w.lookup_opt(last.name, fresh=True)
                     if node is None:
                         fmode = stat.S_IFREG | (mode & 0o7777 & ~self._umask)
                         created = c.create(w.dir.nodeid, last.name, flags, fmode, self._umask)
                         node = Node(created[0].nodeid, created[0].attr)
                         break
                 else:
-                    node = w.lookup(last.name)
+                    node = w.lookup(last.name, fresh=may_write or c.cache.close_to_open)
                 if node.is_symlink and (not nofollow or slashed):
                     last = w.follow(node)
                     continue
@@ -186,17 +187,19 @@ class GuestOS(FdCalls):
     # ================================================================== metadata by path
 
     def _lookup(self, path: Any, func: str, *, follow: bool = True, must_dir: bool = False,
-                filename: Any = ...):
-        """Context manager: resolve ``path`` and yield its pinned node (put afterwards)."""
-        return self._resolved(path, func, follow, must_dir, filename)
+                filename: Any = ..., fresh: bool = False):
+        """Context manager: resolve ``path`` and yield its pinned node (put afterwards).
+        ``fresh``: the last name is looked up afresh, because the caller changes its inode
+        (with a timed cache, the name may have moved to another inode meanwhile)."""
+        return self._resolved(path, func, follow, must_dir, filename, fresh)
 
     @contextmanager
     def _resolved(self, path: Any, func: str, follow: bool, must_dir: bool,
-                  filename: Any) -> Iterator[Node]:
+                  filename: Any, fresh: bool) -> Iterator[Node]:
         raw, p = fspath(path, func)
         with errors(p if filename is ... else filename):
             with PathWalk(self.client) as w:
-                node = w.resolve(raw, follow=follow, must_dir=must_dir)
+                node = w.resolve(raw, follow=follow, must_dir=must_dir, fresh=fresh)
             try:
                 yield node
             finally:
@@ -204,11 +207,39 @@ class GuestOS(FdCalls):
 
     def stat(self, path: Any, *, follow_symlinks: bool = True) -> os.stat_result:
         """``os.stat`` (an int is a descriptor).  The attributes are those the LOOKUP of the
-        last component returned (nothing is cached: they are as fresh as a GETATTR)."""
+        last component returned, or the attribute cache's while valid.
+
+        With a cache, a path resolved before answers from the path fast cache (the kernel's
+        RCU walk) while every dentry and attribute it used is still valid and this guest changed
+        nothing since: no request, a few memory loads."""
         if isinstance(path, int):
             return self.fstat(path)
-        with self._lookup(path, "stat", follow=follow_symlinks) as node:
-            return self._stat_of(node)
+        cache = self.client.cache
+        fast = cache.fast
+        if fast is None:
+            with self._lookup(path, "stat", follow=follow_symlinks) as node:
+                return self._stat_of(node)
+        key = (path, follow_symlinks)
+        try:
+            hit = fast.get(key)
+        except TypeError:                   # an unhashable path-like
+            key, hit = None, None
+        if hit is not None and hit[0] == cache.local_gen and cache.fresh(hit[1]):
+            return hit[2]
+        gen = cache.local_gen
+        trace: list = []
+        raw, p = fspath(path, "stat")
+        with errors(p):
+            with PathWalk(self.client, trace) as w:
+                node = w.resolve(raw, follow=follow_symlinks)
+                links = w.links
+            try:
+                result = self._stat_of(node)
+            finally:
+                self.client.put(node.nodeid)
+        if key is not None and not links and trace and trace[-1][0] == node.nodeid:
+            cache.store_fast(key, gen, cache.checks(trace), result)
+        return result
 
     def lstat(self, path: Any) -> os.stat_result:
         """``os.lstat``."""
@@ -256,7 +287,7 @@ class GuestOS(FdCalls):
             with self._file(path) as f:
                 self._chmod(f.node, mode)
             return
-        with self._lookup(path, "chmod") as node:
+        with self._lookup(path, "chmod", fresh=True) as node:
             self._chmod(node, mode)
 
     def _chmod(self, node: Node, mode: int) -> None:
@@ -289,7 +320,7 @@ class GuestOS(FdCalls):
             with self._file(path) as f:
                 self._setattr(f.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
             return
-        with self._lookup(path, "utime", follow=follow_symlinks, filename=None) as node:
+        with self._lookup(path, "utime", follow=follow_symlinks, filename=None, fresh=True) as node:
             self._setattr(node.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
 
     def truncate(self, path: Any, length: int) -> None:
@@ -299,7 +330,7 @@ class GuestOS(FdCalls):
             return self.ftruncate(path, length)
         if length < 0:
             raise named(oserror(errno.EINVAL), os.fspath(path))
-        with self._lookup(path, "truncate") as node:
+        with self._lookup(path, "truncate", fresh=True) as node:
             if node.is_dir:
                 raise oserror(errno.EISDIR)
             if not node.is_reg:
@@ -357,11 +388,20 @@ class GuestOS(FdCalls):
             with PathWalk(c) as w:
                 node = w.resolve(raw, follow=True, must_dir=True)
             try:
+                cache = c.cache
+                if not plus:
+                    listing = cache.get_listing(node.nodeid)
+                    if listing is not None:
+                        return listing
+                stamp = cache.stamp(node.nodeid) if cache.enabled else 0
                 opened = c.opendir(node.nodeid, flags)
                 try:
-                    return read_directory(c, node.nodeid, opened.fh, plus=plus)
+                    records = read_directory(c, node.nodeid, opened.fh, plus=plus)
                 finally:
                     c.releasedir(node.nodeid, opened.fh, flags)
+                if not plus:
+                    cache.store_listing(node.nodeid, records, stamp)
+                return records
             finally:
                 c.put(node.nodeid)
 
@@ -383,7 +423,7 @@ class GuestOS(FdCalls):
             last = w.parent(raw)
             if last.type is not LastType.NORM:
                 raise oserror(errno.EEXIST)
-            node = w.lookup_opt(last.name)
+            node = w.lookup_opt(last.name, fresh=True)
             if node is not None:
                 self.client.put(node.nodeid)
                 raise oserror(errno.EEXIST)
@@ -402,7 +442,7 @@ class GuestOS(FdCalls):
                 if last.type is not LastType.NORM:
                     raise oserror({LastType.DOT: errno.EINVAL, LastType.DOTDOT: errno.ENOTEMPTY,
                                    LastType.ROOT: errno.EBUSY}[last.type])
-                node = w.lookup(last.name)
+                node = w.lookup(last.name, fresh=True)
                 try:
                     if not node.is_dir:
                         raise oserror(errno.ENOTDIR)
@@ -420,7 +460,7 @@ class GuestOS(FdCalls):
                 last = w.parent(raw)
                 if last.type is not LastType.NORM:
                     raise oserror(errno.EISDIR)
-                node = w.lookup(last.name)
+                node = w.lookup(last.name, fresh=True)
                 try:
                     if node.is_dir:
                         raise oserror(errno.EISDIR)
@@ -448,10 +488,10 @@ class GuestOS(FdCalls):
                 ln = wn.parent(raw_dst)
                 if lo.type is not LastType.NORM or ln.type is not LastType.NORM:
                     raise oserror(errno.EBUSY)
-                old = wo.lookup(lo.name)
+                old = wo.lookup(lo.name, fresh=True)
                 new = None
                 try:
-                    new = wn.lookup_opt(ln.name)
+                    new = wn.lookup_opt(ln.name, fresh=True)
                     self._check_rename(wo, wn, old, new, lo.slash or ln.slash)
                     if new is not None and new.nodeid == old.nodeid:
                         return
@@ -487,7 +527,7 @@ class GuestOS(FdCalls):
         raw_dst, pd = fspath(dst, "link")
         with errors(ps, pd):
             with PathWalk(self.client) as w:
-                old = w.resolve(raw_src, follow=False)
+                old = w.resolve(raw_src, follow=False, fresh=True)
             try:
                 with self._creating(raw_dst) as (wn, name):
                     if old.is_dir:
@@ -541,7 +581,7 @@ class GuestOS(FdCalls):
         if isinstance(path, int):
             with self._file(path) as f:
                 return self.client.setxattr(f.nodeid, name, value, flags)
-        with self._lookup(path, "setxattr", follow=follow_symlinks) as node:
+        with self._lookup(path, "setxattr", follow=follow_symlinks, fresh=True) as node:
             self.client.setxattr(node.nodeid, name, value, flags)
 
     def listxattr(self, path: Any = None, *, follow_symlinks: bool = True) -> list[str]:
@@ -563,7 +603,7 @@ class GuestOS(FdCalls):
                 return self.client.removexattr(f.nodeid, self._xattr_name(attribute))
         with errors(os.fspath(path)):
             name = self._xattr_name(attribute)
-        with self._lookup(path, "removexattr", follow=follow_symlinks) as node:
+        with self._lookup(path, "removexattr", follow=follow_symlinks, fresh=True) as node:
             self.client.removexattr(node.nodeid, name)
 
     # locks (lockf, fcntl) and mmap(fd, length, offset): later issues.

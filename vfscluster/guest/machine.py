@@ -19,12 +19,17 @@ log = logging.getLogger(__name__)
 class Mount:
     """A mounted virtio-fs: the device, its FUSE client and the os-like API."""
 
-    def __init__(self, tag: str, device: VirtioFsDevice, *, cache: str = "none") -> None:
+    def __init__(self, tag: str, device: VirtioFsDevice, *, cache: str = "none",
+                 versions: bool = False, writeback: bool = False, timeout: float = 1.0) -> None:
+        from .cache import CacheConfig, CacheMode, CachePolicy
         from .client import FuseClient
         from .gos import GuestOS
         self.tag = tag
         self.device = device
-        self.client = FuseClient(device, cache=cache)     # ConfigError for modes not built yet
+        config = CacheConfig(CacheMode(cache) if cache in ("none", "auto", "always") else cache,
+                             versions=versions, writeback=writeback, timeout=timeout)
+        view = device.version_view() if versions else None    # EOPNOTSUPP: the host has none
+        self.client = FuseClient(device, cache=CachePolicy(config, versions=view))
         self.client.init()
         self.os = GuestOS(self.client)
 
@@ -68,14 +73,17 @@ class GuestMachine:
             raise
         return dev
 
-    def mount(self, tag: str, *, cache: str = "none") -> Mount:
-        """Mount the device with ``tag``; EINVAL naming the tag if there is none (as Linux says)."""
+    def mount(self, tag: str, *, cache: str = "none", versions: bool = False,
+              writeback: bool = False, timeout: float = 1.0) -> Mount:
+        """Mount the device with ``tag`` (``mount -t virtiofs -o cache=…``); EINVAL naming the
+        tag if there is none (as Linux says); EOPNOTSUPP for ``versions`` when the host has no
+        metadata-version table."""
         dev = self.devices.get(tag)
         if dev is None:
             raise OSError(errno.EINVAL, f"virtio-fs: tag <{tag}> not found")
         if tag in self.mounts:
             raise OSError(errno.EBUSY, f"virtio-fs: tag <{tag}> is already mounted")
-        m = Mount(tag, dev, cache=cache)
+        m = Mount(tag, dev, cache=cache, versions=versions, writeback=writeback, timeout=timeout)
         self.mounts[tag] = m
         return m
 

@@ -113,10 +113,12 @@ class PathWalk:
     node the walk still pins (the chain).  Nodes handed out by :meth:`lookup` and
     :meth:`resolve` are pinned for the caller, who puts them."""
 
-    def __init__(self, client: FuseClient) -> None:
+    def __init__(self, client: FuseClient, trace: list | None = None) -> None:
         self.client = client
         self.stack: list[Node] = [ROOT]
         self.links = 0
+        #: with a cache: the ``(nodeid, stamp)`` pairs the walk's answers depend on
+        self.trace = trace
 
     def __enter__(self) -> PathWalk:
         return self
@@ -153,17 +155,18 @@ class PathWalk:
 
     # ------------------------------------------------------------------ steps
 
-    def lookup(self, name: bytes) -> Node:
-        """LOOKUP ``name`` in :attr:`dir`: a pinned node.  ENAMETOOLONG, ENOENT."""
+    def lookup(self, name: bytes, fresh: bool = False) -> Node:
+        """LOOKUP ``name`` in :attr:`dir`: a pinned node.  ENAMETOOLONG, ENOENT.  ``fresh``:
+        not from a timed dentry (the name is about to be changed or written through)."""
         if len(name) > NAME_MAX:
             raise oserror(errno.ENAMETOOLONG)
-        entry = self.client.lookup(self.dir.nodeid, name)
+        entry = self.client.lookup(self.dir.nodeid, name, self.trace, fresh=fresh)
         return Node(entry.nodeid, entry.attr)
 
-    def lookup_opt(self, name: bytes) -> Node | None:
+    def lookup_opt(self, name: bytes, fresh: bool = False) -> Node | None:
         """:meth:`lookup`, with None for a name that does not exist."""
         try:
-            return self.lookup(name)
+            return self.lookup(name, fresh)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -238,11 +241,13 @@ class PathWalk:
         self.client.hold(node.nodeid)
         return node
 
-    def resolve(self, path: bytes, *, follow: bool = True, must_dir: bool = False) -> Node:
+    def resolve(self, path: bytes, *, follow: bool = True, must_dir: bool = False,
+                fresh: bool = False) -> Node:
         """The node ``path`` names, pinned; :attr:`dir` is then its parent's chain (or, for
         ``.``/``..``/``/``, the node itself).  ``follow``: follow a symlink in last position
         (a trailing slash forces it: LOOKUP_FOLLOW | LOOKUP_DIRECTORY); ``must_dir``: ENOTDIR
-        unless a directory (LOOKUP_DIRECTORY alone, as O_DIRECTORY sets it)."""
+        unless a directory (LOOKUP_DIRECTORY alone, as O_DIRECTORY sets it); ``fresh``: the
+        last component is looked up afresh (see :meth:`lookup`)."""
         check_path(path)
         last = self.parent(path)
         slashed = False
@@ -250,7 +255,7 @@ class PathWalk:
             slashed = slashed or last.slash
             node = self.last_node(last)
             if node is None:
-                node = self.lookup(last.name)
+                node = self.lookup(last.name, fresh)
                 if node.is_symlink and (follow or slashed):
                     last = self.follow(node)
                     continue

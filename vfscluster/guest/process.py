@@ -37,7 +37,7 @@ class GuestService:
             return {"name": self.name, "pid": os.getpid()}
         if method == "stats":
             dev = self.mount.device
-            return {"in_flight": dev.in_flight(),
+            return {"in_flight": dev.in_flight(), "cache": self.mount.client.cache.stats(),
                     "queues": [{"index": q.index, "kicks": q.kicks, "full_waits": q.full_waits,
                                 "spin_ns": b.ns, "spin_hits": b.hits, "blocks": b.blocks}
                                for q, b in zip(dev.queues, dev._spin)]}
@@ -48,7 +48,8 @@ class GuestService:
 
 
 def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, tag: str = "vfs",
-              cache: str = "none", num_request_queues: int = 1, queue_size: int = 128,
+              cache: str = "none", versions: bool = False, writeback: bool = False,
+              timeout: float = 1.0, num_request_queues: int = 1, queue_size: int = 128,
               ram_size: int = 64 << 20, log_level: str = "WARNING", ready=None, managed: bool = False,
               **_future_options) -> int:
     """Boot a guest, mount ``tag`` and serve control requests until shutdown or SIGTERM."""
@@ -60,7 +61,8 @@ def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, 
     machine = GuestMachine(name, ram_name=ram_name, ram_size=ram_size)
     try:
         machine.add_device(socket_path, tag, num_request_queues=num_request_queues, queue_size=queue_size)
-        mount = machine.mount(tag, cache=cache)
+        mount = machine.mount(tag, cache=cache, versions=versions, writeback=writeback,
+                              timeout=timeout)
         service = GuestService(name, machine, mount)
         ctl = ControlServer(control_path, service.handle)
         stopper = threading.Thread(target=lambda: (service.stop.wait(), ctl.close()), daemon=True)

@@ -3,6 +3,14 @@
 It answers the frontend's vhost-user requests (features, memory table, vring set-up, config space)
 and turns plain :class:`~vfscluster.virtio.device_queue.QueueState` into live checked queues when a ring
 has its memory, addresses and kick fd and is enabled.  The FUSE work itself is done by the server loop.
+
+VIRTIO shared-memory regions (DESIGN §1), offered with the SHMEM protocol feature when the device has a
+version table: GET_SHMEM_CONFIG answers two regions, 0 = the DAX window (size 0 until DAX is built) and
+1 = the metadata-version table (its size).  Region 1 is delivered on the back-end channel: once SHMEM,
+BACKEND_REQ and BACKEND_SEND_FD are negotiated, SET_BACKEND_REQ_FD is followed by one
+``SHMEM_MAP{shmid=1, fd_offset=0, shm_offset=0, len=table size, flags=0 (read-only)}`` carrying a
+read-only fd of the table.  It asks for no reply and is sent non-blocking: a guest that does not read
+its channel cannot stall the server loop (it just gets no table, logged).
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from ..errors import QueueError, VhostUserError
 from ..virtio.device_queue import Queue, QueueState
 from ..virtio.memory import GuestMemory, Region
 from ..virtio.ring import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
-from ..vhost_user import BackendHandler, ProtocolFeatures, VHOST_USER_F_PROTOCOL_FEATURES
+from ..vhost_user import (BackendChannel, BackendHandler, BackendReq, ProtocolFeatures, ShmemConfig,
+                          ShmemMap, VHOST_USER_F_PROTOCOL_FEATURES)
+from .versions import SHMID as VERSIONS_SHMID, VersionTable
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +34,19 @@ TAG_MAX = 36
 DEVICE_FEATURES = F_VERSION_1 | F_EVENT_IDX | F_INDIRECT_DESC | VHOST_USER_F_PROTOCOL_FEATURES
 PROTOCOL_FEATURES = (ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIG
                      | ProtocolFeatures.BACKEND_REQ | ProtocolFeatures.BACKEND_SEND_FD)
+#: What delivering the version table (region 1) on the back-end channel needs negotiated.
+SHMEM_DELIVERY = ProtocolFeatures.SHMEM | ProtocolFeatures.BACKEND_REQ | ProtocolFeatures.BACKEND_SEND_FD
 MAX_QUEUES = 1 + 64
 
 
 class FsBackendDevice(BackendHandler):
-    """vhost-user backend state of one guest connection (one virtio-fs device)."""
+    """vhost-user backend state of one guest connection (one virtio-fs device); ``versions``, when
+    given, is the version table offered to the guest as shared-memory region 1 (not owned)."""
 
-    def __init__(self, name: str, *, num_request_queues: int = 64, tag: str | None = None) -> None:
+    def __init__(self, name: str, *, num_request_queues: int = 64, tag: str | None = None,
+                 versions: VersionTable | None = None) -> None:
         self.name = name
+        self.versions = versions
         self.num_queues = 1 + num_request_queues
         self.tag = tag
         self.acked_features = 0
@@ -88,12 +103,21 @@ class FsBackendDevice(BackendHandler):
             self._refresh(i)
 
     def get_protocol_features(self) -> int:
-        return int(PROTOCOL_FEATURES)
+        offered = PROTOCOL_FEATURES
+        if self.versions is not None:
+            offered |= ProtocolFeatures.SHMEM
+        return int(offered)
 
     def set_protocol_features(self, features: int) -> None:
-        if features & ~int(PROTOCOL_FEATURES):
+        if features & ~self.get_protocol_features():
             raise VhostUserError(f"SET_PROTOCOL_FEATURES {features:#x} has bits we did not offer")
         self.protocol_features = features
+
+    def get_shmem_config(self) -> ShmemConfig:
+        if not self.protocol_features & ProtocolFeatures.SHMEM:
+            raise VhostUserError("GET_SHMEM_CONFIG not supported: protocol feature SHMEM not negotiated")
+        assert self.versions is not None     # SHMEM is offered only with a table
+        return ShmemConfig((0, self.versions.size))
 
     def set_owner(self) -> None:
         self.owner = True
@@ -183,10 +207,27 @@ class FsBackendDevice(BackendHandler):
         return tag.ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_queues - 1)
 
     def set_backend_req_fd(self, sock: socket.socket) -> None:
-        from ..vhost_user import BackendChannel
         if self.backend_channel is not None:
             self.backend_channel.close()
         self.backend_channel = BackendChannel(sock)
+        if self.versions is not None and self.protocol_features & SHMEM_DELIVERY == SHMEM_DELIVERY:
+            self._map_versions(sock)
+
+    def _map_versions(self, sock: socket.socket) -> None:
+        """SHMEM_MAP of the version table (region 1), read-only, no reply asked, never blocking."""
+        table = self.versions
+        msg = ShmemMap(VERSIONS_SHMID, 0, 0, table.size, 0)
+        sock.setblocking(False)
+        try:
+            self.backend_channel.request(BackendReq.SHMEM_MAP, msg, [table.ro_fd], need_reply=False)
+        except OSError as exc:     # full (the guest does not read its channel) or gone
+            log.warning("%s: version table not delivered (SHMEM_MAP on the back-end channel: %s)",
+                        self.name, exc)
+        else:
+            log.info("%s: version table mapped as shared-memory region %d (%d bytes, read-only)",
+                     self.name, VERSIONS_SHMID, table.size)
+        finally:
+            sock.setblocking(True)
 
     def set_status(self, status: int) -> None:
         self.status = status

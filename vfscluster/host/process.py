@@ -7,16 +7,19 @@ import signal
 
 from ..cluster.procutil import die_with_parent, set_process_name, setup_logging
 from .server import HostServer
+from .versions import DEFAULT_SLOTS
 
 log = logging.getLogger(__name__)
 
 
 def run_host(shared_dir: str, socket_path: str, *, tag: str | None = None, thread_pool_size: int = 4,
              num_request_queues: int = 16, trace: str | None = None, log_level: str = "WARNING",
-             ready=None, managed: bool = False, spin_ns: int | None = None, cache: str = "auto") -> int:
+             ready=None, managed: bool = False, spin_ns: int | None = None, cache: str = "auto",
+             version_slots: int = DEFAULT_SLOTS) -> int:
     """Serve ``shared_dir`` on ``socket_path`` until SIGTERM (or SIGINT when not ``managed``).
 
-    ``ready(info)`` is called once the socket listens.  ``managed`` (started by a cluster): die with the
+    ``ready(info)`` is called once the socket listens.  ``version_slots``: size of the metadata-version
+    table (0: none).  ``managed`` (started by a cluster): die with the
     parent and leave Ctrl-C to the parent, which stops the members in order.
     """
     set_process_name("vfs-hostd")
@@ -25,7 +28,7 @@ def run_host(shared_dir: str, socket_path: str, *, tag: str | None = None, threa
         die_with_parent()
     server = HostServer(shared_dir, socket_path, tag=tag, thread_pool_size=thread_pool_size,
                         num_request_queues=num_request_queues, trace=trace, spin_ns=spin_ns,
-                        cache=cache)
+                        cache=cache, version_slots=version_slots)
     server.install_signal_handlers()
     if managed:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

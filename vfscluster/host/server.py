@@ -10,6 +10,14 @@ nodeid in every guest.  One event loop serves the control sockets and every queu
   suppressed), then re-enable kicks, check once more, and sleep in epoll;
 * blocking work (fsync, large reads and writes, copy_file_range, fallocate, SETLKW) goes to a thread
   pool so that one guest never stalls the others; the worker returns its chain itself.
+
+The metadata-version table (DESIGN §4): the server owns ONE :class:`~.versions.VersionTable` (its
+shared-memory name is unlinked at once, so a kill -9 leaves nothing behind), shared by every session's
+FUSE server (which bumps it and grants ENTRY_VERSION) and offered to every guest as shared-memory region 1
+(see ``device.py``).  Changes made on the host outside the server reach it through inotify
+(``inotify.py``).  The barrier rule: a round pops its chains first, then drains the inotify queue, then
+handles them, so a request published after an outside change returned is answered only after that change
+bumped its slots.  The inotify fd is in the epoll set too, so an idle server bumps within a wake-up.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
@@ -31,7 +40,9 @@ from ..virtio.chain import Reader, Writer
 from ..virtio.spin import SpinBudget
 from ..vhost_user import BackendDispatcher, Connection
 from .device import FsBackendDevice
+from .inotify import ShareWatcher
 from .trace import Tracer
+from .versions import DEFAULT_SLOTS, VersionTable
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +56,16 @@ _BIG_IO = 128 * 1024
 class GuestSession:
     """One accepted vhost-user connection: a guest's device and its FUSE session."""
 
-    def __init__(self, sid: int, sock: socket.socket, fs, *, num_request_queues: int, tag: str | None) -> None:
+    def __init__(self, sid: int, sock: socket.socket, fs, *, num_request_queues: int, tag: str | None,
+                 versions: VersionTable | None = None) -> None:
         self.sid = sid
         self.name = f"guest{sid}"
         self.fd = sock.fileno()                # the epoll key, still valid after the conn closes
         self.conn = Connection(sock)
-        self.device = FsBackendDevice(self.name, num_request_queues=num_request_queues, tag=tag)
+        self.device = FsBackendDevice(self.name, num_request_queues=num_request_queues, tag=tag,
+                                      versions=versions)
         self.dispatcher = BackendDispatcher(self.conn, self.device)
-        self.server = Server(fs, session=sid)
+        self.server = Server(fs, session=sid, versions=versions)
         self.fs = fs
         self.kick_fds: dict[int, int] = {}     # kick fd -> queue index (as registered with epoll)
         self.generation = -1
@@ -66,11 +79,13 @@ class GuestSession:
 
 
 class HostServer:
-    """The vfs-hostd process's server."""
+    """The vfs-hostd process's server.  ``version_slots`` sizes the version table (a power of two;
+    0: no table, no ENTRY_VERSION, no region 1, no inotify)."""
 
     def __init__(self, shared_dir: str, socket_path: str, *, tag: str | None = None,
                  thread_pool_size: int = 4, num_request_queues: int = 16, trace: str | None = None,
-                 spin_ns: int | None = None, cache: str = "auto") -> None:
+                 spin_ns: int | None = None, cache: str = "auto",
+                 version_slots: int = DEFAULT_SLOTS) -> None:
         if not os.path.isdir(shared_dir):
             raise FileNotFoundError(f"shared directory {shared_dir!r} does not exist")
         self.shared_dir = shared_dir
@@ -78,6 +93,12 @@ class HostServer:
         self.tag = tag
         self.num_request_queues = num_request_queues
         self.fs = PassthroughFs(shared_dir, cache=cache)
+        self.versions: VersionTable | None = None
+        self.watcher: ShareWatcher | None = None
+        if version_slots:
+            self.versions = VersionTable(f"/vfsc-{os.getpid()}-{secrets.token_hex(4)}-vt", version_slots,
+                                         unlink_name=True)
+            self.watcher = ShareWatcher(self.fs.inodes, self.versions)
         self.pool = (concurrent.futures.ThreadPoolExecutor(thread_pool_size, thread_name_prefix="vfs-worker")
                      if thread_pool_size > 0 else None)
         self.tracer = Tracer(trace) if trace else None
@@ -94,6 +115,8 @@ class HostServer:
         self.listener.bind(socket_path)
         self.listener.listen(64)
         self._epoll.register(self.listener.fileno(), select.EPOLLIN)
+        if self.watcher is not None:
+            self._epoll.register(self.watcher.fd, select.EPOLLIN)
         self.requests = 0
         self._pool_busy = 0
         self._pool_lock = threading.Lock()
@@ -125,7 +148,11 @@ class HostServer:
         self._epoll.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
+        if self.watcher is not None:
+            self.watcher.close()
         self.fs.close()
+        if self.versions is not None:
+            self.versions.close()
         if self.tracer is not None:
             self.tracer.close()
 
@@ -134,7 +161,8 @@ class HostServer:
         sock, _ = self.listener.accept()
         sid = self._next_sid
         self._next_sid += 1
-        s = GuestSession(sid, sock, self.fs, num_request_queues=self.num_request_queues, tag=self.tag)
+        s = GuestSession(sid, sock, self.fs, num_request_queues=self.num_request_queues, tag=self.tag,
+                         versions=self.versions)
         self.sessions[sock.fileno()] = s
         self._epoll.register(sock.fileno(), select.EPOLLIN)
         log.info("%s connected", s.name)
@@ -188,6 +216,8 @@ class HostServer:
                 continue
             if self._enable_kicks():
                 continue
+            if self.watcher is not None:
+                self.watcher.drain()      # the events of our own last changes: no wake-up for them
             self._wait_events()
         log.info("vfs-hostd stopping: %d requests; spin budget %d ns, %d hits, %d blocks",
                  self.requests, self.spin.ns, self.spin.hits, self.spin.blocks)
@@ -198,11 +228,12 @@ class HostServer:
                 yield s, i, q
 
     def _process_round(self) -> bool:
-        did = False
+        """Pop up to BATCH chains of every live queue, drain inotify, then serve them (module
+        docstring: the barrier rule).  Returns whether there was any work."""
+        popped = []
         for s, i, q in self._live():
-            n = 0
-            notify = False
-            while n < BATCH:
+            chains = []
+            while len(chains) < BATCH:
                 try:
                     chain = q.pop()
                 except QueueError as exc:
@@ -211,17 +242,24 @@ class HostServer:
                     break
                 if chain is None:
                     break
-                n += 1
+                chains.append(chain)
+            if chains:
+                popped.append((s, i, q, chains))
+        if not popped:
+            return False
+        if self.watcher is not None:
+            self.watcher.drain()
+        for s, i, q, chains in popped:
+            notify = False
+            for chain in chains:
                 if self._dispatch(s, i, q, chain):
                     notify = True
-            if n:
-                did = True
-                q.disable_kicks()
-                if notify:
-                    with q.lock:
-                        if q.needs_notification():
-                            q.notify()
-        return did
+            q.disable_kicks()
+            if notify:
+                with q.lock:
+                    if q.needs_notification():
+                        q.notify()
+        return True
 
     def _dispatch(self, s: GuestSession, i: int, q, chain) -> bool:
         """Handle one chain inline (returns True: used entry added) or hand it to the pool."""
@@ -304,6 +342,9 @@ class HostServer:
                 continue
             if fd == self.listener.fileno():
                 self._accept()
+                continue
+            if self.watcher is not None and fd == self.watcher.fd:
+                self.watcher.drain()
                 continue
             s = self.sessions.get(fd)
             if s is not None:

@@ -16,7 +16,7 @@ A message refused at steps 2-5 (or whose handler raises) is logged at WARNING wi
 closed, and it is answered with a failure: an ack of 1 when one is due; for a request that always has a reply,
 an empty reply (size 0) -- or, for GET_CONFIG, a config with size 0 as rust-vmm sends -- so the front-end
 is never left waiting; the same goes for the requests we do not support whose sender always waits for a
-reply (IOTLB_MSG, CHECK_DEVICE_STATE, GET_SHMEM_CONFIG, ...).  The dispatcher then goes on with the next
+reply (IOTLB_MSG, CHECK_DEVICE_STATE, GET_SHARED_OBJECT, ...).  The dispatcher then goes on with the next
 message.
 """
 
@@ -46,6 +46,7 @@ from .message import (
     MemoryTable,
     ProtocolFeatures,
     RequestSpec,
+    ShmemConfig,
     SingleMemoryRegion,
     U64,
     VringAddr,
@@ -69,7 +70,6 @@ _UNSUPPORTED_FAILURE_REPLIES: dict[FrontendReq, bytes] = {
     FrontendReq.CREATE_CRYPTO_SESSION: b"",
     FrontendReq.POSTCOPY_ADVISE: b"",
     FrontendReq.GET_SHARED_OBJECT: b"",
-    FrontendReq.GET_SHMEM_CONFIG: b"",
 }
 
 
@@ -219,6 +219,12 @@ class BackendHandler:
         """RESET_DEVICE (RESET_DEVICE): disable all rings, return to the initial state."""
         raise _unsupported(FrontendReq.RESET_DEVICE)
 
+    def get_shmem_config(self) -> ShmemConfig:
+        """GET_SHMEM_CONFIG (SHMEM): the size of each VIRTIO shared-memory region, by shmid.  The
+        dispatcher does not check SHMEM for this request: the handler refuses it (VhostUserError) when
+        SHMEM was not negotiated, so a device that never offers SHMEM answers "not supported"."""
+        raise _unsupported(FrontendReq.GET_SHMEM_CONFIG)
+
 
 _Reply = Optional[tuple[bytes, list[int]]]
 
@@ -264,6 +270,7 @@ class BackendDispatcher:
             FrontendReq.REM_MEM_REG: self._rem_mem_reg,
             FrontendReq.SET_STATUS: self._set_status,
             FrontendReq.GET_STATUS: lambda h, b, f: self._u64(self.handler.get_status()),
+            FrontendReq.GET_SHMEM_CONFIG: self._get_shmem_config,
         }
         assert self._calls.keys() == FRONTEND_REQUESTS.keys()
 
@@ -456,6 +463,12 @@ class BackendDispatcher:
         close_fds(fds)  # tolerated for old front-ends; closed unused (vhost-user.rst)
         self.handler.rem_mem_reg(body.region)
         return None
+
+    def _get_shmem_config(self, header: Header, body: None, fds: list[int]) -> _Reply:
+        config = self.handler.get_shmem_config()
+        if not isinstance(config, ShmemConfig):
+            raise LocalProtocolError(f"get_shmem_config returned {config!r}, not a ShmemConfig")
+        return config.pack(), []
 
     def _set_status(self, header: Header, body: U64, fds: list[int]) -> _Reply:
         if body.value > 0xFF:

@@ -50,6 +50,7 @@ from .message import (
     MemoryTable,
     ProtocolFeatures,
     RequestSpec,
+    ShmemConfig,
     SingleMemoryRegion,
     U64,
     VringAddr,
@@ -344,6 +345,15 @@ class Frontend:
         """RESET_DEVICE (RESET_DEVICE)."""
         self._need(FrontendReq.RESET_DEVICE, ProtocolFeatures.RESET_DEVICE)
         self._call(FrontendReq.RESET_DEVICE)
+
+    def get_shmem_config(self) -> ShmemConfig:
+        """GET_SHMEM_CONFIG (SHMEM): the sizes of the device's VIRTIO shared-memory regions, by shmid."""
+        self._need(FrontendReq.GET_SHMEM_CONFIG, ProtocolFeatures.SHMEM)
+        obj, fds = self._call(FrontendReq.GET_SHMEM_CONFIG, reply=ShmemConfig)
+        if fds:
+            close_fds(fds)
+            raise VhostUserError(f"reply to GET_SHMEM_CONFIG carries {len(fds)} fds")
+        return obj  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- back-end channel server

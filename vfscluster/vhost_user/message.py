@@ -482,6 +482,43 @@ class ShmemUnmap(ShmemMap):
 
 
 @dataclass(frozen=True, slots=True)
+class ShmemConfig:
+    """``VhostUserShMemConfig`` (QEMU SHMEM series): nregions u32, padding u32, memory_sizes u64[8] (72 B).
+
+    The reply to GET_SHMEM_CONFIG: the size of each VIRTIO shared-memory region, indexed by shmid (the
+    array index *is* the shmid; a size of 0 is a region the device does not use now).  QEMU's layout
+    (8 slots, ``VHOST_MEMORY_BASELINE_NREGIONS``), not rust-vmm's 256-slot one: we follow QEMU's numbering
+    for SHMEM too.  Rules: nregions <= 8, the slots past nregions are 0; the padding is not checked.
+    """
+
+    sizes: tuple[int, ...]
+
+    MAX_REGIONS: ClassVar[int] = MEMORY_BASELINE_NREGIONS
+    SIZE: ClassVar[int] = 8 + 8 * MEMORY_BASELINE_NREGIONS
+    _ST: ClassVar[struct.Struct] = struct.Struct(f"=II{MEMORY_BASELINE_NREGIONS}Q")
+
+    def pack(self) -> bytes:
+        if len(self.sizes) > self.MAX_REGIONS:
+            raise LocalProtocolError(f"ShmemConfig: {len(self.sizes)} regions, at most {self.MAX_REGIONS}")
+        sizes = tuple(self.sizes) + (0,) * (self.MAX_REGIONS - len(self.sizes))
+        return _pack(self._ST, len(self.sizes), 0, *sizes)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> ShmemConfig:
+        _check_size(cls, payload, cls.SIZE)
+        nregions, _padding, *sizes = cls._ST.unpack(payload)
+        if nregions > cls.MAX_REGIONS:
+            raise VhostUserError(f"ShmemConfig: nregions {nregions} exceeds {cls.MAX_REGIONS}")
+        if any(sizes[nregions:]):
+            raise VhostUserError(f"ShmemConfig: sizes past nregions {nregions} are not 0")
+        return cls(tuple(sizes[:nregions]))
+
+    def size(self, shmid: int) -> int:
+        """The size of region ``shmid`` (0 when the device has no such region)."""
+        return self.sizes[shmid] if 0 <= shmid < len(self.sizes) else 0
+
+
+@dataclass(frozen=True, slots=True)
 class Log(_Fixed):
     """``VhostUserLog``: mmap_size u64, mmap_offset u64 (SET_LOG_BASE), 16 bytes."""
 
@@ -596,6 +633,8 @@ FRONTEND_REQUESTS: dict[FrontendReq, RequestSpec] = {
     FrontendReq.REM_MEM_REG: _spec(SingleMemoryRegion, FdRule.IGNORED, feature=_PF.CONFIGURE_MEM_SLOTS),
     FrontendReq.SET_STATUS: _spec(U64, feature=_PF.STATUS),
     FrontendReq.GET_STATUS: _spec(None, reply=U64, feature=_PF.STATUS),
+    # SHMEM is checked by the handler, not here: a back-end that offers no SHMEM answers "not supported".
+    FrontendReq.GET_SHMEM_CONFIG: _spec(None, reply=ShmemConfig),
 }
 
 #: Back-end channel requests the front-end's channel server supports; each is answered with a u64 when
@@ -675,6 +714,7 @@ __all__ = [
     "Inflight",
     "ShmemMap",
     "ShmemUnmap",
+    "ShmemConfig",
     "Log",
     "SharedObject",
     "FdRule",

@@ -12,6 +12,12 @@ and needs no count.
 
 Unknown nodeids, and nodeids that the asking session holds no count for, are EBADF (as
 virtiofsd answers): a guest can only name inodes it was given.
+
+An observer (:meth:`InodeStore.set_observer`, e.g. the host's inotify watcher) hears of every inode
+that enters or leaves the store, synchronously: ``added(inode)`` before the acquiring call returns
+(so before anyone reads the new inode's attributes through the store), ``removed(inode)`` while
+its fd is still open.  Both are called with the store's lock held: an observer must not call the
+store's locking methods, and it handles its own errors (it must not raise).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterable
+from typing import Protocol
 
 from ..abi import ROOT_ID
 
@@ -55,11 +62,20 @@ class Inode:
         return f"Inode(nodeid={self.nodeid}, fd={self.fd}, key={self.key}, refs={self.refs})"
 
 
+class InodeObserver(Protocol):
+    """Told of inodes entering and leaving the store (see the module docstring)."""
+
+    def added(self, inode: Inode) -> None: ...
+
+    def removed(self, inode: Inode) -> None: ...
+
+
 class InodeStore:
     """Thread-safe map nodeid -> :class:`Inode` and (st_dev, st_ino) -> Inode."""
 
     def __init__(self, root_fd: int, root_st: os.stat_result) -> None:
         self._lock = threading.Lock()
+        self._observer: InodeObserver | None = None
         self._next = itertools.count(ROOT_ID + 1)
         self.root = Inode(ROOT_ID, root_fd, (root_st.st_dev, root_st.st_ino), stat.S_IFDIR)
         self._by_id: dict[int, Inode] = {ROOT_ID: self.root}
@@ -84,6 +100,11 @@ class InodeStore:
             raise ebadf()
         return inode
 
+    def known(self, nodeid: int) -> bool:
+        """Is ``nodeid`` in the store?  (Nodeids are never reused: while it is, it names the same
+        host inode.)"""
+        return nodeid in self._by_id
+
     def nodeid_of(self, key: tuple[int, int]) -> int | None:
         """The nodeid of host inode ``key`` if the store has one."""
         inode = self._by_key.get(key)
@@ -99,6 +120,15 @@ class InodeStore:
         with self._lock:
             return sum(1 for inode in self._by_id.values() if session in inode.refs)
 
+    def set_observer(self, observer: InodeObserver | None) -> None:
+        """Install ``observer`` (None: remove it); it is told ``added`` at once for every inode
+        already in the store, the root included."""
+        with self._lock:
+            self._observer = observer
+            if observer is not None:
+                for inode in self._by_id.values():
+                    observer.added(inode)
+
     # ------------------------------------------------------------------ counting
 
     def acquire(self, session: int, fd: int, st: os.stat_result) -> Inode:
@@ -112,6 +142,8 @@ class InodeStore:
                 self._by_id[inode.nodeid] = inode
                 self._by_key[key] = inode
                 fd = -1
+                if self._observer is not None:
+                    self._observer.added(inode)
             if inode.nodeid != ROOT_ID:
                 inode.refs[session] = inode.refs.get(session, 0) + 1
         if fd >= 0:
@@ -170,6 +202,8 @@ class InodeStore:
         return len(dead)
 
     def _remove(self, inode: Inode) -> int:
+        if self._observer is not None:
+            self._observer.removed(inode)
         del self._by_id[inode.nodeid]
         if self._by_key.get(inode.key) is inode:
             del self._by_key[inode.key]
@@ -179,6 +213,7 @@ class InodeStore:
     def close(self) -> None:
         """Close every fd, the root's included (the store is unusable afterwards)."""
         with self._lock:
+            self._observer = None
             fds = [inode.fd for inode in self._by_id.values() if inode.fd >= 0]
             for inode in self._by_id.values():
                 inode.fd = -1

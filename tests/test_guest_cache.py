@@ -1,0 +1,279 @@
+"""The guest caches (vfscluster.guest.cache, pagecache) over an in-process server: what each
+mode keeps, what it asks the host, and when it lets go.
+
+Time for ``cache=auto`` comes from a fake clock (no sleeps); requests are counted by the loopback
+transport; "the host changed it" is a change made straight on the shared directory, which no
+cache can see without asking.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from loopback import make_loopback
+from vfscluster.errors import ConfigError
+from vfscluster.fuse.abi import Opcode
+from vfscluster.guest import cache as cache_mod
+from vfscluster.guest.cache import CacheConfig, CacheMode, CachePolicy
+from vfscluster.guest.client import FuseClient
+from vfscluster.guest.gos import GuestOS
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ns = 1_000_000_000
+
+    def __call__(self) -> int:
+        return self.ns
+
+    def advance(self, seconds: float) -> None:
+        self.ns += int(seconds * 1e9)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(cache_mod.time, "monotonic_ns", c)
+    return c
+
+
+class Guest:
+    def __init__(self, share, config, **policy) -> None:
+        self.fs, self.server, self.t = make_loopback(share)
+        self.client = FuseClient(self.t, CachePolicy(config, **policy))
+        self.client.init()
+        self.os = GuestOS(self.client)
+
+    def count(self, *ops) -> int:
+        return sum(self.t.counts[o] for o in ops)
+
+    def close(self) -> None:
+        for fd in self.os.open_fds():
+            self.os.close(fd)
+        self.client.drop_caches()
+        leaked = len(self.fs.inodes) - 1
+        self.client.destroy()
+        self.fs.close()
+        assert leaked == 0, f"{leaked} host inodes still counted"
+
+
+@pytest.fixture
+def share(tmp_path):
+    d = tmp_path / "share"
+    d.mkdir()
+    (d / "dir").mkdir()
+    (d / "dir" / "f").write_bytes(b"hello")
+    return d
+
+
+@pytest.fixture
+def guest_factory(share):
+    made = []
+
+    def make(config, **policy) -> Guest:
+        g = Guest(share, config, **policy)
+        made.append(g)
+        return g
+    yield make
+    for g in made:
+        g.close()
+
+
+META = (Opcode.LOOKUP, Opcode.GETATTR)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def test_config_parse_and_errors():
+    assert CacheConfig.parse(None).mode is CacheMode.NONE
+    assert CacheConfig.parse("always").mode is CacheMode.ALWAYS
+    with pytest.raises(ConfigError, match="unknown cache mode"):
+        CacheConfig.parse("sometimes")
+    with pytest.raises(ConfigError, match="needs cache=auto"):
+        CacheConfig(CacheMode.NONE, versions=True)
+    with pytest.raises(ConfigError, match="timeout"):
+        CacheConfig(CacheMode.AUTO, timeout=-1)
+    with pytest.raises(ConfigError, match="version table"):
+        CachePolicy(CacheConfig(CacheMode.ALWAYS, versions=True))
+    assert str(CacheConfig(CacheMode.AUTO, timeout=0.5)) == "cache=auto,timeout=0.5"
+
+
+# ----------------------------------------------------------------------------- none
+
+def test_none_asks_every_time(guest_factory):
+    g = guest_factory("none")
+    g.os.stat("dir/f")
+    before = g.count(*META)
+    g.os.stat("dir/f")
+    assert g.count(*META) - before == 2          # LOOKUP dir, LOOKUP f
+
+
+# ----------------------------------------------------------------------------- always
+
+def test_always_answers_from_the_cache_and_misses_host_changes(guest_factory, share):
+    g = guest_factory("always")
+    assert g.os.stat("dir/f").st_size == 5
+    before = g.count(*META)
+    for _ in range(3):
+        assert g.os.stat("dir/f").st_size == 5
+    assert g.count(*META) == before               # no request at all
+    (share / "dir" / "f").write_bytes(b"changed on the host")
+    assert g.os.stat("dir/f").st_size == 5        # stale, as cache=always promises
+
+
+def test_own_changes_are_seen_at_once(guest_factory):
+    g = guest_factory("always")
+    g.os.stat("dir/f")
+    g.os.chmod("dir/f", 0o600)
+    assert g.os.stat("dir/f").st_mode & 0o777 == 0o600
+    fd = g.os.open("dir/f", os.O_WRONLY | os.O_APPEND)
+    g.os.write(fd, b" world")
+    assert g.os.fstat(fd).st_size == 11
+    g.os.close(fd)
+    assert g.os.stat("dir/f").st_size == 11
+    g.os.rename("dir/f", "dir/g")
+    with pytest.raises(FileNotFoundError):
+        g.os.stat("dir/f")
+    assert g.os.stat("dir/g").st_size == 11
+    assert g.os.listdir("dir") == ["g"]
+    g.os.unlink("dir/g")
+    assert g.os.listdir("dir") == []
+    with pytest.raises(FileNotFoundError):
+        g.os.stat("dir/g")
+
+
+def test_negative_dentries(guest_factory, share, clock):
+    g = guest_factory(CacheConfig(CacheMode.AUTO, timeout=1.0))
+    with pytest.raises(FileNotFoundError):
+        g.os.stat("dir/new")
+    lookups = g.count(Opcode.LOOKUP)
+    (share / "dir" / "new").write_bytes(b"")
+    with pytest.raises(FileNotFoundError):
+        g.os.stat("dir/new")                      # the negative dentry answers
+    assert g.count(Opcode.LOOKUP) == lookups
+    clock.advance(1.5)
+    assert g.os.stat("dir/new").st_size == 0      # expired: asked again
+
+
+def test_always_keeps_data_across_opens(guest_factory, share):
+    g = guest_factory("always")
+    fd = g.os.open("dir/f", os.O_RDONLY)
+    assert g.os.read(fd, 100) == b"hello"
+    g.os.close(fd)
+    reads = g.count(Opcode.READ)
+    for _ in range(2):
+        fd = g.os.open("dir/f", os.O_RDONLY)
+        assert g.os.pread(fd, 100, 0) == b"hello"
+        assert g.os.pread(fd, 3, 1) == b"ell"
+        g.os.close(fd)
+    assert g.count(Opcode.READ) == reads
+
+
+def test_listing_cached_with_always(guest_factory, share):
+    g = guest_factory("always")
+    assert g.os.listdir("dir") == ["f"]
+    n = g.count(Opcode.READDIR, Opcode.OPENDIR)
+    (share / "dir" / "x").write_bytes(b"")
+    assert g.os.listdir("dir") == ["f"]           # stale by design
+    assert g.count(Opcode.READDIR, Opcode.OPENDIR) == n
+    g.os.mkdir("dir/sub")                          # our own change drops it
+    assert sorted(g.os.listdir("dir")) == ["f", "sub", "x"]
+
+
+# ----------------------------------------------------------------------------- auto
+
+def test_auto_expires_after_the_timeout(guest_factory, share, clock):
+    g = guest_factory(CacheConfig(CacheMode.AUTO, timeout=1.0))
+    assert g.os.stat("dir/f").st_size == 5
+    (share / "dir" / "f").write_bytes(b"longer now")
+    clock.advance(0.5)
+    assert g.os.stat("dir/f").st_size == 5        # within the timeout: cached
+    clock.advance(0.6)
+    assert g.os.stat("dir/f").st_size == 10       # after it: fresh
+
+
+def test_auto_data_is_close_to_open(guest_factory, share, clock):
+    g = guest_factory(CacheConfig(CacheMode.AUTO, timeout=1.0))
+    fd = g.os.open("dir/f", os.O_RDONLY)
+    assert g.os.pread(fd, 100, 0) == b"hello"
+    (share / "dir" / "f").write_bytes(b"HELLO")
+    assert g.os.pread(fd, 100, 0) == b"hello"     # same open: the page cache answers
+    g.os.close(fd)
+    fd = g.os.open("dir/f", os.O_RDONLY)          # a new open drops it
+    assert g.os.pread(fd, 100, 0) == b"HELLO"
+    g.os.close(fd)
+
+
+# ----------------------------------------------------------------------------- write-back
+
+def test_writeback_holds_writes_until_close(guest_factory, share):
+    g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
+    fd = g.os.open("dir/f", os.O_WRONLY)
+    writes = g.count(Opcode.WRITE)
+    assert g.os.pwrite(fd, b"HELLO, WORLD", 0) == 12
+    assert g.os.pwrite(fd, b"!", 20) == 1
+    assert g.count(Opcode.WRITE) == writes        # nothing sent yet
+    assert (share / "dir" / "f").read_bytes() == b"hello"
+    assert g.os.fstat(fd).st_size == 21           # this guest sees its own size
+    r = g.os.open("dir/f", os.O_RDONLY)
+    assert g.os.pread(r, 100, 0) == b"HELLO, WORLD" + bytes(8) + b"!"
+    g.os.close(r)
+    g.os.close(fd)
+    assert g.count(Opcode.WRITE) - writes == 2
+    assert (share / "dir" / "f").read_bytes() == b"HELLO, WORLD" + bytes(8) + b"!"
+
+
+def test_writeback_fsync_and_truncate_write_back_first(guest_factory, share):
+    g = guest_factory(CacheConfig(CacheMode.AUTO, writeback=True))
+    fd = g.os.open("dir/f", os.O_RDWR)
+    g.os.pwrite(fd, b"abcdefgh", 0)
+    g.os.fsync(fd)
+    assert (share / "dir" / "f").read_bytes() == b"abcdefgh"
+    g.os.pwrite(fd, b"XY", 6)
+    g.os.ftruncate(fd, 7)
+    assert (share / "dir" / "f").read_bytes() == b"abcdefX"
+    g.os.close(fd)
+
+
+# ----------------------------------------------------------------------------- inodes
+
+def test_unused_inodes_are_kept_then_the_oldest_forgotten(guest_factory, share):
+    for i in range(5):
+        (share / f"n{i}").write_bytes(b"")
+    g = guest_factory("always", max_unused=3)
+    for i in range(5):
+        g.os.stat(f"n{i}")
+    g.client.flush_forgets()
+    forgotten = {nodeid for nodeid, _ in g.t.forgets}
+    assert len(forgotten) == 2                    # n0 and n1 went, the last three stay
+    assert len(g.client.lookup_counts()) == 3
+    before = g.count(Opcode.LOOKUP)
+    g.os.stat("n4")
+    assert g.count(Opcode.LOOKUP) == before       # still cached
+    g.os.stat("n0")
+    assert g.count(Opcode.LOOKUP) == before + 1   # forgotten, so looked up again
+
+
+def test_drop_caches_forgets_everything(guest_factory, share):
+    g = guest_factory("always")
+    g.os.stat("dir/f")
+    assert len(g.fs.inodes) > 1
+    g.client.drop_caches()
+    assert len(g.fs.inodes) == 1
+    assert g.os.stat("dir/f").st_size == 5
+
+
+def test_fast_path_sees_own_changes_and_errors_keep_their_names(guest_factory):
+    g = guest_factory("always")
+    a = g.os.stat("dir/f")
+    assert g.os.stat("dir/f") is a                # the fast cache returns the same result
+    g.os.utime("dir/f", ns=(1, 2))
+    assert g.os.stat("dir/f").st_mtime_ns == 2
+    with pytest.raises(OSError) as e:
+        g.os.stat("dir/missing")
+    assert e.value.errno == errno.ENOENT and e.value.filename == "dir/missing"
