@@ -268,3 +268,68 @@ def test_cluster_guests_see_each_other_and_the_host(tmp_path):
         with pytest.raises(FileNotFoundError):
             cached.os.stat("d/f")
         assert cached.os.stat("d/g").st_mtime_ns == 7 * 10**9
+
+
+def _make_and_change(gos, n: int, deadline_ns: int):
+    """Runs in the writer guest: create h/n<i> (0o600), then chmod it 0o640; returns when each
+    create and each chmod had completed."""
+    import os as _os
+    import time as _time
+    gos.umask(0)
+    done = []
+    for i in range(n):
+        if _time.monotonic_ns() > deadline_ns:
+            break
+        gos.close(gos.open(f"h/n{i}", _os.O_CREAT | _os.O_WRONLY, 0o600))
+        created = _time.monotonic_ns()
+        gos.chmod(f"h/n{i}", 0o640)
+        done.append((created, _time.monotonic_ns()))
+    return done
+
+
+def _look_up_fresh_names(gos, n: int, deadline_ns: int):
+    """Runs in the versions=on reader: stat each fresh name h/n<i> until it shows 0o640;
+    every observation is logged with the instant it started."""
+    import time as _time
+    seen = []
+    for i in range(n):
+        while True:
+            start = _time.monotonic_ns()
+            if start > deadline_ns:
+                return seen
+            try:
+                mode = gos.stat(f"h/n{i}").st_mode & 0o777
+            except FileNotFoundError:
+                mode = None
+            seen.append((i, start, mode))
+            if mode == 0o640:
+                break
+    return seen
+
+
+@pytest.mark.timeout(120)
+def test_fresh_names_hammered_while_another_guest_changes_them(tmp_path):
+    """DESIGN §4's race, hammered in a real cluster: a versions=on guest looks names up while
+    another guest creates and changes them.  Every observation that started after a change had
+    completed must show it: 0 stale attributes, 0 stale negative dentries."""
+    import concurrent.futures as cf
+    import time
+    from vfscluster import Cluster, Topology
+    share = tmp_path / "share"
+    (share / "h").mkdir(parents=True)
+    n = 2000
+    topo = Topology(share, [{"name": "reader1", "cache": "always", "versions": True},
+                            {"name": "reader2", "cache": "always", "versions": True},
+                            {"name": "writer", "cache": "none"}])
+    with Cluster.start(topo) as c:
+        *readers, writer = c.guests
+        deadline = time.monotonic_ns() + 2_500_000_000
+        with cf.ThreadPoolExecutor(3) as ex:
+            rs = [ex.submit(g.run, _look_up_fresh_names, n, deadline) for g in readers]
+            w = ex.submit(writer.run, _make_and_change, n, deadline)
+            seen, done = [o for r in rs for o in r.result()], w.result()
+    assert len(done) >= 20 and len(seen) >= len(done)
+    stale = [(i, start, mode) for i, start, mode in seen if i < len(done) and (
+        (start > done[i][1] and mode != 0o640) or (start > done[i][0] and mode is None))]
+    assert stale == [], f"{len(stale)} stale of {len(seen)} observations: {stale[:5]}"
+    assert sum(1 for i, _, m in seen if m == 0o600) + sum(1 for i, _, m in seen if m is None) > 0
