@@ -1,0 +1,88 @@
+"""The DAX window's ranges as :class:`~vfscluster.guest.daxclient.GuestDax` takes them: the
+:class:`~vfscluster.guest.daxmap.RangeAllocator` plus reclaim on demand and waiting for a range, as
+``alloc_dax_mapping_reclaim`` / ``range_waitq`` do in Linux ``fs/fuse/dax.c``.
+
+:meth:`SlotPool.take` returns a free range already pinned.  Below the reclaim threshold (20 % free) it
+runs one reclaim pass in the taking thread; with no range free it reclaims synchronously; if every busy
+range is pinned it waits until an unpin or a free happens somewhere (a generation counter under a
+condition, so a wake-up between the failed reclaim and the wait is never lost), for at most
+``timeout`` seconds in all (then OSError ENOMEM).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from .daxmap import RangeAllocator
+
+log = logging.getLogger(__name__)
+
+
+class SlotPool:
+    """``reclaim()`` frees some unpinned ranges and returns how many (GuestDax.reclaim); ``on_wait``
+    is called each time a taker has to wait.  Thread-safe."""
+
+    def __init__(self, ranges: RangeAllocator, reclaim: Callable[[], int], timeout: float,
+                 on_wait: Callable[[], None] = lambda: None) -> None:
+        self.ranges = ranges
+        self.reclaim = reclaim
+        self.timeout = timeout
+        self.on_wait = on_wait
+        self._cond = threading.Condition()
+        self._gen = 0
+        self._waiters = 0
+
+    def take(self) -> int:
+        """A free range, pinned (module docstring)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            slot = self.ranges.alloc()
+            if slot is not None:
+                self.ranges.pin(slot)
+                if self.ranges.needs_reclaim:
+                    try:
+                        self.reclaim()
+                    except OSError as exc:
+                        log.warning("DAX reclaim failed: %s", exc)
+                return slot
+            with self._cond:
+                self._waiters += 1
+                gen = self._gen
+            try:
+                if self.reclaim():
+                    continue
+                self.on_wait()
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._gen != gen, deadline - time.monotonic()):
+                        raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)}: every DAX range "
+                                                    f"stayed pinned for {self.timeout} s")
+            finally:
+                with self._cond:
+                    self._waiters -= 1
+
+    def unpin(self, slot: int) -> None:
+        if self.ranges.unpin(slot) == 0 and self._waiters:
+            self.changed()
+
+    def unpin_all(self, slots: list[int]) -> None:
+        for slot in slots:
+            self.unpin(slot)
+
+    def give_back(self, slot: int) -> None:
+        """Free a range taken but not used (it must be unpinned)."""
+        self.ranges.free(slot)
+        self.changed()
+
+    def changed(self) -> None:
+        """A range was freed or unpinned: wake the takers waiting."""
+        with self._cond:
+            self._gen += 1
+            self._cond.notify_all()
+
+
+__all__ = ["SlotPool"]
