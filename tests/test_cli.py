@@ -94,3 +94,13 @@ def test_guest_daemon_refuses_versions_without_a_cache():
     r = run_daemon("daemons.guest", "--socket-path", "/tmp/x.sock", "--control", "/tmp/x.ctl",
                    "--versions")
     assert r.returncode == 2 and "--versions needs" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_bench_queues_runs_and_prints_its_ratios():
+    """A smoke run of `bench queues` (no timing assert: the numbers are printed, not tested)."""
+    r = run("bench", "queues", "--seconds", "0.05")
+    assert r.returncode == 0, r.stderr
+    for text in ("1 vs 4 request queues", "threads", "4 queues / 1", "8 threads / 1 thread",
+                 "lock handoff guest → guest", "lock handoff local process", "guest handoff / local handoff"):
+        assert text in r.stdout, r.stdout

@@ -433,7 +433,11 @@ def test_file_handle_operations(server, tree):
     assert ok(O.SETLK, lk) == 0
     r = call(server, request(O.GETLK, abi.LkIn(fh2, 2, abi.FileLock(0, 10, 1, 0), 0).pack(), nodeid=e2.nodeid))
     assert abi.LkOut.unpack_from(r.body).lk.type == 2  # other file: unlocked
-    assert ok(O.SETLKW, lk) == errno.ENOSYS
+    assert ok(O.SETLKW, lk) == 0                     # its own lock again: granted at once
+    other = open_(server, e.nodeid)
+    clash = abi.LkIn(other, 2, abi.FileLock(5, 5, 1, 0), 0).pack()
+    assert ok(O.SETLK, clash) == errno.EAGAIN
+    assert ok(O.SETLKW, clash) == errno.EOPNOTSUPP    # it would wait, and there is no notifier
     assert ok(O.SYNCFS, abi.SyncfsIn().pack()) == 0
     assert ok(O.RELEASE, abi.ReleaseIn(fh, 0, abi.RELEASE_FLUSH, 1).pack()) == 0
     assert ok(O.RELEASE, abi.ReleaseIn(fh, 0, 0, 0).pack()) == errno.EBADF
@@ -685,3 +689,89 @@ def test_no_room_for_the_entry_version_is_a_protocol_error(fs, table, caplog):
     assert r.error == errno.EINVAL and "does not fit" in caplog.text
     f = abi.EntryOut.unpack_from(call(s, request(O.LOOKUP, name(b"file"))).body)
     assert fs.inodes.refs(3, f.nodeid) == 1          # the unsent entry's count was given back
+
+
+# ---------------------------------------------------------------------------- blocking locks (fuse/locking.py)
+
+
+class FakeNotifier:
+    """What the host's Notifier offers the server: ``enabled`` and ``lock_done``."""
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+        self.sent = []
+
+    def lock_done(self, unique, error):
+        self.sent.append((unique, error))
+
+
+LOCKS = InitFlags.POSIX_LOCKS | InitFlags.FLOCK_LOCKS
+
+
+def locking_session(fs, session, notifier):
+    s = Server(fs, session=session)
+    s.notifier = notifier
+    r = call(s, request(O.INIT, init_body(flags=InitFlags.INIT_EXT | LOCKS)))
+    return s, abi.InitOut.unpack_from(r.body).all_flags
+
+
+def test_lock_flags_only_with_an_enabled_notifier(fs):
+    assert not locking_session(fs, 1, None)[1] & LOCKS
+    assert not locking_session(fs, 2, FakeNotifier(enabled=False))[1] & LOCKS
+    assert locking_session(fs, 3, FakeNotifier())[1] & LOCKS == LOCKS
+    s, flags = locking_session(FileSystem(), 4, FakeNotifier())     # cannot park: no setlkw
+    assert not flags & LOCKS
+
+
+def test_parked_setlkw_is_answered_queued_then_notified(fs):
+    na, nb = FakeNotifier(), FakeNotifier()
+    a, _ = locking_session(fs, 1, na)
+    b, _ = locking_session(fs, 2, nb)
+    fa, fb = open_(a, lookup(a, ROOT, b"file").nodeid), open_(b, lookup(b, ROOT, b"file").nodeid)
+    nodeid = lookup(a, ROOT, b"file").nodeid
+    wr = abi.FileLock(0, 9, 1, 100)
+    r = call(a, request(O.SETLKW, abi.LkIn(fa, 11, wr).pack(), nodeid=nodeid, unique=20))
+    assert r.raw == abi.OutHeader(16, 0, 20).pack()                # granted at once
+    r = call(b, request(O.SETLKW, abi.LkIn(fb, 22, wr).pack(), nodeid=nodeid, unique=30))
+    assert r.raw == abi.OutHeader(16, 1, 30).pack()                # queued: error +1, no body
+    assert nb.sent == [] and fs.locks.parked(2) == 1
+    r = call(b, request(O.GETLK, abi.LkIn(fb, 22, abi.FileLock(0, 0, 0, 0)).pack(), nodeid=nodeid))
+    assert abi.LkOut.unpack_from(r.body).lk == wr                  # the holder, with its pid
+    assert call(a, request(O.FLUSH, abi.FlushIn(fa, 11).pack(), nodeid=nodeid)).error == 0
+    assert nb.sent == [(30, 0)] and na.sent == []                  # the grant, to b only
+    r = call(a, request(O.SETLKW, abi.LkIn(fa, 11, wr).pack(), nodeid=nodeid, unique=40))
+    assert r.header.error == 1
+    assert call(a, request(O.INTERRUPT, abi.InterruptIn(40).pack(), unique=41), cap=None).n == 0
+    assert na.sent == [(40, -errno.EINTR)] and fs.locks.parked() == 0
+    r = call(a, request(O.SETLKW, abi.LkIn(fa, 11, wr).pack(), nodeid=nodeid, unique=50))
+    assert r.header.error == 1
+    assert call(a, request(O.DESTROY, unique=51)).error == 0      # its waiter is told
+    assert na.sent[-1] == (50, -errno.ENOTCONN) and fs.locks.parked() == 0
+
+
+def test_deadlock_and_bad_locks_through_the_server(fs):
+    na, nb = FakeNotifier(), FakeNotifier()
+    a, _ = locking_session(fs, 1, na)
+    b, _ = locking_session(fs, 2, nb)
+    nodeid = lookup(a, ROOT, b"file").nodeid
+    lookup(b, ROOT, b"file")
+    fa, fb = open_(a, nodeid), open_(b, nodeid)
+    lk = lambda fh, owner, start, t=1: abi.LkIn(fh, owner, abi.FileLock(start, start, t, 0)).pack()  # noqa: E731
+    assert call(a, request(O.SETLK, lk(fa, 1, 0), nodeid=nodeid)).error == 0
+    assert call(b, request(O.SETLK, lk(fb, 2, 1), nodeid=nodeid)).error == 0
+    assert call(a, request(O.SETLKW, lk(fa, 1, 1), nodeid=nodeid, unique=60)).header.error == 1
+    assert call(b, request(O.SETLKW, lk(fb, 2, 0), nodeid=nodeid, unique=70)).error == errno.EDEADLK
+    assert call(b, request(O.SETLKW, lk(fb, 2, 5, t=9), nodeid=nodeid)).error == errno.EINVAL
+    assert call(b, request(O.SETLKW, lk(999, 2, 5), nodeid=nodeid)).error == errno.EBADF
+    assert call(b, request(O.SETLKW, lk(fb, 2, 5)[:40], nodeid=nodeid)).error == errno.EINVAL  # short
+    assert call(b, request(O.RELEASE, abi.ReleaseIn(fb, 0, abi.RELEASE_FLUSH, 2).pack(),
+                           nodeid=nodeid)).error == 0
+    assert na.sent == [(60, 0)]
+
+
+def test_interrupt_of_an_unknown_unique_is_logged(fs, caplog):
+    s, _ = locking_session(fs, 1, FakeNotifier())
+    with caplog.at_level(logging.INFO, logger="vfscluster.fuse.locking"):
+        assert call(s, request(O.INTERRUPT, abi.InterruptIn(12345).pack()), cap=None).n == 0
+    assert "INTERRUPT of unique 12345: no parked request" in caplog.text
+    assert call(s, request(O.INTERRUPT, b"\0" * 3), cap=None).n == 0          # short: refused

@@ -448,3 +448,115 @@ def test_xattrs_statfs_readlink_rename(stack):
     client.unlink(ROOT_ID, b"s")
     with pytest.raises(FileNotFoundError):
         client.lookup(ROOT_ID, b"g")
+
+
+# ------------------------------------------------------------------------------------- locks
+
+
+class _Interruptible(LoopbackTransport):
+    """A loopback transport that also has ``request_interruptible`` (recording its calls)."""
+
+    def __init__(self, server, answer=None):
+        super().__init__(server)
+        self.interruptible = []
+        self.answer = answer
+
+    def request_interruptible(self, opcode, nodeid, args, reply_size, creds=None, *, timeout=None):
+        self.interruptible.append((Opcode(opcode), timeout))
+        if self.answer is not None:
+            return self.answer, b""
+        return self.request(opcode, nodeid, args, reply_size, creds)
+
+
+def test_setlkw_goes_through_request_interruptible(share):
+    import fcntl
+
+    from vfscluster.fuse.abi import FileLock
+    fs, server, _ = make_loopback(share)
+    try:
+        t = _Interruptible(server)
+        client = FuseClient(t)
+        client.init()
+        entry, opened = client.create(ROOT_ID, b"f", os.O_CREAT | os.O_RDWR, stat.S_IFREG | 0o644)
+        lock = FileLock(0, 9, fcntl.F_WRLCK, os.getpid())
+        client.setlk(entry.nodeid, opened.fh, 1, lock, sleep=True, timeout=2.5)
+        client.setlk(entry.nodeid, opened.fh, 1, lock)                      # SETLK: plain request
+        assert t.interruptible == [(Opcode.SETLKW, 2.5)]
+        assert t.counts[Opcode.SETLKW] == 1 and t.counts[Opcode.SETLK] == 1
+        got = client.getlk(entry.nodeid, opened.fh, 2, FileLock(0, 0, fcntl.F_RDLCK, 0))
+        assert (got.start, got.end, got.type, got.pid) == (0, 9, fcntl.F_WRLCK, os.getpid())
+        t.answer = -errno.EINTR
+        with pytest.raises(OSError) as ei:
+            client.setlk(entry.nodeid, opened.fh, 1, lock, flock=True, sleep=True, timeout=0)
+        assert ei.value.errno == errno.EINTR
+        t.reply_hook = lambda op, err, body: (err, FileLock(5, 4, 1, 0).pack())   # start > end
+        with pytest.raises(RemoteProtocolError):
+            client.getlk(entry.nodeid, opened.fh, 2, FileLock(0, 0, fcntl.F_RDLCK, 0))
+    finally:
+        fs.close()
+
+
+@pytest.fixture
+def local_locks(share):
+    """Two GuestOS (two guest processes) on one mount whose server grants no POSIX_LOCKS /
+    FLOCK_LOCKS: their locks are guest-local (the kernel's fc->no_lock), shared by the mount."""
+    from vfscluster.guest.gos import GuestOS
+    fs, _server, transport = make_loopback(share)
+    client = FuseClient(transport)
+    client.init()
+    assert not client.flags & (InitFlags.POSIX_LOCKS | InitFlags.FLOCK_LOCKS)
+    yield GuestOS(client), GuestOS(client)
+    fs.close()
+
+
+def test_guest_local_locks_have_fcntls_errnos(local_locks, share, tmp_path):
+    """The errno cases of test_locks (a real cluster) on the guest-local lock table."""
+    import fcntl
+
+    from test_locks import cases_alone, cases_contended, guest_hold, guest_ops, local_cases
+    g, other = local_locks
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    alone, contended = local_cases(local_dir)
+    assert cases_alone(*guest_ops(g)) == alone
+    guest_hold(other, "p")
+    # F_TEST is left out: both GuestOS of this process report this process's pid
+    assert cases_contended(*guest_ops(g), f_test=False) == [
+        c for c in contended if c[0] != "lockf F_TEST conflict"]
+    assert g.client.local_locks.table.counts()["posix"] == 1 and fs_has_no_locks(g)
+    for fd in other.open_fds():
+        other.close(fd)
+    assert g.client.local_locks.table.counts() == {"keys": 0, "posix": 0, "flock": 0, "waiters": 0}
+    assert fcntl.F_UNLCK == g.fcntl_lock(g.open("p", os.O_RDONLY), fcntl.F_GETLK, fcntl.F_RDLCK).type
+
+
+def fs_has_no_locks(gos):
+    return gos.client.transport.server.fs.locks.table.counts()["posix"] == 0
+
+
+def test_guest_local_setlkw_waits_and_times_out(local_locks):
+    import concurrent.futures as cf
+    import fcntl
+    a, b = local_locks
+    fa = a.open("f", os.O_CREAT | os.O_RDWR, 0o644)
+    fb = b.open("f", os.O_RDWR)
+    a.fcntl_lock(fa, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
+    with pytest.raises(OSError) as ei:
+        b.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_RDLCK, 0, 1, timeout=0.05)
+    assert ei.value.errno == errno.EINTR
+    table = a.client.local_locks.table
+    assert table.waiters() == []
+    with cf.ThreadPoolExecutor(1) as ex:
+        waiter = ex.submit(b.lockf, fb, os.F_LOCK, 1)             # a write lock from position 0
+        b.flock(fb, fcntl.LOCK_SH)                                # meanwhile: flock is separate
+        a.close(fa)                                               # unlock on close
+        assert waiter.result(timeout=10) is None
+    fa = a.open("f", os.O_RDWR)
+    with pytest.raises(BlockingIOError):                          # b holds [0, 0] now
+        a.fcntl_lock(fa, fcntl.F_SETLK, fcntl.F_RDLCK, 0, 1)
+    with pytest.raises(BlockingIOError):
+        a.flock(fa, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    b.close(fb)                                                   # last close: flock released
+    a.flock(fa, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    a.close(fa)
+    assert table.counts() == {"keys": 0, "posix": 0, "flock": 0, "waiters": 0}

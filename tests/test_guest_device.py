@@ -94,7 +94,7 @@ def test_queue_of_8_with_64_in_flight_from_8_threads(share, host):
         assert not errors
         assert len(results) == 64
         assert all(results[(t, k)] == (0, t * 8 + k) for t in range(8) for k in range(8))
-        assert dev.queues[1].full_waits > 0
+        assert dev.request_queues[0].full_waits > 0
     finally:
         m.close()
 
@@ -153,8 +153,8 @@ def test_four_request_queues_eight_threads(share, host):
         run_threads(worker, 8)
         assert not errors
         assert all(results[(t, k)] == t for t in range(8) for k in range(50))
-        used = [q.index for q in dev.queues[1:] if q.avail_idx > 0]
-        assert used == [1, 2, 3, 4]          # every request queue carried requests
+        used = [q.index for q in dev.request_queues if q.avail_idx > 0]
+        assert used == [2, 3, 4, 5]          # every request queue carried requests (1: notifications)
     finally:
         m.close()
 
@@ -254,3 +254,126 @@ def test_garbage_shmem_map_is_refused_and_logged(inproc_host, machine, monkeypat
     finally:
         os.close(r)
         os.close(w)
+
+
+# ------------------------------------------------------------------ notification queue, parked locks
+
+
+def test_lock_waits_accept_the_notification_before_the_reply():
+    from vfscluster.guest.notify import LockWaits
+    waits = LockWaits()
+    w = waits.register(10)
+    assert waits.deliver(10, 0) and w.wait(0) and w.notified     # before "queued" came
+    assert not waits.deliver(10, 0)                                       # once only
+    assert not waits.deliver(11, 0)                                       # waits for nothing
+    waits.mark_parked(w)
+    assert waits.parked() == 0                                            # answered already
+    w2 = waits.register(12)
+    waits.mark_parked(w2)
+    assert waits.parked() == 1 and waits.wait_parked(1, 0)
+    waits.fail_all(errno.ENOTCONN)
+    assert w2.wait(0) and w2.error == -errno.ENOTCONN and waits.parked() == 0
+    with pytest.raises(OSError) as ei:
+        waits.register(14)
+    assert ei.value.errno == errno.ENOTCONN
+    waits.unregister(10)
+    waits.unregister(12)
+
+
+def _lock_pair(srv):
+    import fcntl
+    ma = GuestMachine("la", ram_name=ram_name(), ram_size=16 << 20)
+    mb = GuestMachine("lb", ram_name=ram_name(), ram_size=16 << 20)
+    ma.add_device(srv.socket_path, "vfs")
+    mb.add_device(srv.socket_path, "vfs")
+    ga, gb = ma.mount("vfs").os, mb.mount("vfs").os
+    fa = ga.open("f", os.O_CREAT | os.O_RDWR, 0o644)
+    fb = gb.open("f", os.O_RDWR)
+    ga.fcntl_lock(fa, fcntl.F_SETLK, fcntl.F_WRLCK)
+    return (ma, ga, fa), (mb, gb, fb)
+
+
+def test_grant_that_overtakes_its_queued_reply(inproc_host, monkeypatch):
+    """The host completes a parked SETLKW before its +1 reply is on the ring: the guest finds
+    the notification waiting when the reply comes (the series' reordering patch)."""
+    import fcntl
+
+    from vfscluster.fuse.passthrough import PassthroughFs
+    (ma, ga, fa), (mb, gb, fb) = _lock_pair(inproc_host)
+    try:
+        real = PassthroughFs.setlkw
+
+        def grant_first(self, ctx, nodeid, fh, owner, lock, flags, done):
+            done(0)                        # NOTIFY_LOCK goes out before the reply is written
+            return True
+        monkeypatch.setattr(PassthroughFs, "setlkw", grant_first)
+        gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK, timeout=10)
+        dev = mb.devices["vfs"]
+        assert dev.notify.wait_handled(1, 10) and dev.notify.received == 1
+        assert dev.lock_waits.parked() == 0
+        monkeypatch.setattr(PassthroughFs, "setlkw", real)
+        with pytest.raises(OSError) as ei:         # the real one still parks, and times out
+            gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK, timeout=0)
+        assert ei.value.errno == errno.EINTR
+    finally:
+        ma.close()
+        mb.close()
+
+
+def test_keyboard_interrupt_withdraws_a_parked_setlkw(inproc_host, monkeypatch):
+    """The caller's KeyboardInterrupt while its SETLKW is parked: INTERRUPT, -EINTR from the host,
+    no waiter left; KeyboardInterrupt is raised.  (Injected where the wait is: a real SIGINT
+    that lands just before the thread blocks on a lock is only seen at its next wake-up —
+    CPython's signal delivery, not something a wait without a timer can change.)"""
+    import fcntl
+
+    from vfscluster.guest.notify import LockWait
+    (ma, ga, fa), (mb, gb, fb) = _lock_pair(inproc_host)
+    try:
+        real = LockWait.wait
+        calls = []
+
+        def interrupted(self, timeout=None):
+            calls.append(timeout)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return real(self, timeout)
+        monkeypatch.setattr(LockWait, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK)
+        dev = mb.devices["vfs"]
+        assert calls[0] is None and dev.notify.wait_handled(1, 10)    # the outcome came: -EINTR
+        assert dev.notify.received == 1 and dev.lock_waits.parked() == 0
+        assert inproc_host.fs.locks.table.waiters() == [] and inproc_host.fs.locks.parked() == 0
+        ga.close(fa)
+        gb.fcntl_lock(fb, fcntl.F_SETLK, fcntl.F_WRLCK)      # not taken by a leftover waiter
+    finally:
+        ma.close()
+        mb.close()
+
+
+def test_parked_setlkw_fails_with_enotconn_when_the_host_dies(share):
+    import fcntl
+    h = HostProcess(share)
+    try:
+        (ma, ga, fa), (mb, gb, fb) = _lock_pair(h)
+        try:
+            outcome = []
+
+            def wait():
+                try:
+                    gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK)
+                    outcome.append(0)
+                except OSError as exc:
+                    outcome.append(exc.errno)
+            th = threading.Thread(target=wait)
+            th.start()
+            assert mb.devices["vfs"].lock_waits.wait_parked(1, 10)
+            os.kill(h.proc.pid, signal.SIGKILL)
+            th.join(5)
+            assert outcome == [errno.ENOTCONN]
+        finally:
+            ma.close()
+            mb.close()
+    finally:
+        h.stop()

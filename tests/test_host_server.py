@@ -81,7 +81,7 @@ def test_symlinks_pointing_outside_are_not_followed_by_the_host(guest, share, ou
 
 def test_short_fuse_header_is_refused_and_the_queue_keeps_working(guest):
     dev = guest.devices["vfs"]
-    q = dev.queues[1]
+    q = dev.request_queues[0]
     view = dev.ram.view
     page = dev.ram.pages.alloc(2)
     base = page * 4096
@@ -107,7 +107,7 @@ def test_descriptor_outside_guest_ram_breaks_only_that_queue(host, guest, share)
     try:
         other.add_device(host.socket_path, "vfs")
         ogos = other.mount("vfs").os
-        q = guest.devices["vfs"].queues[1]
+        q = guest.devices["vfs"].request_queues[0]
         q.add([(1 << 40, 64)], [(1 << 41, 64)], "bad")   # far outside guest RAM
         q.kick()
         with pytest.raises(OSError) as ei:           # the host reports the queue broken (vring err fd)
@@ -243,3 +243,170 @@ def test_stock_init_gets_stock_entry_replies(host, share):
         assert err == 0 and len(body) == abi.EntryOut.SIZE
     finally:
         m.close()
+
+
+# ---------------------------------------------------------------------------- notification queue, locks
+
+
+def test_notifier_waits_for_a_buffer_and_refuses_bad_ones(caplog):
+    """The host's Notifier against a driver queue: no buffer -> the notification waits and kicks
+    are requested; bad buffers are returned unused and logged; a good one carries NOTIFY_LOCK."""
+    import types
+
+    from vfscluster.host.notify import NOTIFY_BUF_SIZE, Notifier
+    from vfscluster.virtio.device_queue import QueueState
+    from vfscluster.virtio.driver_queue import DriverQueue
+    from virtio_helpers import anon_memory
+
+    gpa = 0x10000
+    mem, mm = anon_memory(gpa=gpa)
+    ram = memoryview(mm)
+    dq = DriverQueue(ram, 0, 8, gpa_base=gpa, user_base=mem.regions[0].user_addr, event_idx=True)
+    st = QueueState(size=8, desc_addr=dq.desc_user, avail_addr=dq.avail_user, used_addr=dq.used_user,
+                    event_idx=True, enabled=True)
+    dq.kick_fd = st.kick_fd = os.eventfd(0, os.EFD_NONBLOCK)
+    dq.call_fd = st.call_fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        q = st.build(mem)
+        n = Notifier("t", types.SimpleNamespace(notify_index=1, queues=[None, q]))
+        n.lock_done(42, 0)
+        assert n.pending == 1 and n.sent == 0
+        buf = 0x8000
+        assert dq.add([], [(gpa + buf, NOTIFY_BUF_SIZE - 1)], "short") is True   # kicks were asked for
+        dq.add([(gpa + buf, 8)], [(gpa + buf + 64, 64)], "readable")
+        assert n.flush() == 0 and n.pending == 1 and n.refused == 2
+        dq.add([], [(gpa + buf + 256, 64)], "good")
+        assert n.flush() == 1 and n.pending == 0
+        got = []
+        with dq.lock:
+            dq.reap(lambda tok, length: got.append((tok, length)))
+        assert got == [("short", 0), ("readable", 0), ("good", NOTIFY_BUF_SIZE)]
+        assert ram[buf + 256:buf + 256 + NOTIFY_BUF_SIZE].tobytes() == (
+            abi.OutHeader(NOTIFY_BUF_SIZE, abi.NOTIFY_LOCK, 0).pack() + abi.NotifyLockOut(42, 0).pack())
+        assert caplog.text.count("notification buffer refused") == 2
+        n.close()
+        n.lock_done(43, 0)
+        assert n.pending == 0
+    finally:
+        for fd in (dq.kick_fd, dq.call_fd):
+            os.close(fd)
+
+
+@pytest.fixture
+def inproc(share, tmp_path):
+    """A HostServer in a thread of this process (its lock table can be looked at)."""
+    import threading
+
+    from vfscluster.host.server import HostServer
+    srv = HostServer(str(share), str(tmp_path / "h.sock"), thread_pool_size=0, version_slots=64)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    machines = []
+
+    def machine(name, **kw):
+        m = GuestMachine(name, ram_name=ram_name(), ram_size=16 << 20)
+        machines.append(m)
+        m.add_device(srv.socket_path, "vfs", **kw)
+        return m
+    srv.machine = machine
+    yield srv
+    for m in machines:
+        m.close()
+    srv.stop()
+    th.join(10)
+    srv.close()
+
+
+def _bg(fn, *args, **kw):
+    import concurrent.futures as cf
+    ex = cf.ThreadPoolExecutor(1)
+    fut = ex.submit(fn, *args, **kw)
+    ex.shutdown(wait=False)
+    return fut
+
+
+def test_interrupted_setlkw_leaves_no_waiter_on_the_host(inproc, share):
+    import fcntl
+    a, b = inproc.machine("a"), inproc.machine("b")
+    ga, gb = a.mount("vfs").os, b.mount("vfs").os
+    fa = ga.open("f", os.O_CREAT | os.O_RDWR, 0o644)
+    fb = gb.open("f", os.O_RDWR)
+    ga.fcntl_lock(fa, fcntl.F_SETLK, fcntl.F_WRLCK)
+    with pytest.raises(OSError) as ei:
+        gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK, timeout=0.2)
+    assert ei.value.errno == errno.EINTR
+    locks = inproc.fs.locks
+    assert locks.table.waiters() == [] and locks.parked() == 0
+    assert locks.table.counts() == {"keys": 1, "posix": 1, "flock": 0, "waiters": 0}
+    assert b.devices["vfs"].lock_waits.parked() == 0
+    ga.close(fa)                                           # FLUSH: unlock on close
+    assert locks.table.counts()["posix"] == 0
+    gb.fcntl_lock(fb, fcntl.F_SETLK, fcntl.F_WRLCK)
+
+
+def test_a_grant_waits_for_a_notification_buffer(inproc, monkeypatch):
+    """The guest gives no notification buffer: the host keeps the grant until the guest adds one
+    (its kick wakes the host; no timer)."""
+    import fcntl
+
+    from vfscluster.guest.notify import NotifyQueue
+    a = inproc.machine("a")
+    with monkeypatch.context() as mp:
+        mp.setattr(NotifyQueue, "post_all", lambda self: None)
+        b = inproc.machine("b")
+    ga, gb = a.mount("vfs").os, b.mount("vfs").os
+    dev = b.devices["vfs"]
+    fa = ga.open("f", os.O_CREAT | os.O_RDWR, 0o644)
+    fb = gb.open("f", os.O_RDWR)
+    ga.fcntl_lock(fa, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
+    waiter = _bg(gb.fcntl_lock, fb, fcntl.F_SETLKW, fcntl.F_WRLCK, 0, 1)
+    assert dev.lock_waits.wait_parked(1, 10)
+    ga.fcntl_lock(fa, fcntl.F_SETLK, fcntl.F_UNLCK, 0, 1)     # granted to b on the host...
+    session = next(s for s in inproc.sessions.values() if s.notifier.pending)
+    assert session.notifier.pending == 1 and session.notifier.sent == 0
+    assert dev.lock_waits.parked() == 1 and not waiter.done()  # ...but b cannot be told yet
+    dev.notify.post_all()                                      # buffers, and a kick
+    assert waiter.result(timeout=10) is None
+    assert session.notifier.pending == 0 and session.notifier.sent == 1
+    with pytest.raises(BlockingIOError):                       # b holds it now
+        ga.fcntl_lock(fa, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
+
+
+def test_garbage_notifications_and_interrupts_are_refused(inproc, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="vfscluster.fuse.locking")
+    a = inproc.machine("a")
+    gos = a.mount("vfs").os
+    dev = a.devices["vfs"]
+    session = next(iter(inproc.sessions.values()))
+    session.notifier.send(99, bytes(16))                                   # unknown code
+    session.notifier.lock_done(12345, 0)                                   # waits for nothing
+    session.notifier.send(abi.NOTIFY_LOCK, abi.NotifyLockOut(1, 7).pack())  # positive error
+    session.notifier.send(abi.NOTIFY_LOCK, bytes(8))                       # short
+    assert dev.notify.wait_handled(4, 10)
+    assert dev.notify.refused == 4 and dev.notify.received == 0
+    assert caplog.text.count("notification refused") == 4
+    dev.send_noreply(abi.Opcode.INTERRUPT, 0, [abi.InterruptIn(777).pack()])   # nothing parked
+    gos.listdir("/")
+    gos.listdir("/")                    # two round trips: the host has handled the INTERRUPT
+    assert "INTERRUPT of unique 777: no parked request" in caplog.text
+    assert dev.notify.wait_handled(4, 0) and gos.listdir("/") == []       # all still working
+
+
+def test_a_guest_without_notifications_keeps_the_old_layout_and_local_locks(inproc):
+    import fcntl
+    m = inproc.machine("plain", notifications=False)
+    dev = m.devices["vfs"]
+    assert dev.notify is None and dev.first_request == 1 and [q.index for q in dev.queues] == [0, 1]
+    gos = m.mount("vfs").os
+    assert not gos.client.flags & (abi.InitFlags.POSIX_LOCKS | abi.InitFlags.FLOCK_LOCKS)
+    fd = gos.open("f", os.O_CREAT | os.O_RDWR, 0o644)
+    gos.fcntl_lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK)            # guest-local, as Linux without
+    assert inproc.fs.locks.table.counts()["posix"] == 0         # POSIX_LOCKS keeps it
+    other = type(gos)(gos.client)
+    fd2 = other.open("f", os.O_RDWR)
+    with pytest.raises(BlockingIOError):
+        other.fcntl_lock(fd2, fcntl.F_SETLK, fcntl.F_RDLCK)
+    with pytest.raises(OSError) as ei:
+        other.fcntl_lock(fd2, fcntl.F_SETLKW, fcntl.F_RDLCK, timeout=0.05)
+    assert ei.value.errno == errno.EINTR

@@ -564,7 +564,7 @@ def test_fallocate_lseek_copy_file_range(fs, tree):
     assert _errno(lambda: fs.copy_file_range(CTX, src.nodeid, sfh, 0, e.nodeid, 999, 0, 1, 0)) == errno.EBADF
 
 
-def test_ofd_locks_between_handles(fs, tree):
+def test_locks_between_sessions(fs, tree):
     f = fs.lookup(CTX, ROOT_ID, b"file")
     g = fs.lookup(CTX1, ROOT_ID, b"file")
     fh1, _ = fs.open(CTX, f.nodeid, os.O_RDWR)
@@ -572,17 +572,42 @@ def test_ofd_locks_between_handles(fs, tree):
     whole = FileLock(0, (1 << 63) - 1, fcntl.F_WRLCK, 0)
     fs.setlk(CTX, f.nodeid, fh1, 1, FileLock(0, 9, fcntl.F_WRLCK, 100), 0, False)
     got = fs.getlk(CTX1, g.nodeid, fh2, 2, whole, 0)
-    assert (got.start, got.end, got.type) == (0, 9, fcntl.F_WRLCK)
-    assert _errno(lambda: fs.setlk(CTX1, g.nodeid, fh2, 2, FileLock(5, 5, fcntl.F_RDLCK, 0), 0, False)) in (
-        errno.EAGAIN, errno.EACCES)
+    assert (got.start, got.end, got.type, got.pid) == (0, 9, fcntl.F_WRLCK, 100)
+    assert _errno(lambda: fs.setlk(CTX1, g.nodeid, fh2, 2, FileLock(5, 5, fcntl.F_RDLCK, 0), 0, False)) == errno.EAGAIN
     fs.setlk(CTX1, g.nodeid, fh2, 2, FileLock(10, 20, fcntl.F_RDLCK, 0), 0, False)
-    assert _errno(lambda: fs.setlk(CTX1, g.nodeid, fh2, 2, whole, 0, True)) == errno.ENOSYS
+    # SETLKW without a completion: granted now, or EOPNOTSUPP where it would wait
+    assert _errno(lambda: fs.setlk(CTX1, g.nodeid, fh2, 2, whole, 0, True)) == errno.EOPNOTSUPP
+    fs.setlk(CTX1, g.nodeid, fh2, 2, FileLock(30, 30, fcntl.F_WRLCK, 0), 0, True)
     fs.setlk(CTX, f.nodeid, fh1, 1, FileLock(0, 9, fcntl.F_UNLCK, 0), 0, False)
     assert fs.getlk(CTX1, g.nodeid, fh2, 2, FileLock(0, 9, fcntl.F_WRLCK, 0), 0).type == fcntl.F_UNLCK
     assert _errno(lambda: fs.setlk(CTX, f.nodeid, fh1, 1, FileLock(5, 4, fcntl.F_RDLCK, 0), 0, False)) == errno.EINVAL
+    assert _errno(lambda: fs.getlk(CTX, f.nodeid, 999, 1, whole, 0)) == errno.EBADF
     # BSD flock
     fs.setlk(CTX, f.nodeid, fh1, 1, whole, 1, False)
     assert _errno(lambda: fs.setlk(CTX1, g.nodeid, fh2, 2, whole, 1, False)) in (errno.EAGAIN, errno.EWOULDBLOCK)
+    # FLUSH drops the owner's POSIX locks, RELEASE the handle's flock, drop_session the rest
+    fs.flush(CTX1, g.nodeid, fh2, 2)
+    assert fs.getlk(CTX, f.nodeid, fh1, 1, whole, 0).type == fcntl.F_UNLCK
+    fs.release(CTX, f.nodeid, fh1, 0, False, False, None)
+    fs.setlk(CTX1, g.nodeid, fh2, 2, whole, 1, False)
+    fs.drop_session(CTX1.session)
+    assert fs.locks.table.counts()["flock"] == 0
+
+
+def test_parked_setlkw_through_the_file_system(fs, tree):
+    f = fs.lookup(CTX, ROOT_ID, b"file")
+    g = fs.lookup(CTX1, ROOT_ID, b"file")
+    fh1, _ = fs.open(CTX, f.nodeid, os.O_RDWR)
+    fh2, _ = fs.open(CTX1, g.nodeid, os.O_RDWR)
+    lock = FileLock(0, 0, fcntl.F_WRLCK, 0)
+    fs.setlk(CTX, f.nodeid, fh1, 1, lock, 0, False)
+    done = []
+    ctx = CTX1._replace(unique=40)
+    assert fs.setlkw(ctx, g.nodeid, fh2, 2, lock, 0, done.append) is True
+    assert fs.interrupt(CTX1.session, 41) is False                 # not parked: ignored
+    fs.release(CTX, f.nodeid, fh1, 0, True, False, 1)              # RELEASE_FLUSH: unlock on close
+    assert done == [0] and fs.interrupt(CTX1.session, 40) is False
+    assert fs.setlkw(ctx._replace(unique=42), g.nodeid, fh2, 2, lock, 0, done.append) is False
 
 
 def test_init_accepts_writeback_per_session(fs, tree):

@@ -142,7 +142,7 @@ def test_stale_reads_show_in_the_table():
 @pytest.mark.parametrize("args", [
     ["--guests", "0"], ["--guests", "x"], ["--cache", "sometimes"], ["--seconds", "-1"],
     ["--seconds", "soon"], ["--bogus"], ["--share", "/no/such/dir"], ["extra"],
-    ["--log", "/no/such/dir/h.jsonl"],
+    ["--log", "/no/such/dir/h.jsonl"], ["--timeout", "-1"], ["--cache", "none", "--versions"],
 ])
 def test_command_line_mistakes_are_one_line_and_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -4,6 +4,7 @@
     vfscluster up TOPOLOGY.toml       start a cluster and keep it up until Ctrl-C
     vfscluster bench rtt              round-trip benchmarks with same-run baselines
     vfscluster bench meta             cached metadata: cache=always,versions=on vs none vs os.stat
+    vfscluster bench queues           1 vs 4 request queues from 1-8 threads; lock handoff guest/local
     vfscluster stress --guests N …    random operations from N guests, checked for stale reads
     vfscluster clean [--all]          remove what dead clusters left behind
 """
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--log-level", default="WARNING")
     u.set_defaults(fn=_cmd_up)
     b = sub.add_parser("bench", help="benchmarks (ratios against baselines measured in the same run)")
-    b.add_argument("which", choices=("rtt", "meta"))
+    b.add_argument("which", choices=("rtt", "meta", "queues"))
     b.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     b.add_argument("--plot", metavar="PNG", help="also write a bar chart")
     b.set_defaults(fn=_cmd_bench)

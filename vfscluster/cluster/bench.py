@@ -10,6 +10,15 @@ in-process.  Goals (issue: foundation): ring ≤ 0.25× SEQPACKET and ≤ 4× in
 another guest changes the file in a loop (each change moves the file's version slot, so the
 reader's next ``stat`` asks the host).  Goals (issue: coherency): versions ≥ 20× faster than
 ``cache=none`` and at most 1.5× the host's ``os.stat``.
+
+``queues``: (a) operations per second of a small request (``stat`` of one file with
+``cache=none``: one LOOKUP round trip each) from 1, 2, 4 and 8 threads of one guest, with 1 request
+queue and with 4 (per-thread queue affinity), as a ratio; (b) the latency of handing an exclusive
+``fcntl`` lock from one guest to another (F_SETLKW parked on the host, granted by the other guest's
+unlock, delivered as FUSE_NOTIFY_LOCK on the notification queue) against the same handoff between
+two local processes on a local file.  The handoff is a strict ping-pong over three one-byte ranges
+(each side unlocks the range behind it and waits for the one the other side holds), so every step
+is one wake-up of the other side.
 """
 
 from __future__ import annotations
@@ -226,4 +235,167 @@ def main(which: str, *, seconds: float = 2.0, plot: str | None = None) -> int:
             _plot(plot, "stat of a cached file", res)
             console.print(f"plot written to {plot}")
         return 0
+    if which == "queues":
+        rows, handoffs = bench_queues(seconds, console)
+        _report_queues(rows, handoffs, console)
+        if plot:
+            _plot(plot, "exclusive lock handoff", handoffs)
+            console.print(f"plot written to {plot}")
+        return 0
     raise ValueError(which)
+
+
+# ---------------------------------------------------------------------------- bench queues
+
+THREADS = (1, 2, 4, 8)
+WIDE = 4          # the multiqueue guest's request queues
+
+
+def _ops_per_second(gos, name: str, nthreads: int, seconds: float) -> float:
+    """``stat(name)`` from ``nthreads`` threads for ``seconds``: operations per second."""
+    import threading
+    counts = [0] * nthreads
+    start = threading.Barrier(nthreads + 1)
+    end = [0.0]
+
+    def worker(i: int) -> None:
+        for _ in range(20):
+            gos.stat(name)
+        start.wait()
+        n = 0
+        while True:
+            for _ in range(20):
+                gos.stat(name)
+            n += 20
+            if time.perf_counter() >= end[0]:
+                break
+        counts[i] = n
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(nthreads)]
+    for t in threads:
+        t.start()
+    end[0] = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def _dance(lock, unlock, role: int, n: int) -> tuple[float, float]:
+    """The handoff ping-pong (module docstring): side 0 starts holding ranges 0 and 1, side 1
+    range 2; ``n`` steps each; returns (start, end) on the system-wide monotonic clock."""
+    t0 = time.monotonic()
+    if role == 0:
+        for i in range(n):
+            unlock(i % 3)
+            lock((i - 1) % 3)
+    else:
+        for k in range(n):
+            lock(k % 3)
+            unlock((k - 1) % 3)
+    return t0, time.monotonic()
+
+
+def _guest_dance_setup(gos, name: str, role: int) -> None:
+    import fcntl
+    fd = gos.open(name, os.O_RDWR)
+    for r in ((0, 1) if role == 0 else (2,)):
+        gos.fcntl_lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, r, 1)
+    gos._bench_lock_fd = fd
+
+
+def _guest_dance(gos, role: int, n: int) -> tuple[float, float]:
+    import fcntl
+    fd = gos._bench_lock_fd
+    try:
+        return _dance(lambda r: gos.fcntl_lock(fd, fcntl.F_SETLKW, fcntl.F_WRLCK, r, 1),
+                      lambda r: gos.fcntl_lock(fd, fcntl.F_SETLK, fcntl.F_UNLCK, r, 1), role, n)
+    finally:
+        del gos._bench_lock_fd
+        gos.close(fd)
+
+
+def _local_dancer(conn, path: str, role: int, n: int) -> None:
+    """A local process's side: set up on the first message, dance on the second."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR)
+    conn.recv()
+    for r in ((0, 1) if role == 0 else (2,)):
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, r)
+    conn.send("ready")
+    conn.recv()
+    conn.send(_dance(lambda r: fcntl.lockf(fd, fcntl.LOCK_EX, 1, r),
+                     lambda r: fcntl.lockf(fd, fcntl.LOCK_UN, 1, r), role, n))
+    os.close(fd)
+
+
+def _handoff_us(times: list[tuple[float, float]], n: int) -> float:
+    """µs per handoff: from when both sides run to when both are done, over 2n handoffs."""
+    return (max(e for _, e in times) - max(s for s, _ in times)) / (2 * n) * 1e6
+
+
+def bench_queues(seconds: float = 2.0, console: Console | None = None) -> tuple[list, list[Result]]:
+    """((threads, ops/s with 1 queue, ops/s with WIDE queues) rows, [guest handoff, local])."""
+    import concurrent.futures as cf
+    console = console or Console()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
+        path = os.path.join(share, "f")
+        with open(path, "wb") as f:
+            f.write(b"x" * 100)
+        topo = Topology(share, [{"name": "q1", "num_request_queues": 1},
+                                {"name": f"q{WIDE}", "num_request_queues": WIDE},
+                                {"name": "other"}], cache="none")
+        n_guest = max(20, int(seconds * 150))
+        with Cluster.start(topo) as c:
+            narrow, wide, other = c.guests
+            for t in THREADS:
+                with console.status(f"stat from {t} thread(s), 1 and {WIDE} request queues…"):
+                    rows.append((t, narrow.run(_ops_per_second, "f", t, seconds),
+                                 wide.run(_ops_per_second, "f", t, seconds)))
+            with console.status("lock handoff between two guests…"):
+                narrow.run(_guest_dance_setup, "f", 0)
+                other.run(_guest_dance_setup, "f", 1)
+                with cf.ThreadPoolExecutor(2) as ex:
+                    sides = [ex.submit(g.run, _guest_dance, role, n_guest)
+                             for role, g in enumerate((narrow, other))]
+                    guest_us = _handoff_us([s.result() for s in sides], n_guest)
+        n_local = max(200, int(seconds * 2000))
+        with console.status("lock handoff between two local processes…"):
+            ctx = _context()
+            pipes, procs = [], []
+            for role in (0, 1):
+                a, b = ctx.Pipe()
+                procs.append(ctx.Process(target=_local_dancer, args=(b, path, role, n_local),
+                                         daemon=True))
+                procs[-1].start()
+                pipes.append(a)
+            for a in pipes:            # side 0 takes its ranges before side 1 starts
+                a.send("setup")
+                a.recv()
+            for a in pipes:
+                a.send("go")
+            local_us = _handoff_us([a.recv() for a in pipes], n_local)
+            for p in procs:
+                p.join(10)
+    handoffs = [Result("lock handoff guest → guest (F_SETLKW + NOTIFY_LOCK)", guest_us, 2 * n_guest),
+                Result("lock handoff local process → process (fcntl)", local_us, 2 * n_local)]
+    return rows, handoffs
+
+
+def _report_queues(rows: list, handoffs: list[Result], console: Console) -> None:
+    t = Table(title=f"cache=none stat from one guest: 1 vs {WIDE} request queues")
+    t.add_column("threads", justify="right")
+    t.add_column("ops/s, 1 queue", justify="right")
+    t.add_column(f"ops/s, {WIDE} queues", justify="right")
+    t.add_column(f"{WIDE} queues / 1", justify="right")
+    for threads, one, wide in rows:
+        t.add_row(str(threads), f"{one:,.0f}", f"{wide:,.0f}", f"{wide / one:.2f}")
+    console.print(t)
+    base1, basew = rows[0][1], rows[0][2]
+    for threads, one, wide in rows[1:]:
+        console.print(f"{threads} threads / 1 thread: {one / base1:.2f}× with 1 queue, "
+                      f"{wide / basew:.2f}× with {WIDE} queues")
+    _report("exclusive lock handoff", handoffs, [], console)
+    guest, local = handoffs
+    console.print(f"guest handoff / local handoff: {guest.us / local.us:.1f}×")

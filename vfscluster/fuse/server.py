@@ -40,6 +40,8 @@ OpenOut + EntryVerOut).  DESIGN §4's order: after the operation (and after its 
 read, *then* the attributes are read again (``fs.getattr``) and those go into the EntryOut, so a
 change that lands in between leaves the slot ahead of the version the guest stores (an extra
 refresh), never behind it.  Negative LOOKUPs and READDIRPLUS are unchanged.
+
+Blocking locks and FUSE_INTERRUPT: :mod:`.locking` (the lock requests are a mixin of :class:`Server`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 from . import abi
 from .abi import InitFlags, Opcode, SetattrValid
 from .filesystem import Context, Entry, FileSystem, SetattrChanges
+from .locking import LOCK_FLAGS, LockRequests
 
 if TYPE_CHECKING:
     from ..host.versions import VersionTable
@@ -138,7 +141,7 @@ def entry_out(e: Entry, st=None) -> bytes:
                            *attr_values(e.attr if st is None else st, e.attr_flags))
 
 
-class Server:
+class Server(LockRequests):
     """One FUSE session (one guest connection) over ``fs``, which other sessions may share.
 
     ``session`` is the number passed to the file system in every :class:`Context`.
@@ -172,6 +175,8 @@ class Server:
         self.initialized = False
         self.minor = 0
         self.flags = InitFlags(0)
+        #: the guest's notification queue (``enabled``, ``lock_done(unique, error)``), or None
+        self.notifier = None
         self._setxattr_in_size = abi.setxattr_in_size(False)
         O = Opcode
         self._table: dict[int, Callable[..., int]] = {
@@ -202,9 +207,6 @@ class Server:
         table, if the server has one."""
         if self.versions is not None:
             self.versions.bump(nodeids)
-
-    def interrupt(self, unique: int) -> None:
-        """INTERRUPT of request ``unique``.  The default does nothing (the request finishes)."""
 
     def end_session(self) -> None:
         """The guest went away (disconnect or DESTROY): release what the session holds in the
@@ -328,6 +330,8 @@ class Server:
             accepted = InitFlags(0)
         never = _NEVER if self.versions is None else _NEVER & ~InitFlags.ENTRY_VERSION
         server_flags = SERVER_FLAGS if self.versions is None else SERVER_FLAGS | InitFlags.ENTRY_VERSION
+        if self.parks_locks():
+            server_flags |= LOCK_FLAGS
         enabled = offered & (server_flags | accepted) & ~never
         minor = min(init.minor, abi.KERNEL_MINOR_VERSION)
         lo, hi = abi.split_init_flags(enabled)
@@ -707,25 +711,6 @@ class Server:
             if not out:
                 raise
         return self._reply(writer, ctx.unique, bytes(out))
-
-    # ------------------------------------------------------------------ locks
-
-    def _lk(self, body):
-        fh, owner, start, end, ltype, pid, lk_flags = self._exact(abi.LkIn, body)
-        return fh, owner, abi.FileLock(start, end, ltype, pid), lk_flags
-
-    def _getlk(self, ctx, nodeid, body, writer) -> int:
-        fh, owner, lock, flags = self._lk(body)
-        got = self.fs.getlk(ctx, nodeid, fh, owner, lock, flags)
-        return self._reply(writer, ctx.unique, abi.LkOut(got).pack())
-
-    def _setlk(self, ctx, nodeid, body, writer, sleep: bool = False) -> int:
-        fh, owner, lock, flags = self._lk(body)
-        self.fs.setlk(ctx, nodeid, fh, owner, lock, flags, sleep)
-        return self._reply(writer, ctx.unique)
-
-    def _setlkw(self, ctx, nodeid, body, writer) -> int:
-        return self._setlk(ctx, nodeid, body, writer, sleep=True)
 
     # ------------------------------------------------------------------ DAX
 

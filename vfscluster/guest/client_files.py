@@ -1,4 +1,4 @@
-"""The FUSE client's file, directory, file-system and xattr requests (fs/fuse ``file.c``,
+"""The FUSE client's file, directory, file-system, xattr and lock requests (fs/fuse ``file.c``,
 ``readdir.c``, ``xattr.c``): a mixin of :class:`~vfscluster.guest.client.FuseClient`, which
 provides the plumbing (``_call``, ``_need``, ``_error``, ``_no``, ``cache``, ``flags``,
 ``read_chunk``, ``write_chunk``, the lookup counts) these methods use.
@@ -7,16 +7,18 @@ provides the plumbing (``_call``, ``_need``, ``_error``, ``_no``, ``cache``, ``f
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import threading
 from collections.abc import Sequence
 
 from ..errors import RemoteProtocolError
 from ..fuse import abi
 from ..fuse.abi import (
-    ROOT_ID, AccessIn, CreateIn, Dirent, EntryOut, EntryVerOut, FallocateIn, FlushIn, FsyncIn,
-    GetxattrIn, GetxattrOut, InitFlags, Kstatfs, LseekIn, LseekOut, Opcode, OpenIn, OpenOut,
-    ReadIn, ReleaseIn, SetxattrIn, WriteIn, WriteOut, encode_name,
+    LK_FLOCK, ROOT_ID, AccessIn, CreateIn, Dirent, EntryOut, EntryVerOut, FallocateIn, FileLock,
+    FlushIn, FsyncIn, GetxattrIn, GetxattrOut, InitFlags, Kstatfs, LkIn, LkOut, LseekIn, LseekOut,
+    Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, SetxattrIn, WriteIn, WriteOut, encode_name,
 )
 from .replies import READDIR_SIZE, XATTR_LIST_MAX, XATTR_SIZE_MAX, check_attr, oserror
 
@@ -24,6 +26,9 @@ __all__ = ["FileOps"]
 
 _oserror = oserror
 _check_attr = check_attr
+_OFFSET_MAX = (1 << 63) - 1
+_LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
+_local_init = threading.Lock()
 
 
 class FileOps:
@@ -358,3 +363,48 @@ class FileOps:
                 raise _oserror(errno.EOPNOTSUPP) from None
             raise
 
+    # ------------------------------------------------------------------ locks
+
+    def getlk(self, nodeid: int, fh: int, owner: int, lock: FileLock) -> FileLock:
+        """GETLK (fs/fuse/file.c fuse_getlk; the request's pid is 0): the lock of another owner
+        that would block ``lock``, with its holder's pid, or a lock of type F_UNLCK."""
+        body = self._call(Opcode.GETLK, nodeid, [LkIn(fh, owner, lock).pack()], LkOut.SIZE)
+        got = LkOut.unpack_from(self._need(body, LkOut.SIZE)).lk
+        if got.type not in _LOCK_TYPES or got.start > got.end or got.end > _OFFSET_MAX:
+            raise RemoteProtocolError(f"GETLK answered with {got}")
+        return got
+
+    def setlk(self, nodeid: int, fh: int, owner: int, lock: FileLock, *, flock: bool = False,
+              sleep: bool = False, timeout: float | None = None) -> None:
+        """SETLK, or SETLKW when ``sleep`` (``flock``: a BSD flock, LK_FLOCK): take, change or
+        release ``lock`` for ``owner``.  EAGAIN on a conflict without ``sleep``; EDEADLK;
+        EINTR when a SETLKW was still waiting after ``timeout`` seconds and was withdrawn.  A
+        SETLKW goes through the transport's ``request_interruptible`` when it has one (the
+        host may park it: ``vfscluster.fuse.locking``), else ``request`` (``timeout`` unused)."""
+        args = [LkIn(fh, owner, lock, LK_FLOCK if flock else 0).pack()]
+        if not sleep:
+            self._call(Opcode.SETLK, nodeid, args, 0)
+            return
+        self._ready()
+        self.requests += 1
+        call = getattr(self.transport, "request_interruptible", None)
+        if call is None:
+            error, _ = self.transport.request(Opcode.SETLKW, nodeid, args, 0, creds=self.creds)
+        else:
+            error, _ = call(Opcode.SETLKW, nodeid, args, 0, creds=self.creds, timeout=timeout)
+        if error:
+            raise self._error(error)
+
+    @property
+    def local_locks(self):
+        """The mount's guest-local lock table (:class:`~vfscluster.guest.locks.LocalLocks`),
+        used for the kind of lock the server did not take (POSIX_LOCKS / FLOCK_LOCKS not
+        granted: the kernel's ``fc->no_lock`` / ``no_flock``)."""
+        try:
+            return self._local_locks
+        except AttributeError:
+            from .locks import LocalLocks
+            with _local_init:
+                if not hasattr(self, "_local_locks"):
+                    self._local_locks = LocalLocks()
+            return self._local_locks

@@ -8,17 +8,23 @@ sleeps; a completion thread reaps when the host calls.  A full ring makes the su
 next used buffer.  If the host goes away (the vhost-user socket hangs up) every pending and every later
 request fails with ``ENOTCONN`` at once.
 
-Queue indexes follow Linux and QEMU: 0 = hiprio (FORGET, BATCH_FORGET, INTERRUPT), 1..N = requests.
+Queue indexes follow Linux and QEMU: 0 = hiprio (FORGET, BATCH_FORGET, INTERRUPT), 1..N = requests
+— unless the backend offers ``VIRTIO_FS_F_NOTIFICATION`` (vfs-hostd does; QEMU-era backends and the C
+virtiofsd do not) together with the CONFIG protocol feature, and the device is configured with
+``notifications`` (the default): then the device negotiates it, reads ``notify_buf_size`` from the
+backend's config space (GET_CONFIG, 44 bytes), and queue 1 is the notification queue, kept stocked
+with buffers (:mod:`.notify`), the request queues 2..N+1.  ``queues`` is always in vring order
+(``queues[i].index == i``); ``request_queues`` are the request queues.
 
-VIRTIO shared-memory regions (DESIGN §1): when the backend offers SHMEM together with BACKEND_REQ and
-BACKEND_SEND_FD (vfs-hostd does; the C virtiofsd and anything QEMU-era does not), the device takes
-them, creates the back-end channel (SET_BACKEND_REQ_FD, QEMU's place: before SET_OWNER), asks
-GET_SHMEM_CONFIG after SET_OWNER, and serves the channel in a thread of its own.  Region 1 is the
-host's metadata-version table: a ``SHMEM_MAP`` for shmid 1 must be read-only, at offsets 0, within the
-region's advertised size, of a regular file at least that long holding a version table; then
-:meth:`VirtioFsDevice.version_view` returns it.  Anything else is refused on the channel with the reason
-logged (the device goes on).  Other regions go to handlers registered with
-:meth:`VirtioFsDevice.set_shmem_handler` (the DAX window, region 0).
+Blocking locks (:meth:`VirtioFsDevice.request_interruptible`, :mod:`vfscluster.fuse.locking`): a
+SETLKW the host parks (reply error +1) waits for its ``FUSE_NOTIFY_LOCK`` on the notification queue,
+the notification being accepted before or after the reply.  A waiter that gives up (its ``timeout``,
+or the caller's KeyboardInterrupt) sends ``FUSE_INTERRUPT`` on the hiprio queue — only once the reply
+said "queued", so the host always knows the unique it is about — and then waits for the outcome,
+which the host always sends: ``-EINTR`` if it withdrew the request, ``0`` if the grant won the race
+(then the lock is held).  A device that disconnects or shuts down ends every wait with ENOTCONN.
+
+VIRTIO shared-memory regions (DESIGN §1) and the back-end channel: :mod:`.regions` (a mixin).
 """
 
 from __future__ import annotations
@@ -28,27 +34,27 @@ import itertools
 import logging
 import os
 import select
-import socket
-import stat
 import struct
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import RemoteProtocolError, VhostUserError
-from ..host.versions import HEADER as VT_HEADER, SHMID as VERSIONS_SHMID
-from ..vhost_user import (SHMEM_MAP_F_WRITABLE, BackendReq, FrontendBackendChannel, ProtocolFeatures,
-                          ShmemConfig, ShmemMap)
+from ..fuse.locking import QUEUED
+from ..host.notify import VIRTIO_FS_F_NOTIFICATION
+from ..vhost_user import ProtocolFeatures
 from ..virtio.driver_queue import DriverQueue, QueueClosed
 from ..virtio.ring import F_EVENT_IDX, F_VERSION_1, layout
 from ..virtio.spin import SpinBudget
+from .notify import NOTIFY_BUFFERS, LockWaits, NotifyQueue, ParkedRequests
 from .ram import PAGE, GuestRam
+from .regions import SHMEM_FEATURES, SharedRegions, ShmemHandler
 from .transport import Credentials
-from .versions import VersionView
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DeviceConfig", "VirtioFsDevice", "PendingRequest", "ShmemHandler", "SHMEM_FEATURES"]
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")   # fuse_in_header, 40 bytes
 OUT_HEADER = struct.Struct("<IiQ")        # fuse_out_header, 16 bytes
@@ -58,19 +64,19 @@ MAX_IO = 1 << 20
 #: (~50 µs across vCPUs here) plus its work, or both sides settle into sleeping on every request
 GUEST_SPIN_NS = 200_000
 HIPRIO = 0
-#: Protocol features that deliver the shared-memory regions (all three, or none of them is taken).
-SHMEM_FEATURES = ProtocolFeatures.SHMEM | ProtocolFeatures.BACKEND_REQ | ProtocolFeatures.BACKEND_SEND_FD
-#: ``handler(request, ShmemMap payload, fds) -> int`` for SHMEM_MAP / SHMEM_UNMAP of one region.
-ShmemHandler = Callable[[BackendReq, ShmemMap, list], int]
+CONFIG_SIZE = TAG_MAX + 4                 # virtio_fs_config: tag, num_request_queues
+NOTIFY_CONFIG_SIZE = CONFIG_SIZE + 4      # + notify_buf_size (with VIRTIO_FS_F_NOTIFICATION)
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
-    """virtio-fs device configuration (virtio spec §5.11.4): ``tag`` and ``num_request_queues``."""
+    """virtio-fs device configuration (virtio spec §5.11.4): ``tag`` and ``num_request_queues``;
+    ``notifications``: negotiate the notification queue when the backend offers it."""
 
     tag: str
     num_request_queues: int = 1
     queue_size: int = 128
+    notifications: bool = True
 
     def __post_init__(self) -> None:
         raw = self.tag.encode("utf-8") if isinstance(self.tag, str) else b""
@@ -126,19 +132,21 @@ class _Pending:
         self.lock.acquire()
 
 
-class VirtioFsDevice:
+class VirtioFsDevice(SharedRegions, ParkedRequests):
     """A virtio-fs device of one guest, driven over vhost-user by this (frontend) process."""
 
     def __init__(self, ram: GuestRam, config: DeviceConfig, *, spin_ns: int | None = None) -> None:
         self.ram = ram
         self.config = config
         self.max_io = MAX_IO
-        self.queues: list[DriverQueue] = []
-        for i in range(1 + config.num_request_queues):
-            need = layout(config.queue_size)[3]
-            base = ram.alloc_static(need, 4096)
-            self.queues.append(DriverQueue(ram.view, base, config.queue_size, gpa_base=ram.gpa,
-                                           user_base=ram.user_addr, event_idx=True, index=i))
+        self.queues: list[DriverQueue] = [self._new_queue(config.queue_size, i)
+                                          for i in range(1 + config.num_request_queues)]
+        # the notification queue's ring, used only if the feature is negotiated
+        self._notify_ring = self._new_queue(NOTIFY_BUFFERS, 1) if config.notifications else None
+        self.notify: NotifyQueue | None = None
+        self.notify_buf_size = 0
+        self.lock_waits = LockWaits()
+        self.first_request = 1
         spin = GUEST_SPIN_NS if spin_ns is None else spin_ns
         self._spin = [SpinBudget(max_ns=spin, window_ns=4 * spin) for _ in self.queues]
         self._unique = itertools.count(2, 2)
@@ -148,23 +156,28 @@ class VirtioFsDevice:
         self._next_queue = itertools.count()
         self._stop_r, self._stop_w = os.pipe()
         self.frontend = None
-        self.backend_channel: FrontendBackendChannel | None = None
-        self._channel_thread: threading.Thread | None = None
         self.disconnected = False
         self.connected = False
         self._completer: threading.Thread | None = None
         self.features = 0
         self.protocol_features = 0
-        self.shmem_config = ShmemConfig(())
-        self._shmem_handlers: dict[int, ShmemHandler] = {}
-        self._view: VersionView | None = None
-        self._view_why = "the host sent no SHMEM_MAP of region 1"
-        self._view_ready = threading.Event()
+        self._init_regions()
+
+    def _new_queue(self, size: int, index: int) -> DriverQueue:
+        ram = self.ram
+        base = ram.alloc_static(layout(size)[3], 4096)
+        return DriverQueue(ram.view, base, size, gpa_base=ram.gpa, user_base=ram.user_addr,
+                           event_idx=True, index=index)
+
+    @property
+    def request_queues(self) -> list[DriverQueue]:
+        """The request queues (after hiprio, and after the notification queue if there is one)."""
+        return self.queues[self.first_request:]
 
     # -- vhost-user set-up ---------------------------------------------------------------------
     def connect(self, socket_path: str) -> None:
         """Connect to the vhost-user backend at ``socket_path`` and start the rings (QEMU's order)."""
-        from ..vhost_user import Frontend, ProtocolFeatures, VHOST_USER_F_PROTOCOL_FEATURES
+        from ..vhost_user import Frontend, VHOST_USER_F_PROTOCOL_FEATURES
         from ..vhost_user.message import MemoryRegion, VringAddr
 
         fe = Frontend.connect(socket_path)
@@ -182,10 +195,7 @@ class VirtioFsDevice:
             proto = backend_proto & want_proto
             fe.set_protocol_features(proto)
             self.protocol_features = proto
-            if proto & ProtocolFeatures.MQ:
-                nq = fe.get_queue_num()
-                if nq < len(self.queues):
-                    raise OSError(errno.EINVAL, f"backend serves {nq} queues; device needs {len(self.queues)}")
+            nq = fe.get_queue_num() if proto & ProtocolFeatures.MQ else None
             if proto & ProtocolFeatures.SHMEM:
                 channel_sock = fe.set_backend_req_fd()
         try:
@@ -196,7 +206,19 @@ class VirtioFsDevice:
             raise
         if channel_sock is not None:
             self._start_channel(channel_sock)
-        self.features = offered & (F_VERSION_1 | F_EVENT_IDX | VHOST_USER_F_PROTOCOL_FEATURES)
+        want = F_VERSION_1 | F_EVENT_IDX | VHOST_USER_F_PROTOCOL_FEATURES
+        notify_size = self._notify_buf_size(fe, offered, proto)
+        if notify_size:
+            want |= VIRTIO_FS_F_NOTIFICATION
+            self.notify_buf_size = notify_size
+            self.queues.insert(1, self._notify_ring)
+            self._spin.insert(1, SpinBudget(max_ns=0))       # nobody spins on it
+            for i, q in enumerate(self.queues):
+                q.index = i
+            self.first_request = 2
+        if nq is not None and nq < len(self.queues):
+            raise OSError(errno.EINVAL, f"backend serves {nq} queues; device needs {len(self.queues)}")
+        self.features = offered & want
         fe.set_features(self.features)
         event_idx = bool(self.features & F_EVENT_IDX)
         ram = self.ram
@@ -215,135 +237,43 @@ class VirtioFsDevice:
         if self.features & VHOST_USER_F_PROTOCOL_FEATURES:
             for q in self.queues:
                 fe.set_vring_enable(q.index, True)
+        if notify_size:
+            self.notify = NotifyQueue(ram, self._notify_ring, notify_size, self.lock_waits,
+                                      name=f"virtio-fs <{self.config.tag}>")
+            self.notify.post_all()
         self.connected = True
         self._completer = threading.Thread(target=self._complete_loop, name="virtio-fs-completion",
                                            daemon=True)
         self._completer.start()
 
-    # -- shared-memory regions and the back-end channel ----------------------------------------
-    def _start_channel(self, sock: socket.socket) -> None:
-        """GET_SHMEM_CONFIG, then serve the back-end channel (what the host sent meanwhile waits in
-        the socket, so every SHMEM_MAP is checked against the region sizes)."""
+    def _notify_buf_size(self, fe, offered: int, proto: int) -> int:
+        """``notify_buf_size`` if the notification queue is to be negotiated, else 0: it must be
+        configured, offered, readable (CONFIG) and of a usable size (else logged)."""
+        if self._notify_ring is None or not offered & VIRTIO_FS_F_NOTIFICATION:
+            return 0
+        if not proto & ProtocolFeatures.CONFIG:
+            log.info("virtio-fs <%s>: notification queue offered without CONFIG: not used", self.config.tag)
+            return 0
         try:
-            self.shmem_config = self.frontend.get_shmem_config()
-        except (OSError, VhostUserError) as exc:
-            log.warning("GET_SHMEM_CONFIG failed (%s): no shared-memory region will be accepted", exc)
-        self.backend_channel = FrontendBackendChannel(sock, self._backend_request)
-        self._channel_thread = threading.Thread(target=self._serve_channel, name="virtio-fs-backend-channel",
-                                                daemon=True)
-        self._channel_thread.start()
-
-    def _serve_channel(self) -> None:
-        try:
-            self.backend_channel.serve_forever()
-        finally:
-            if self._view is None:
-                self._view_why = "the back-end channel closed before region 1 was mapped"
-            self._view_ready.set()      # nothing more can arrive: no waiter waits in vain
-
-    def set_shmem_handler(self, shmid: int, handler: ShmemHandler | None) -> None:
-        """Route SHMEM_MAP / SHMEM_UNMAP of region ``shmid`` (not 1: the version table is the
-        device's own) to ``handler``, called on the channel thread; None removes it.  A handler
-        refuses with VhostUserError or OSError (logged, answered 1); the fds are valid during the
-        call only."""
-        if shmid == VERSIONS_SHMID:
-            raise ValueError(f"region {VERSIONS_SHMID} is the version table, handled by the device")
-        if handler is None:
-            self._shmem_handlers.pop(shmid, None)
-        else:
-            self._shmem_handlers[shmid] = handler
-
-    def _backend_request(self, request: BackendReq, body, fds: list) -> int:
-        """A request from the host on the back-end channel (FrontendBackendChannel has validated
-        its layout); raise VhostUserError to refuse it."""
-        if request in (BackendReq.SHMEM_MAP, BackendReq.SHMEM_UNMAP):
-            if body.shmid == VERSIONS_SHMID:
-                if request is BackendReq.SHMEM_UNMAP:
-                    raise VhostUserError(f"region {VERSIONS_SHMID} (the version table) is never unmapped")
-                return self._map_versions(body, fds[0])
-            handler = self._shmem_handlers.get(body.shmid)
-            if handler is None:
-                raise VhostUserError(f"shared-memory region {body.shmid} is not served by this device")
-            return handler(request, body, fds)
-        raise VhostUserError(f"{request.name} is not served by the virtio-fs device")
-
-    def _map_versions(self, m: ShmemMap, fd: int) -> int:
-        try:
-            view = self._check_versions_map(m, fd)
-        except VhostUserError as exc:
-            if self._view is None:
-                self._view_why = f"the host's SHMEM_MAP of region {VERSIONS_SHMID} was refused: {exc}"
-            raise
-        self._view = view
-        self._view_ready.set()
-        log.info("version table mapped from region %d: %d slots, read-only", VERSIONS_SHMID, view.slots)
-        return 0
-
-    def _check_versions_map(self, m: ShmemMap, fd: int) -> VersionView:
-        """The region-1 mapping rules (module docstring); VhostUserError with the reason."""
-        if self._view is not None:
-            raise VhostUserError(f"region {VERSIONS_SHMID} is mapped already")
-        if m.flags & SHMEM_MAP_F_WRITABLE:
-            raise VhostUserError(f"region {VERSIONS_SHMID} (the version table) must be mapped read-only")
-        if m.fd_offset or m.shm_offset:
-            raise VhostUserError(f"region {VERSIONS_SHMID} must be mapped whole from offset 0 "
-                                 f"(fd_offset {m.fd_offset:#x}, shm_offset {m.shm_offset:#x})")
-        size = self.shmem_config.size(VERSIONS_SHMID)
-        if m.len > size:
-            raise VhostUserError(f"SHMEM_MAP of {m.len} bytes past region {VERSIONS_SHMID} of {size} bytes")
-        if m.len < VT_HEADER.size + 8:
-            raise VhostUserError(f"SHMEM_MAP of {m.len} bytes is shorter than a version table")
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < m.len:
-            raise VhostUserError(f"the fd is not a shared-memory file of {m.len} bytes "
-                                 f"(mode {st.st_mode:o}, {st.st_size} bytes)")
-        try:
-            return VersionView(fd, m.len)
-        except (RemoteProtocolError, ValueError, OSError) as exc:
-            raise VhostUserError(f"region {VERSIONS_SHMID}: {exc}") from None
-
-    def version_view(self, timeout: float = 2.0) -> VersionView:
-        """The host's metadata-version table (region 1), read-only, once the host has mapped it
-        (waiting up to ``timeout`` seconds).  ``OSError(EOPNOTSUPP)`` if the backend did not
-        negotiate SHMEM (e.g. the C virtiofsd), or mapped nothing acceptable in time."""
-        prefix = f"virtio-fs <{self.config.tag}>"
-        if not self.protocol_features & ProtocolFeatures.SHMEM:
-            raise OSError(errno.EOPNOTSUPP, f"{prefix}: the host offers no metadata-version table "
-                                            f"(no SHMEM protocol feature)")
-        if self._view_ready.wait(timeout) and self._view is not None:
-            return self._view
-        raise OSError(errno.EOPNOTSUPP, f"{prefix}: the host offers no metadata-version table "
-                                        f"({self._view_why})")
-
-    def _stop_channel(self) -> None:
-        ch = self.backend_channel
-        if ch is None:
-            return
-        try:
-            ch.conn.socket.shutdown(socket.SHUT_RDWR)     # wakes the channel thread: EOF
-        except OSError:
-            pass                                           # it closed the socket itself already
-        t = self._channel_thread
-        if t is not None and t is not threading.current_thread():
-            t.join(5)
-        ch.close()
-        self.backend_channel = None
-        if self._view is not None:
-            self._view.close()
-            self._view = None
-            self._view_why = "the device was shut down"
+            space = fe.get_config(0, NOTIFY_CONFIG_SIZE)
+            size = struct.unpack_from("<I", space, CONFIG_SIZE)[0]
+            NotifyQueue.check_size(size)
+        except (OSError, VhostUserError, RemoteProtocolError, struct.error) as exc:
+            log.warning("virtio-fs <%s>: notification queue not used: %s", self.config.tag, exc)
+            return 0
+        return size
 
     # -- Transport -----------------------------------------------------------------------------
     def _pick_queue(self) -> DriverQueue:
         try:
             return self.queues[self._affinity.q]
         except AttributeError:
-            n = len(self.queues) - 1
-            self._affinity.q = 1 + next(self._next_queue) % n
+            n = len(self.queues) - self.first_request
+            self._affinity.q = self.first_request + next(self._next_queue) % n
             return self.queues[self._affinity.q]
 
     def _submit(self, q: DriverQueue, opcode: int, nodeid: int, args: Sequence, reply_size: int,
-                creds: Credentials | None, sync: bool = False) -> _Pending:
+                creds: Credentials | None, sync: bool = False, unique: int | None = None) -> _Pending:
         if self.disconnected or not self.connected:
             raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
         if q.index in self._broken:
@@ -367,7 +297,8 @@ class VirtioFsDevice:
             in_pages = (in_len + PAGE - 1) // PAGE
             npages = in_pages + (out_size + PAGE - 1) // PAGE
             page = self.ram.pages.alloc(npages)
-        unique = next(self._unique)
+        if unique is None:
+            unique = next(self._unique)
         base = page * PAGE
         view = self.ram.view
         if creds is None:
@@ -415,12 +346,14 @@ class VirtioFsDevice:
     def send_noreply(self, opcode: int, nodeid: int, args: Sequence) -> None:
         self._submit(self.queues[HIPRIO], opcode, nodeid, args, -1, None)
 
-    def _finish(self, p: _Pending) -> tuple[int, bytes]:
+    def _finish(self, p: _Pending, queued_ok: bool = False) -> tuple[int, bytes]:
+        """The reply of ``p``: (error, body); ``queued_ok``: error +1 (QUEUED) is accepted."""
         try:
             if p.error:
                 raise OSError(p.error, os.strerror(p.error))
             length, error, unique = OUT_HEADER.unpack_from(self.ram.view, p.out_off)
-            if unique != p.unique or length < 16 or length > p.out_size or not -4095 <= error <= 0:
+            bad_error = not -4095 <= error <= 0 and not (queued_ok and error == QUEUED)
+            if unique != p.unique or length < 16 or length > p.out_size or bad_error:
                 raise RemoteProtocolError(f"bad fuse_out_header: len={length} error={error} "
                                           f"unique={unique} (expected {p.unique}, room {p.out_size})")
             body = bytes(self.ram.view[p.out_off + 16:p.out_off + length])
@@ -521,12 +454,17 @@ class VirtioFsDevice:
                     log.warning("the host reports queue %d broken: failing its requests with EIO", q.index)
                     poller.unregister(fd)
                     self._fail_queue(q, errno.EIO)
+                    if q is self._notify_ring:
+                        self.lock_waits.fail_all(errno.EIO)     # no grant can reach them now
                     continue
                 q = by_fd[fd]
                 try:
                     os.eventfd_read(fd)
                 except BlockingIOError:
                     pass
+                if q is self._notify_ring and self.notify is not None:
+                    self.notify.reap()
+                    continue
                 with q.lock:
                     q.reap(self._complete)
 
@@ -534,6 +472,7 @@ class VirtioFsDevice:
         self.disconnected = True
         for q in self.queues:
             self._fail_queue(q, err)
+        self.lock_waits.fail_all(err)
 
     def _fail_queue(self, q: DriverQueue, err: int) -> None:
         """Complete every request pending on ``q`` with ``err``; later submitters get it at once."""
@@ -549,12 +488,14 @@ class VirtioFsDevice:
 
     # -- life cycle ----------------------------------------------------------------------------
     def in_flight(self) -> int:
-        return sum(q.in_flight() for q in self.queues[1:])
+        """Requests on the request queues (a parked SETLKW is not on a ring: see
+        ``lock_waits.parked()``)."""
+        return sum(q.in_flight() for q in self.request_queues)
 
     def drain(self) -> None:
         """Wait until no request is in flight on any request queue (unmount).  Woken by reaping, or
         by a disconnect, which completes everything with ENOTCONN."""
-        for q in self.queues[1:]:
+        for q in self.request_queues:
             with q.space:
                 while q.in_flight() and not q.closed:
                     q.space.wait()
@@ -571,6 +512,7 @@ class VirtioFsDevice:
         self.disconnected = True
         for q in self.queues:
             q.close()
+        self.lock_waits.fail_all(errno.ENOTCONN)
         os.write(self._stop_w, b"x")
         if self._completer is not None and self._completer is not threading.current_thread():
             self._completer.join(5)
@@ -582,6 +524,8 @@ class VirtioFsDevice:
                 if fd is not None:
                     os.close(fd)
             q.kick_fd = q.call_fd = q.err_fd = None
+        if self.notify is not None:
+            self.notify.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
 
@@ -595,3 +539,4 @@ class PendingRequest:
     def wait(self) -> tuple[int, bytes]:
         self._dev._wait(self._q, self._p)
         return self._dev._finish(self._p)
+

@@ -33,8 +33,8 @@ _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 
 class FdCalls:
-    """Descriptor calls; mixed into GuestOS, which provides ``client``, ``_fds``, ``lock_owner``
-    and ``st_dev``."""
+    """Descriptor calls; mixed into GuestOS, which provides ``client``, ``_fds``, ``lock_owner``,
+    ``st_dev`` and the lock hooks ``_unlock_on_close`` / ``_flock_release`` (:mod:`.locks`)."""
 
     client: FuseClient
     _fds: FdTable
@@ -42,28 +42,35 @@ class FdCalls:
     st_dev: int
 
     def _released(self, file: OpenFile) -> None:
-        """The last reference to an open file went: RELEASE(DIR) it and unpin its node."""
+        """The last reference to an open file went: RELEASE(DIR) it (with RELEASE_FLOCK_UNLOCK
+        if it used flock) and unpin its node."""
         c = self.client
         try:
+            release_flags, owner = self._flock_release(file)
             if file.fh is not None:
                 if file.is_dir:
                     c.releasedir(file.nodeid, file.fh, file.flags)
                 else:
-                    c.release(file.nodeid, file.fh, file.flags)
+                    c.release(file.nodeid, file.fh, file.flags, release_flags=release_flags,
+                              lock_owner=owner)
         finally:
             c.put(file.nodeid)
 
     def close(self, fd: int) -> None:
-        """``os.close``: FLUSH (regular files, unless the server said FOPEN_NOFLUSH), then
-        release the file once no operation uses it.  EBADF; FLUSH's error is reported."""
+        """``os.close``: FLUSH (regular files, unless the server said FOPEN_NOFLUSH) — which
+        drops this process's POSIX locks on the file (``lock_owner``) —, then release the file
+        once no operation uses it.  EBADF; FLUSH's error is reported."""
         with errors():
             file = self._fds.remove(fd)
             try:
                 if file.writable and not file.is_dir:
                     self.client.cache.pages.flush(self.client, file.nodeid)     # write-back
                 noflush = file.open_flags & OpenOutFlags.NOFLUSH
-                if not file.is_path and not file.is_dir and not noflush:
+                flushed = not file.is_path and not file.is_dir and not noflush
+                if flushed:
                     self.client.flush(file.nodeid, file.fh, self.lock_owner)
+                if not file.is_path:
+                    self._unlock_on_close(file, flushed)
             finally:
                 file.put()
 

@@ -15,8 +15,8 @@ and the descriptor calls (:mod:`~vfscluster.guest.fdcalls`).  A malformed reply 
 EIO, as the kernel makes it.
 
 What is kept between calls (dentries, attributes, directory listings, file data) is the mount's
-:class:`~vfscluster.guest.cache.CachePolicy`'s business: nothing with ``cache=none``.  Locks and
-mmap come with later issues.
+:class:`~vfscluster.guest.cache.CachePolicy`'s business: nothing with ``cache=none``.  Locks
+(``fcntl_lock``, ``lockf``, ``flock``): :mod:`~vfscluster.guest.locks`.  mmap comes with a later issue.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .client import FuseClient
 from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
 from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
+from .locks import LockCalls
 from .namei import LastType, Node, PathWalk, check_path, oserror
 from .osargs import errors, fspath, named, process_umask, time_to_ns
 
@@ -47,7 +48,7 @@ XATTR_CREATE = getattr(os, "XATTR_CREATE", 1)
 XATTR_REPLACE = getattr(os, "XATTR_REPLACE", 2)
 
 
-class GuestOS(FdCalls):
+class GuestOS(FdCalls, LockCalls):
     """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
 
     ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
@@ -70,6 +71,7 @@ class GuestOS(FdCalls):
         self.st_dev = 0
         # the kernel's lock owner: a hash of the process's files_struct
         self.lock_owner = (id(self) * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF
+        self._init_locks()
 
     # ================================================================== process state
 
@@ -606,7 +608,7 @@ class GuestOS(FdCalls):
         with self._lookup(path, "removexattr", follow=follow_symlinks, fresh=True) as node:
             self.client.removexattr(node.nodeid, name)
 
-    # locks (lockf, fcntl) and mmap(fd, length, offset): later issues.
+    # mmap(fd, length, offset): a later issue.
 
     def __repr__(self) -> str:
         return f"GuestOS({self.client!r}, fds={self._fds.fds()})"

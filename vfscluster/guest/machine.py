@@ -21,8 +21,9 @@ class Mount:
 
     def __init__(self, tag: str, device: VirtioFsDevice, *, cache: str = "none",
                  versions: bool = False, writeback: bool = False, timeout: float = 1.0) -> None:
+        from ..fuse.abi import InitFlags
         from .cache import CacheConfig, CacheMode, CachePolicy
-        from .client import FuseClient
+        from .client import REQUESTED_INIT_FLAGS, FuseClient
         from .gos import GuestOS
         self.tag = tag
         self.device = device
@@ -30,7 +31,10 @@ class Mount:
                              versions=versions, writeback=writeback, timeout=timeout)
         view = device.version_view() if versions else None    # EOPNOTSUPP: the host has none
         self.client = FuseClient(device, cache=CachePolicy(config, versions=view))
-        self.client.init()
+        flags = REQUESTED_INIT_FLAGS
+        if device.notify is not None:       # blocking locks can be waited for: locks between guests
+            flags |= InitFlags.POSIX_LOCKS | InitFlags.FLOCK_LOCKS
+        self.client.init(flags=flags)
         self.os = GuestOS(self.client)
 
     def unmount(self) -> None:
@@ -56,9 +60,12 @@ class GuestMachine:
         self._lock = threading.Lock()
 
     def add_device(self, socket_path: str, tag: str, *, num_request_queues: int = 1,
-                   queue_size: int = 128, spin_ns: int | None = None) -> VirtioFsDevice:
-        """Plug a vhost-user-fs device connected to ``socket_path``; EEXIST if ``tag`` is taken."""
-        config = DeviceConfig(tag, num_request_queues, queue_size)      # EINVAL on a bad config
+                   queue_size: int = 128, spin_ns: int | None = None,
+                   notifications: bool = True) -> VirtioFsDevice:
+        """Plug a vhost-user-fs device connected to ``socket_path``; EEXIST if ``tag`` is taken.
+        ``notifications``: negotiate the notification queue if the host offers it (then the mount
+        asks for POSIX_LOCKS and FLOCK_LOCKS: locks are shared with the host's other guests)."""
+        config = DeviceConfig(tag, num_request_queues, queue_size, notifications)   # EINVAL if bad
         with self._lock:
             if tag in self.devices:
                 raise OSError(errno.EEXIST, f"virtio-fs: a device with tag <{tag}> already exists in {self.name}")

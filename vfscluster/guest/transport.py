@@ -42,3 +42,22 @@ class Transport(Protocol):
     def send_noreply(self, opcode: int, nodeid: int, args: Sequence[bytes | memoryview]) -> None:
         """Send a request that has no reply (FORGET, BATCH_FORGET, INTERRUPT) on the hiprio queue."""
         ...
+
+
+class InterruptibleTransport(Transport, Protocol):
+    """A transport that can carry a request the server may *park* (SETLKW over a virtio-fs
+    notification queue: ``vfscluster.fuse.locking``).  Optional: the client uses it when the
+    transport has the method, else :meth:`Transport.request`."""
+
+    def request_interruptible(self, opcode: int, nodeid: int, args: Sequence[bytes | memoryview],
+                              reply_size: int, creds: Credentials | None = None, *,
+                              timeout: float | None = None) -> tuple[int, bytes]:
+        """Like :meth:`Transport.request`, but a reply that parks the request (error +1) is not
+        returned: the transport waits for the request's notification and returns its error.  If
+        it is still parked after ``timeout`` seconds (None: no limit), or the caller's
+        KeyboardInterrupt comes, the transport sends FUSE_INTERRUPT and waits for the outcome:
+        ``-EINTR`` if the server withdrew the request, else what the server sent (0: it was
+        granted meanwhile; the caller then holds the lock).  After a KeyboardInterrupt,
+        KeyboardInterrupt is raised once the outcome is known.  ENOTCONN (raised, or as the
+        error) when the device goes away meanwhile."""
+        ...

@@ -11,6 +11,12 @@ BACKEND_REQ and BACKEND_SEND_FD are negotiated, SET_BACKEND_REQ_FD is followed b
 ``SHMEM_MAP{shmid=1, fd_offset=0, shm_offset=0, len=table size, flags=0 (read-only)}`` carrying a
 read-only fd of the table.  It asks for no reply and is sent non-blocking: a guest that does not read
 its channel cannot stall the server loop (it just gets no table, logged).
+
+The notification queue (``notify.py`` has the wire): with ``notifications`` the device offers
+``VIRTIO_FS_F_NOTIFICATION``, has one more queue (GET_QUEUE_NUM = 2 + request queues) and a 44-byte
+config space with ``notify_buf_size``.  Only if the frontend acks the bit is queue 1 the notification
+queue (:attr:`FsBackendDevice.notify_index`) and are the request queues 2..N+1; otherwise queue 1 is a
+request queue, as for QEMU, and the extra queue stays unused.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ..virtio.memory import GuestMemory, Region
 from ..virtio.ring import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
 from ..vhost_user import (BackendChannel, BackendHandler, BackendReq, ProtocolFeatures, ShmemConfig,
                           ShmemMap, VHOST_USER_F_PROTOCOL_FEATURES)
+from .notify import NOTIFY_BUF_SIZE, NOTIFY_QUEUE, VIRTIO_FS_F_NOTIFICATION
 from .versions import SHMID as VERSIONS_SHMID, VersionTable
 
 log = logging.getLogger(__name__)
@@ -44,10 +51,13 @@ class FsBackendDevice(BackendHandler):
     given, is the version table offered to the guest as shared-memory region 1 (not owned)."""
 
     def __init__(self, name: str, *, num_request_queues: int = 64, tag: str | None = None,
-                 versions: VersionTable | None = None) -> None:
+                 versions: VersionTable | None = None, notifications: bool = True) -> None:
         self.name = name
         self.versions = versions
-        self.num_queues = 1 + num_request_queues
+        self.notifications = notifications          # VIRTIO_FS_F_NOTIFICATION offered
+        self.num_request_queues = num_request_queues
+        self.num_queues = 1 + num_request_queues + (1 if notifications else 0)
+        self.notify_index: int | None = None        # NOTIFY_QUEUE once the frontend acked the bit
         self.tag = tag
         self.acked_features = 0
         self.protocol_features = 0
@@ -88,12 +98,13 @@ class FsBackendDevice(BackendHandler):
 
     # -- BackendHandler --------------------------------------------------------------------------
     def get_features(self) -> int:
-        return DEVICE_FEATURES
+        return DEVICE_FEATURES | (VIRTIO_FS_F_NOTIFICATION if self.notifications else 0)
 
     def set_features(self, features: int) -> None:
-        if features & ~DEVICE_FEATURES:
+        if features & ~self.get_features():
             raise VhostUserError(f"SET_FEATURES {features:#x} has bits we did not offer")
         self.acked_features = features
+        self.notify_index = NOTIFY_QUEUE if features & VIRTIO_FS_F_NOTIFICATION else None
         for st in self.states:
             st.event_idx = bool(features & F_EVENT_IDX)
             st.indirect = bool(features & F_INDIRECT_DESC)
@@ -203,8 +214,13 @@ class FsBackendDevice(BackendHandler):
         return space[offset:offset + size]
 
     def config_space(self) -> bytes:
+        """``struct virtio_fs_config``: tag, num_request_queues (+ notify_buf_size when the
+        notification feature is offered)."""
         tag = (self.tag or "").encode()[:TAG_MAX]
-        return tag.ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_queues - 1)
+        space = tag.ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_request_queues)
+        if self.notifications:
+            space += struct.pack("<I", NOTIFY_BUF_SIZE)
+        return space
 
     def set_backend_req_fd(self, sock: socket.socket) -> None:
         if self.backend_channel is not None:

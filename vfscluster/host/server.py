@@ -8,8 +8,14 @@ nodeid in every guest.  One event loop serves the control sockets and every queu
   busy queue cannot starve the others), handle it, return it, call the guest if it asked;
 * poll: when a round finds no work, spin on the avail indexes for a short adaptive budget (kicks
   suppressed), then re-enable kicks, check once more, and sleep in epoll;
-* blocking work (fsync, large reads and writes, copy_file_range, fallocate, SETLKW) goes to a thread
-  pool so that one guest never stalls the others; the worker returns its chain itself.
+* blocking work (fsync, large reads and writes, copy_file_range, fallocate) goes to a thread pool so
+  that one guest never stalls the others; the worker returns its chain itself.  SETLKW is not blocking
+  work: a lock that must wait is parked in the lock table and answered "queued" at once (see
+  ``fuse/locking.py``); its grant is sent later on the guest's notification queue;
+* notification queues (``notify.py``): a guest that negotiated one has a :class:`~.notify.Notifier`
+  (its FUSE server sends FUSE_NOTIFY_LOCK through it, from whichever thread grants the lock).  The loop
+  never pops that queue as requests: its kick fd only wakes the loop to flush notifications that were
+  waiting for a buffer.
 
 The metadata-version table (DESIGN §4): the server owns ONE :class:`~.versions.VersionTable` (its
 shared-memory name is unlinked at once, so a kill -9 leaves nothing behind), shared by every session's
@@ -41,6 +47,7 @@ from ..virtio.spin import SpinBudget
 from ..vhost_user import BackendDispatcher, Connection
 from .device import FsBackendDevice
 from .inotify import ShareWatcher
+from .notify import Notifier
 from .trace import Tracer
 from .versions import DEFAULT_SLOTS, VersionTable
 
@@ -48,7 +55,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 _OPCODE = struct.Struct("<I")
-_BLOCKING = {20, 30, 43, 47, 50, 33}     # FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE, SYNCFS, SETLKW
+_BLOCKING = {20, 30, 43, 47, 50}     # FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE, SYNCFS
 _READ, _WRITE = 15, 16
 _BIG_IO = 128 * 1024
 
@@ -57,22 +64,25 @@ class GuestSession:
     """One accepted vhost-user connection: a guest's device and its FUSE session."""
 
     def __init__(self, sid: int, sock: socket.socket, fs, *, num_request_queues: int, tag: str | None,
-                 versions: VersionTable | None = None) -> None:
+                 versions: VersionTable | None = None, notifications: bool = True) -> None:
         self.sid = sid
         self.name = f"guest{sid}"
         self.fd = sock.fileno()                # the epoll key, still valid after the conn closes
         self.conn = Connection(sock)
         self.device = FsBackendDevice(self.name, num_request_queues=num_request_queues, tag=tag,
-                                      versions=versions)
+                                      versions=versions, notifications=notifications)
         self.dispatcher = BackendDispatcher(self.conn, self.device)
         self.server = Server(fs, session=sid, versions=versions)
+        self.notifier = Notifier(self.name, self.device)
+        self.server.notifier = self.notifier
         self.fs = fs
         self.kick_fds: dict[int, int] = {}     # kick fd -> queue index (as registered with epoll)
         self.generation = -1
 
     def close(self) -> None:
+        self.notifier.close()
         try:
-            self.fs.drop_session(self.sid)
+            self.fs.drop_session(self.sid, tell_waiters=False)    # nobody is left to tell
         finally:
             self.device.close()
             self.conn.close()
@@ -80,18 +90,20 @@ class GuestSession:
 
 class HostServer:
     """The vfs-hostd process's server.  ``version_slots`` sizes the version table (a power of two;
-    0: no table, no ENTRY_VERSION, no region 1, no inotify)."""
+    0: no table, no ENTRY_VERSION, no region 1, no inotify).  ``notifications``: offer the virtio-fs
+    notification queue (and with it blocking locks between guests)."""
 
     def __init__(self, shared_dir: str, socket_path: str, *, tag: str | None = None,
                  thread_pool_size: int = 4, num_request_queues: int = 16, trace: str | None = None,
                  spin_ns: int | None = None, cache: str = "auto",
-                 version_slots: int = DEFAULT_SLOTS) -> None:
+                 version_slots: int = DEFAULT_SLOTS, notifications: bool = True) -> None:
         if not os.path.isdir(shared_dir):
             raise FileNotFoundError(f"shared directory {shared_dir!r} does not exist")
         self.shared_dir = shared_dir
         self.socket_path = socket_path
         self.tag = tag
         self.num_request_queues = num_request_queues
+        self.notifications = notifications
         self.fs = PassthroughFs(shared_dir, cache=cache)
         self.versions: VersionTable | None = None
         self.watcher: ShareWatcher | None = None
@@ -162,7 +174,7 @@ class HostServer:
         sid = self._next_sid
         self._next_sid += 1
         s = GuestSession(sid, sock, self.fs, num_request_queues=self.num_request_queues, tag=self.tag,
-                         versions=self.versions)
+                         versions=self.versions, notifications=self.notifications)
         self.sessions[sock.fileno()] = s
         self._epoll.register(sock.fileno(), select.EPOLLIN)
         log.info("%s connected", s.name)
@@ -203,6 +215,7 @@ class HostServer:
                 self._epoll.register(fd, select.EPOLLIN)
                 s.kick_fds[fd] = i
                 self._kick_owner[fd] = (s, i)
+        s.notifier.flush()          # the notification queue may have come (back) to life
 
     # -- the loop ------------------------------------------------------------------------------
     def serve_forever(self, ready=None) -> None:
@@ -223,9 +236,12 @@ class HostServer:
                  self.requests, self.spin.ns, self.spin.hits, self.spin.blocks)
 
     def _live(self):
+        """Every live queue that carries requests (not the notification queues)."""
         for s in list(self.sessions.values()):
+            skip = s.device.notify_index
             for i, q in s.device.live_queues():
-                yield s, i, q
+                if i != skip:
+                    yield s, i, q
 
     def _process_round(self) -> bool:
         """Pop up to BATCH chains of every live queue, drain inotify, then serve them (module
@@ -350,11 +366,15 @@ class HostServer:
             if s is not None:
                 self._control(s)
                 continue
-            if fd in self._kick_owner:
+            owner = self._kick_owner.get(fd)
+            if owner is not None:
                 try:
                     os.eventfd_read(fd)
                 except (BlockingIOError, OSError):
                     pass
+                s, i = owner
+                if i == s.device.notify_index:
+                    s.notifier.flush()          # the guest added notification buffers
 
     def _control(self, s: GuestSession) -> None:
         try:

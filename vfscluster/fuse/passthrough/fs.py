@@ -19,9 +19,15 @@ Decisions (where Linux or virtiofsd leave a choice):
   refuses ``user.`` attributes there with EPERM);
 * OPEN of a FIFO, socket or device node: ENXIO (the guest kernel handles special files itself;
   opening a FIFO on the host could block); of a symlink: ELOOP;
-* locks are open-file-description locks (``F_OFD_*``) on the handle's fd, so all lock owners of
-  one fh share them; SETLKW answers ENOSYS until blocking locks are done; ``access`` checks the
-  mode bits against ``ctx`` (root may do anything but execute a file with no x bit).
+* locks (GETLK / SETLK / SETLKW, POSIX and flock) are kept by :class:`~.locks.HostLocks`, shared
+  by every session: they are locks *between the guests of this host*, and the host takes no
+  fcntl or flock lock on the host files (see :mod:`.locks`).  FLUSH drops the POSIX locks of its
+  ``lock_owner`` (unlock on close), RELEASE those of the fh's flock, ``drop_session`` all of the
+  session's.  A SETLKW that has to wait needs a completion (:meth:`PassthroughFs.setlkw`, used by
+  the server when the guest has a notification queue); without one, SETLKW answers EOPNOTSUPP
+  where it would have to wait (what virtiofsd answers for any SETLKW);
+* ``access`` checks the mode bits against ``ctx`` (root may do anything but execute a file with
+  no x bit).
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ from collections.abc import Iterator, Sequence
 
 from ..abi import WRITE_KILL_SUIDGID, FileLock, InitFlags, OpenOutFlags
 from ..filesystem import Context, DirEntry, Entry, FileSystem, SetattrChanges
-from . import locks, syscalls
+from . import syscalls
 from .confine import O_PATH_FLAGS, check_name, einval, is_inside, oserror, proc_path, reopen
 from .handles import Handle, HandleTable, close_handle, snapshot
 from .inodes import Inode, InodeStore
+from .locks import Done, HostLocks, lock_key
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,7 @@ class PassthroughFs(FileSystem):
         self.posix_locks = posix_locks
         self.inodes = InodeStore(root_fd, os.fstat(root_fd))
         self.handles = HandleTable()
+        self.locks = HostLocks()
         self._writeback_sessions: set[int] = set()
         self._lock = threading.Lock()
         self._as_root = os.geteuid() == 0
@@ -195,7 +203,10 @@ class PassthroughFs(FileSystem):
     def destroy(self, ctx: Context) -> None:
         pass
 
-    def drop_session(self, session: int) -> None:
+    def drop_session(self, session: int, *, tell_waiters: bool = True) -> None:
+        """Also drops the session's locks; its parked lock requests are completed with -ENOTCONN
+        unless ``tell_waiters`` is False (the guest is gone)."""
+        self.locks.release_session(session, tell=tell_waiters)
         held = self.inodes.held_by(session)
         handles = self.handles.drop_session(session)
         freed = self.inodes.drop_session(session)
@@ -377,11 +388,24 @@ class PassthroughFs(FileSystem):
         return n
 
     def flush(self, ctx: Context, nodeid: int, fh: int, lock_owner: int) -> None:
-        self.handles.get(ctx.session, fh)  # locks are OFD locks: nothing to drop on close
+        """The guest closed a descriptor: its process's POSIX locks on the file go."""
+        handle = self.handles.get(ctx.session, fh)
+        self.locks.release_owner(lock_key(handle.fd), ctx.session, lock_owner)
 
     def release(self, ctx: Context, nodeid: int, fh: int, flags: int, flush: bool,
                 flock_release: bool, lock_owner: int | None) -> None:
-        close_handle(self.handles.remove(ctx.session, fh))
+        """Closes ``fh``; drops its flock locks (whatever ``flock_release`` says: a closed file
+        holds nothing) and, with ``flush``, the POSIX locks of ``lock_owner``."""
+        self._release_handle(ctx, fh, lock_owner if flush else None)
+
+    def _release_handle(self, ctx: Context, fh: int, lock_owner: int | None) -> None:
+        handle = self.handles.remove(ctx.session, fh)
+        try:
+            if lock_owner is not None:
+                self.locks.release_owner(lock_key(handle.fd), ctx.session, lock_owner)
+            self.locks.release_file(ctx.session, fh)
+        finally:
+            close_handle(handle)
 
     def fsync(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         fd = self.handles.get(ctx.session, fh).fd
@@ -497,7 +521,7 @@ class PassthroughFs(FileSystem):
             yield DirEntry(st.st_ino, d.offset, stat.S_IFMT(st.st_mode) >> 12, d.name), entry
 
     def releasedir(self, ctx: Context, nodeid: int, fh: int, flags: int) -> None:
-        close_handle(self.handles.remove(ctx.session, fh))
+        self._release_handle(ctx, fh, None)
 
     def fsyncdir(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         self.fsync(ctx, nodeid, fh, datasync)
@@ -506,14 +530,36 @@ class PassthroughFs(FileSystem):
 
     def getlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock,
               flags: int) -> FileLock:
-        return locks.getlk(self.handles.get(ctx.session, fh).fd, lock, flags)
+        """The lock of another owner (any session) that blocks ``lock``: see HostLocks.getlk."""
+        fd = self.handles.get(ctx.session, fh).fd
+        return self.locks.getlk(lock_key(fd), ctx.session, owner, lock, flags)
 
     def setlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock, flags: int,
               sleep: bool) -> None:
+        """SETLK; SETLKW (``sleep``) without a completion: granted now, or EOPNOTSUPP where it
+        would have to wait."""
         fd = self.handles.get(ctx.session, fh).fd
-        if sleep:
-            raise oserror(errno.ENOSYS)  # blocking locks come with the notification queue
-        locks.setlk(fd, lock, flags)
+        key = lock_key(fd)
+        if not sleep:
+            self.locks.setlk(key, fd, ctx.session, fh, owner, lock, flags)
+            return
+        try:
+            self.locks.setlk(key, fd, ctx.session, fh, owner, lock, flags)
+        except BlockingIOError:
+            raise oserror(errno.EOPNOTSUPP) from None
+
+    def setlkw(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock, flags: int,
+               done: Done) -> bool:
+        """SETLKW that may wait: True if parked under ``(ctx.session, ctx.unique)``, and then
+        ``done(0 | -errno)`` is called once later (HostLocks.setlkw); False if already done."""
+        fd = self.handles.get(ctx.session, fh).fd
+        return self.locks.setlkw(lock_key(fd), fd, ctx.session, fh, owner, lock, flags,
+                                 ctx.unique, done)
+
+    def interrupt(self, session: int, unique: int) -> bool:
+        """FUSE_INTERRUPT: withdraw the parked request ``unique`` of ``session`` (its completion
+        gets -EINTR); False if there is none."""
+        return self.locks.cancel(session, unique)
 
 
 def _sized(value: bytes, size: int) -> bytes | int:

@@ -308,12 +308,13 @@ class LockTable:
             self._dequeue(waiter)
             return True
 
-    def release_session(self, session: Hashable) -> None:
+    def release_session(self, session: Hashable) -> list[Hashable]:
         """A guest died or unmounted: drop all its POSIX and flock locks and all its waiters (no
-        callbacks for those: nobody is left to answer), then grant the other sessions' waiters
-        that this frees."""
+        callbacks for those), then grant the other sessions' waiters that this frees.  Returns
+        the dropped waiters' tokens (a guest that unmounted may still be told)."""
         with self._mutex:
-            for waiter in [w for w in self._waiting.values() if w.session == session]:
+            dropped = [w for w in self._waiting.values() if w.session == session]
+            for waiter in dropped:
                 self._dequeue(waiter)
             keys = []
             for key, owners in list(self._posix.items()):
@@ -328,6 +329,7 @@ class LockTable:
                     keys.append(key)
             grants = [g for key in dict.fromkeys(keys) for g in self._wake(key)]
         _run(grants)
+        return [w.token for w in dropped]
 
     # ---- introspection ------------------------------------------------------------------------
 
