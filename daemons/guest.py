@@ -2,6 +2,7 @@
 
     vfs-guest --socket-path HOST_SOCK --control PATH [--tag TAG] [--name NAME]
               [--cache none|auto|always] [--versions] [--writeback] [--timeout SECONDS]
+              [--dax never|always] [--window-size MIB]
               [--num-request-queues N] [--queue-size N] [--ram-size MiB]
 """
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache validity by the host's metadata-version table (needs --cache auto|always)")
     p.add_argument("--writeback", action="store_true", help="write-back data caching")
     p.add_argument("--timeout", type=float, default=1.0, help="cache=auto timeout in seconds")
+    p.add_argument("--dax", choices=("never", "always"), default="never",
+                   help="file data through the DAX window (the host's shared-memory region 0)")
+    p.add_argument("--window-size", type=int, default=1024,
+                   help="DAX window in MiB (a multiple of 2; capped by what the host offers)")
     p.add_argument("--num-request-queues", type=int, default=1)
     p.add_argument("--queue-size", type=int, default=128)
     p.add_argument("--ram-size", type=int, default=64, help="guest RAM in MiB")
@@ -34,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfs-guest", "--versions needs --cache auto or --cache always")
     if a.timeout < 0:
         fail("vfs-guest", "--timeout must be >= 0")
+    if a.window_size < 2 or a.window_size % 2:
+        fail("vfs-guest", "--window-size must be a positive multiple of 2 (MiB)")
     if a.ram_size < 4:
         fail("vfs-guest", "--ram-size must be at least 4 (MiB)")
     from vfscluster.guest.process import run_guest
@@ -43,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                          versions=a.versions, writeback=a.writeback, timeout=a.timeout,
                          num_request_queues=a.num_request_queues, queue_size=a.queue_size,
                          ram_size=a.ram_size << 20, log_level=a.log_level,
+                         dax=a.dax, window_size=a.window_size << 20,
                          ready=lambda info: print(f"vfs-guest {a.name}: control socket {a.control}",
                                                   file=sys.stderr, flush=True))
     except OSError as exc:

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", metavar="FILE", help="append one line per FUSE request to FILE")
     p.add_argument("--version-slots", type=int, default=DEFAULT_SLOTS, metavar="N",
                    help="slots of the metadata-version table (a power of two; 0: no table)")
+    p.add_argument("--dax-window", "--cache-size", type=int, default=1024, metavar="MIB",
+                   help="DAX window advertised as shared-memory region 0, in MiB (a multiple of 2; 0: no DAX)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="virtiofsd-style options (accepted for compatibility, e.g. -o cache=none)")
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfs-hostd", "--num-request-queues must be >= 1")
     if a.version_slots < 0 or a.version_slots & (a.version_slots - 1):
         fail("vfs-hostd", "--version-slots must be 0 or a power of two")
+    if a.dax_window < 0 or a.dax_window % 2:
+        fail("vfs-hostd", "--dax-window must be 0 or a multiple of 2 (MiB)")
     for opt in a.options:                     # virtiofsd style: -o cache=none,other=…
         for item in opt.split(","):
             key, _, value = item.partition("=")
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vfs-hostd: serving {a.shared_dir} on {a.socket_path}", file=sys.stderr, flush=True)
     return run_host(a.shared_dir, a.socket_path, tag=a.tag, thread_pool_size=a.thread_pool_size,
                     num_request_queues=a.num_request_queues, trace=a.trace, log_level=a.log_level,
-                    cache=a.cache, version_slots=a.version_slots)
+                    cache=a.cache, version_slots=a.version_slots, window_size=a.dax_window << 20)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ def run_daemon(module, *args):
 
 
 @pytest.mark.parametrize("args", [
-    [], ["frobnicate"], ["up"], ["up", "/no/such/topology.toml"], ["bench", "nothing"],
-    ["demo", "--guests", "0"], ["demo", "--guests", "x"],
+    [], ["frobnicate"], ["up"], ["up", "/no/such/topology.toml"], ["bench", "nothing"], ["bench", "dax", "--dax-mib", "1"],
+    ["demo", "--guests", "0"], ["demo", "--guests", "x"], ["demo", "--count", "0"],
 ])
 def test_mistakes_are_one_line_and_exit_2(args):
     r = run(*args)
@@ -43,7 +43,13 @@ def test_daemon_mistakes_exit_2(module, args):
 
 
 def test_demo_runs_and_agrees():
-    r = run("demo")
+    r = run("demo", "--count", "2000")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "no increment was lost" in " ".join(r.stdout.split())
+
+
+def test_files_demo_runs_and_agrees():
+    r = run("demo", "--files")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "every guest saw every change" in r.stdout
 
@@ -97,6 +103,15 @@ def test_guest_daemon_refuses_versions_without_a_cache():
 
 
 @pytest.mark.timeout(120)
+def test_bench_dax_runs_and_prints_its_goals():
+    """A smoke run of `bench dax` on a tiny file (no timing assert: the numbers are printed)."""
+    r = run("bench", "dax", "--seconds", "0.05", "--dax-mib", "4")
+    assert r.returncode == 0, r.stderr + r.stdout
+    out = " ".join(r.stdout.split())
+    assert "dax=always" in out and "FUSE_READ" in out and "os.pread on the host" in out
+    assert out.count("met:") + out.count("missed:") == 2 and "goal ≥ 10" in out and "goal ≥ 1)" in out
+
+
 def test_bench_queues_runs_and_prints_its_ratios():
     """A smoke run of `bench queues` (no timing assert: the numbers are printed, not tested)."""
     r = run("bench", "queues", "--seconds", "0.05")

@@ -166,7 +166,7 @@ def test_version_view_from_vfs_hostd(host, machine):
     dev = machine.add_device(host.socket_path, "vfs")
     view = dev.version_view()
     assert view.slots == 1 << 16 and dev.version_view(timeout=0) is view
-    assert dev.shmem_config.sizes == (0, 32 + 8 * view.slots)     # region 0 (DAX) unused yet
+    assert dev.shmem_config.sizes == (1 << 30, 32 + 8 * view.slots)   # region 0: the DAX window (1 GiB)
 
 
 def test_no_version_table_when_the_host_has_none(share):

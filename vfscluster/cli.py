@@ -1,10 +1,12 @@
 """The ``vfscluster`` command.
 
-    vfscluster demo                   three guests on a temporary share, watching each other
+    vfscluster demo                   three DAX guests fetch-adding counters in one MAP_SHARED file
+    vfscluster demo --files           three guests on a temporary share, watching each other's files
     vfscluster up TOPOLOGY.toml       start a cluster and keep it up until Ctrl-C
     vfscluster bench rtt              round-trip benchmarks with same-run baselines
     vfscluster bench meta             cached metadata: cache=always,versions=on vs none vs os.stat
     vfscluster bench queues           1 vs 4 request queues from 1-8 threads; lock handoff guest/local
+    vfscluster bench dax              DAX vs FUSE_READ vs host os.pread (4 KiB random, 1 MiB sequential)
     vfscluster stress --guests N …    random operations from N guests, checked for stale reads
     vfscluster clean [--all]          remove what dead clusters left behind
 """
@@ -65,21 +67,26 @@ def _cmd_clean(a) -> int:
 
 
 def _cmd_demo(a) -> int:
-    from .cluster.demo import run_demo
-    return run_demo(guests=a.guests)
+    if a.files:
+        from .cluster.demo import run_demo
+        return run_demo(guests=a.guests)
+    from .cluster.mmapdemo import run_mmap_demo
+    return run_mmap_demo(guests=a.guests, count=a.count)
 
 
 def _cmd_bench(a) -> int:
     from .cluster import bench
-    return bench.main(a.which, seconds=a.seconds, plot=a.plot)
+    return bench.main(a.which, seconds=a.seconds, plot=a.plot, dax_mib=a.dax_mib)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="vfscluster", description="virtio-fs emulation: host, guests, shared memory")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
-    d = sub.add_parser("demo", help="three guests sharing a directory, watching each other")
+    d = sub.add_parser("demo", help="three DAX guests sharing counters through mmap (--files: a directory)")
     d.add_argument("--guests", type=int, default=3)
+    d.add_argument("--files", action="store_true", help="the file demo: guests watching each other's files")
+    d.add_argument("--count", type=int, default=500_000, help="fetch-adds per guest (mmap demo)")
     d.set_defaults(fn=_cmd_demo)
     u = sub.add_parser("up", help="start a cluster from a TOML topology; Ctrl-C stops it")
     u.add_argument("topology")
@@ -87,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--log-level", default="WARNING")
     u.set_defaults(fn=_cmd_up)
     b = sub.add_parser("bench", help="benchmarks (ratios against baselines measured in the same run)")
-    b.add_argument("which", choices=("rtt", "meta", "queues"))
+    b.add_argument("which", choices=("rtt", "meta", "queues", "dax"))
     b.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     b.add_argument("--plot", metavar="PNG", help="also write a bar chart")
+    b.add_argument("--dax-mib", type=int, default=64, metavar="MIB", help="bench dax: size of the file read")
     b.set_defaults(fn=_cmd_bench)
     st = sub.add_parser("stress", help="random operations from N guests; a checker finds stale reads")
     from .cluster import stress
@@ -101,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if getattr(a, "guests", 3) is not None and a.cmd == "demo" and not 1 <= a.guests <= 16:
         fail("vfscluster demo", "--guests must be between 1 and 16")
+    if a.cmd == "bench" and a.dax_mib < 2:
+        fail("vfscluster bench", "--dax-mib must be at least 2")
+    if a.cmd == "demo" and a.count < 1:
+        fail("vfscluster demo", "--count must be at least 1")
     try:
         return a.fn(a)
     except ConfigError as exc:

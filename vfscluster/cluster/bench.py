@@ -11,6 +11,8 @@ another guest changes the file in a loop (each change moves the file's version s
 reader's next ``stat`` asks the host).  Goals (issue: coherency): versions ≥ 20× faster than
 ``cache=none`` and at most 1.5× the host's ``os.stat``.
 
+``dax``: :mod:`.benchdax` (DAX vs FUSE_READ vs the host's ``os.pread``).
+
 ``queues``: (a) operations per second of a small request (``stat`` of one file with
 ``cache=none``: one LOOKUP round trip each) from 1, 2, 4 and 8 threads of one guest, with 1 request
 queue and with 4 (per-thread queue affinity), as a ratio; (b) the latency of handing an exclusive
@@ -210,7 +212,7 @@ def _plot(path: str, title: str, results: list[Result]) -> None:
     fig.savefig(path)
 
 
-def main(which: str, *, seconds: float = 2.0, plot: str | None = None) -> int:
+def main(which: str, *, seconds: float = 2.0, plot: str | None = None, dax_mib: int = 64) -> int:
     console = Console()
     if which == "rtt":
         res = bench_rtt(seconds, console)
@@ -233,6 +235,14 @@ def main(which: str, *, seconds: float = 2.0, plot: str | None = None) -> int:
                       f"reader's stats asked the host")
         if plot:
             _plot(plot, "stat of a cached file", res)
+            console.print(f"plot written to {plot}")
+        return 0
+    if which == "dax":
+        from .benchdax import bench_dax, report
+        rows = bench_dax(seconds, dax_mib << 20, console)
+        report(rows, console)
+        if plot:
+            _plot(plot, "file reads: DAX vs FUSE_READ vs the host", [r for r, _ in rows])
             console.print(f"plot written to {plot}")
         return 0
     if which == "queues":

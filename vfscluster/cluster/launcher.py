@@ -187,7 +187,8 @@ class Cluster:
         t = self.topology
         kwargs = dict(shared_dir=t.share, socket_path=self.socket_path, tag=t.tag,
                       thread_pool_size=t.thread_pool_size, num_request_queues=t.host_queues,
-                      trace=trace, log_level=log_level)
+                      trace=trace, log_level=log_level,
+                      window_size=max([g.window_size for g in t.guests if g.dax != "never"] or [1 << 30]))
         parent, child = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_member_main, args=(child, "host", kwargs), name="vfs-hostd")
         proc.start()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
+from ..guest.daxmap import FUSE_DAX_SZ
 
 CACHE_MODES = ("none", "auto", "always")
 DAX_MODES = ("never", "always", "inode")
@@ -54,9 +55,11 @@ class GuestSpec:
             raise ConfigError(f"guest {self.name!r}: dax must be one of {', '.join(DAX_MODES)}, not {self.dax!r}")
         if self.versions and self.cache == "none":
             raise ConfigError(f"guest {self.name!r}: versions=on needs cache=auto or cache=always")
-        if self.dax != "never":
-            raise ConfigError(f"guest {self.name!r}: dax={self.dax} is not implemented yet "
-                              f"(guests run dax=never for now)")
+        if self.dax == "inode":
+            raise ConfigError(f"guest {self.name!r}: dax=inode is not implemented yet (use always or never)")
+        ws = self.window_size
+        if not isinstance(ws, int) or ws < FUSE_DAX_SZ or ws % FUSE_DAX_SZ:
+            raise ConfigError(f"guest {self.name!r}: window_size must be a positive multiple of 2 MiB, not {ws!r}")
         if not isinstance(self.num_request_queues, int) or self.num_request_queues < 1:
             raise ConfigError(f"guest {self.name!r}: num_request_queues must be an integer >= 1")
         qs = self.queue_size

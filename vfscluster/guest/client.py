@@ -118,6 +118,8 @@ class FuseClient(FileOps):
         self.requests = 0
         self._pending: list[tuple[int, int]] = []
         self._forget_lock = threading.Lock()     # keeps forgets in the order they were queued
+        #: the mount's :class:`~vfscluster.guest.daxfiles.DaxFiles` (None: dax=never)
+        self.dax = None
         # operations the server answered ENOSYS (the kernel's fc->no_* bits)
         self._no: set[int] = set()
 
@@ -242,6 +244,9 @@ class FuseClient(FileOps):
                 batch, self._pending = self._pending, []
             if not batch or self._destroyed:
                 return
+            if self.dax is not None:          # fs/fuse/dax.c: an evicted inode's ranges go first
+                for nodeid, _ in batch:
+                    self.dax.forget(nodeid)
             if len(batch) == 1:
                 nodeid, nlookup = batch[0]
                 self.transport.send_noreply(Opcode.FORGET, nodeid, [ForgetIn(nlookup).pack()])

@@ -34,6 +34,11 @@ Rules of the road (the kernel's):
 * A read-only mapping is upgraded with a new SETUPMAPPING (flag WRITE) when a write or a writable
   ``mmap`` needs it; mappings are never downgraded.
 
+Fast paths (:meth:`GuestDax.read_fast`, :meth:`GuestDax.write_fast`): a copy inside one chunk already
+mapped takes no pin and sends nothing; it holds ``_fast`` across its check of ``Chunk.attached`` and the
+copy, and :meth:`GuestDax._detach` takes ``_fast`` too, so a chunk's range cannot be unmapped under a
+copy (an attached chunk's range is always mapped: file pages, the zero source or zero pages).
+
 Locks: one per inode (the kernel's ``fi->dax->sem``), held while looking a chunk up and across a
 SETUPMAPPING of it; never while copying data, and never by :meth:`~GuestDax.shmem_handler` (it runs on
 the device's channel thread while a request thread waits in ``request_setup``).  Thread-safe.
@@ -41,6 +46,7 @@ the device's channel thread while a request thread waits in ``request_setup``). 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import threading
@@ -113,6 +119,8 @@ class GuestDax:
         self._slots: dict[int, Chunk] = {}
         self._reclaim_lock = threading.Lock()
         self.slots = SlotPool(self.ranges, self.reclaim, alloc_timeout, lambda: self._count("waits"))
+        self._fast = threading.Lock()                  # fast-path copies vs _detach (module docstring)
+        self._base = window.base
         self.stats = dict.fromkeys(("hits", "setups", "upgrades", "refreshes", "remove_requests",
                                     "removed", "reclaimed", "waits"), 0)
 
@@ -146,6 +154,53 @@ class GuestDax:
                 self.slots.unpin(c.slot)
             pos = cend
         return bytes(out)
+
+    def read_fast(self, nodeid: int, offset: int, size: int, file_size: int) -> bytes | None:
+        """The common case of :meth:`read` with no request, no pin and one uncontended lock: all of
+        ``[offset, offset + size)`` lies in one mapped chunk's file-backed part and inside
+        ``file_size``.  None otherwise (call :meth:`read`)."""
+        end = offset + size
+        if end > file_size or size <= 0:
+            return None
+        inode = self._inodes.get(nodeid)
+        if inode is None:
+            return None
+        index = offset // self.R
+        c = inode.chunks.get(index)
+        if c is None:
+            return None
+        cstart = index * self.R
+        if end > cstart + c.valid:
+            return None
+        with self._fast:                 # an attached chunk's range is mapped (file or zero pages)
+            if not c.attached:
+                return None
+            return ctypes.string_at(self._base + c.slot * self.R + offset - cstart, size)
+
+    def write_fast(self, nodeid: int, offset: int, data: memoryview, file_size: int) -> bool:
+        """The common case of :meth:`write`: all of ``data`` (a byte memoryview) lands inside one
+        chunk mapped writable, inside its file-backed part and ``file_size``.  False: nothing was
+        stored (call :meth:`write`)."""
+        n = len(data)
+        end = offset + n
+        if end > file_size or n <= 0:
+            return False
+        inode = self._inodes.get(nodeid)
+        if inode is None:
+            return False
+        index = offset // self.R
+        c = inode.chunks.get(index)
+        if c is None or not c.writable:
+            return False
+        cstart = index * self.R
+        if end > cstart + c.valid:
+            return False
+        src = data.tobytes() if data.readonly else (ctypes.c_char * n).from_buffer(data)
+        with self._fast:
+            if not c.attached:
+                return False
+            ctypes.memmove(self._base + c.slot * self.R + offset - cstart, src, n)
+        return True
 
     def write(self, nodeid: int, fh: int, offset: int, data, file_size: int) -> int:
         """Store ``data`` at ``offset`` through the window, but only ``[offset, min(offset + len,
@@ -415,7 +470,7 @@ class GuestDax:
         return True
 
     def _detach(self, c: Chunk) -> None:
-        with self._lock:
+        with self._fast, self._lock:        # no fast-path copy is using it past this point
             c.attached = False
         if c.inode.chunks.get(c.index) is c:
             del c.inode.chunks[c.index]

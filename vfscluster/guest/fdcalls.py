@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import stat
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -101,6 +102,13 @@ class FdCalls:
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         """``os.pread``: ``n`` bytes at ``offset``; the position does not move."""
+        dax = self.client.dax
+        if dax is not None and 0 < n <= MAX_RW_COUNT and offset >= 0:     # DAX, mapped: no request
+            f = self._fds.peek(fd)
+            if f is not None and f.readable and f.node.fmt == stat.S_IFREG:
+                data = dax.read_quick(f.node.nodeid, offset, n)
+                if data is not None:
+                    return data
         if n < 0 or offset < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
@@ -112,6 +120,10 @@ class FdCalls:
     def _read_at(self, f: OpenFile, offset: int, n: int) -> bytes:
         """READ, or the page cache when the mount keeps data (not for O_DIRECT files)."""
         c = self.client
+        if c.dax is not None and f.node.is_reg:     # DAX first: its data is never in the page cache
+            data = c.dax.read(f.nodeid, f.fh, offset, n)
+            if data is not None:
+                return data
         cache = c.cache
         if cache.keep_data and not f.flags & os.O_DIRECT:
             if not cache.uses_versions:
@@ -167,11 +179,21 @@ class FdCalls:
                 return 0
             if f.flags & os.O_APPEND:
                 offset = self._size(f)
+            elif self.client.dax is not None and f.node.is_reg and view.nbytes <= MAX_RW_COUNT \
+                    and self.client.dax.write_quick(f.nodeid, offset, view.cast("B")):
+                return view.nbytes
             return self._write(f, offset, view)
 
     def _write(self, f: OpenFile, offset: int, view: memoryview) -> int:
         view = view.cast("B")[:MAX_RW_COUNT]
         c = self.client
+        if c.dax is not None and f.node.is_reg and not f.flags & os.O_APPEND:
+            n = c.dax.write(f.nodeid, f.fh, offset, view)
+            if n < len(view):         # the extending rest: the host changes the size
+                n += self.client.write(f.nodeid, f.fh, offset + n, view[n:], flags=f.flags,
+                                       lock_owner=self.lock_owner)
+            c.dax.grew(f.nodeid, offset + n)
+            return n
         if c.cache.writeback and not f.flags & os.O_DIRECT:
             return c.cache.pages.write(c, f.nodeid, f.fh, offset, view)
         return self.client.write(f.nodeid, f.fh, offset, view, flags=f.flags,
@@ -279,4 +301,7 @@ class FdCalls:
                         lock_owner=self.lock_owner if valid & SetattrValid.LOCKOWNER else 0,
                         atime=a_s & 0xFFFF_FFFF_FFFF_FFFF, mtime=m_s & 0xFFFF_FFFF_FFFF_FFFF,
                         atimensec=a_n, mtimensec=m_n, mode=mode)
-        return self.client.setattr(nodeid, arg).attr
+        attr = self.client.setattr(nodeid, arg).attr
+        if valid & SetattrValid.SIZE and self.client.dax is not None:
+            self.client.dax.truncated(nodeid, size)
+        return attr

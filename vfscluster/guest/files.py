@@ -103,6 +103,11 @@ class FdTable:
             file.get()
             return file
 
+    def peek(self, fd: int) -> OpenFile | None:
+        """The file of ``fd`` with NO reference taken (None if there is none): for the DAX fast paths,
+        which use only its node and modes and stay harmless if the file is closed meanwhile."""
+        return self._files.get(fd)
+
     def remove(self, fd: int) -> OpenFile:
         """Take ``fd`` out of the table; the caller inherits the table's reference.  EBADF."""
         with self._lock:

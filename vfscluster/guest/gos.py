@@ -16,7 +16,8 @@ EIO, as the kernel makes it.
 
 What is kept between calls (dentries, attributes, directory listings, file data) is the mount's
 :class:`~vfscluster.guest.cache.CachePolicy`'s business: nothing with ``cache=none``.  Locks
-(``fcntl_lock``, ``lockf``, ``flock``): :mod:`~vfscluster.guest.locks`.  mmap comes with a later issue.
+(``fcntl_lock``, ``lockf``, ``flock``): :mod:`~vfscluster.guest.locks`; ``mmap`` (DAX mounts only):
+:mod:`~vfscluster.guest.daxfiles`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 
 from ..fuse.abi import Attr, InitFlags, SetattrValid
 from .client import FuseClient
+from .daxfiles import DaxCalls
 from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
 from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
@@ -48,7 +50,7 @@ XATTR_CREATE = getattr(os, "XATTR_CREATE", 1)
 XATTR_REPLACE = getattr(os, "XATTR_REPLACE", 2)
 
 
-class GuestOS(FdCalls, LockCalls):
+class GuestOS(FdCalls, LockCalls, DaxCalls):
     """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
 
     ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
@@ -144,6 +146,8 @@ class GuestOS(FdCalls, LockCalls):
                 break
         # node is pinned from here on: it becomes the file's, or is put on failure
         try:
+            if c.dax is not None:
+                c.dax.opened(node.nodeid)
             if created is not None:
                 return self._fds.install(OpenFile(node, created[1].fh, flags,
                                                   created[1].open_flags, self._released))
@@ -181,6 +185,8 @@ class GuestOS(FdCalls, LockCalls):
                 # fs/open.c handle_truncate; fs/fuse/dir.c sends no FATTR_MTIME for it
                 self._setattr(node.nodeid, SetattrValid.SIZE | SetattrValid.FH
                               | SetattrValid.LOCKOWNER, fh=opened.fh, size=0)
+            elif flags & os.O_TRUNC and node.is_reg and c.dax is not None:
+                c.dax.truncated(node.nodeid, 0)
         except BaseException:
             file.put()
             raise

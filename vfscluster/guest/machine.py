@@ -20,7 +20,8 @@ class Mount:
     """A mounted virtio-fs: the device, its FUSE client and the os-like API."""
 
     def __init__(self, tag: str, device: VirtioFsDevice, *, cache: str = "none",
-                 versions: bool = False, writeback: bool = False, timeout: float = 1.0) -> None:
+                 versions: bool = False, writeback: bool = False, timeout: float = 1.0,
+                 dax: str = "never", window_size: int = 1 << 30) -> None:
         from ..fuse.abi import InitFlags
         from .cache import CacheConfig, CacheMode, CachePolicy
         from .client import REQUESTED_INIT_FLAGS, FuseClient
@@ -34,7 +35,12 @@ class Mount:
         flags = REQUESTED_INIT_FLAGS
         if device.notify is not None:       # blocking locks can be waited for: locks between guests
             flags |= InitFlags.POSIX_LOCKS | InitFlags.FLOCK_LOCKS
+        if dax != "never":
+            flags |= InitFlags.MAP_ALIGNMENT
         self.client.init(flags=flags)
+        if dax != "never":
+            from .daxfiles import DaxFiles
+            self.client.dax = DaxFiles(self.client, device, window_size)    # EOPNOTSUPP: no window
         self.os = GuestOS(self.client)
 
     def unmount(self) -> None:
@@ -47,6 +53,8 @@ class Mount:
         except OSError as exc:
             log.info("unmount %s: %s", self.tag, exc)
         dev.drain()
+        if self.client.dax is not None:
+            self.client.dax.close()
 
 
 class GuestMachine:
@@ -81,7 +89,8 @@ class GuestMachine:
         return dev
 
     def mount(self, tag: str, *, cache: str = "none", versions: bool = False,
-              writeback: bool = False, timeout: float = 1.0) -> Mount:
+              writeback: bool = False, timeout: float = 1.0, dax: str = "never",
+              window_size: int = 1 << 30) -> Mount:
         """Mount the device with ``tag`` (``mount -t virtiofs -o cache=…``); EINVAL naming the
         tag if there is none (as Linux says); EOPNOTSUPP for ``versions`` when the host has no
         metadata-version table."""
@@ -90,7 +99,10 @@ class GuestMachine:
             raise OSError(errno.EINVAL, f"virtio-fs: tag <{tag}> not found")
         if tag in self.mounts:
             raise OSError(errno.EBUSY, f"virtio-fs: tag <{tag}> is already mounted")
-        m = Mount(tag, dev, cache=cache, versions=versions, writeback=writeback, timeout=timeout)
+        if dax not in ("never", "always"):
+            raise OSError(errno.EINVAL, f"virtio-fs: dax={dax} is not supported (never, always)")
+        m = Mount(tag, dev, cache=cache, versions=versions, writeback=writeback, timeout=timeout,
+                  dax=dax, window_size=window_size)
         self.mounts[tag] = m
         return m
 

@@ -37,7 +37,10 @@ class GuestService:
             return {"name": self.name, "pid": os.getpid()}
         if method == "stats":
             dev = self.mount.device
+            dax = self.mount.client.dax
             return {"in_flight": dev.in_flight(), "cache": self.mount.client.cache.stats(),
+                    "requests": self.mount.client.requests,
+                    "dax": dict(dax.gdax.stats) if dax is not None else None,
                     "queues": [{"index": q.index, "kicks": q.kicks, "full_waits": q.full_waits,
                                 "spin_ns": b.ns, "spin_hits": b.hits, "blocks": b.blocks}
                                for q, b in zip(dev.queues, dev._spin)]}
@@ -51,7 +54,7 @@ def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, 
               cache: str = "none", versions: bool = False, writeback: bool = False,
               timeout: float = 1.0, num_request_queues: int = 1, queue_size: int = 128,
               ram_size: int = 64 << 20, log_level: str = "WARNING", ready=None, managed: bool = False,
-              **_future_options) -> int:
+              dax: str = "never", window_size: int = 1 << 30, **_future_options) -> int:
     """Boot a guest, mount ``tag`` and serve control requests until shutdown or SIGTERM."""
     set_process_name("vfs-guest")
     setup_logging(log_level, f"vfs-guest[{name}] ")
@@ -62,7 +65,7 @@ def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, 
     try:
         machine.add_device(socket_path, tag, num_request_queues=num_request_queues, queue_size=queue_size)
         mount = machine.mount(tag, cache=cache, versions=versions, writeback=writeback,
-                              timeout=timeout)
+                              timeout=timeout, dax=dax, window_size=window_size)
         service = GuestService(name, machine, mount)
         ctl = ControlServer(control_path, service.handle)
         stopper = threading.Thread(target=lambda: (service.stop.wait(), ctl.close()), daemon=True)

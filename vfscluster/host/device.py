@@ -5,8 +5,9 @@ and turns plain :class:`~vfscluster.virtio.device_queue.QueueState` into live ch
 has its memory, addresses and kick fd and is enabled.  The FUSE work itself is done by the server loop.
 
 VIRTIO shared-memory regions (DESIGN §1), offered with the SHMEM protocol feature when the device has a
-version table: GET_SHMEM_CONFIG answers two regions, 0 = the DAX window (size 0 until DAX is built) and
-1 = the metadata-version table (its size).  Region 1 is delivered on the back-end channel: once SHMEM,
+version table or a DAX window: GET_SHMEM_CONFIG answers two regions, 0 = the DAX window (``dax_window``
+bytes, 0 without DAX; the guest reserves at most that, see ``host/daxwire.py``) and 1 = the
+metadata-version table (its size, 0 without one).  Region 1 is delivered on the back-end channel: once SHMEM,
 BACKEND_REQ and BACKEND_SEND_FD are negotiated, SET_BACKEND_REQ_FD is followed by one
 ``SHMEM_MAP{shmid=1, fd_offset=0, shm_offset=0, len=table size, flags=0 (read-only)}`` carrying a
 read-only fd of the table.  It asks for no reply and is sent non-blocking: a guest that does not read
@@ -51,8 +52,10 @@ class FsBackendDevice(BackendHandler):
     given, is the version table offered to the guest as shared-memory region 1 (not owned)."""
 
     def __init__(self, name: str, *, num_request_queues: int = 64, tag: str | None = None,
-                 versions: VersionTable | None = None, notifications: bool = True) -> None:
+                 versions: VersionTable | None = None, notifications: bool = True,
+                 dax_window: int = 0) -> None:
         self.name = name
+        self.dax_window = dax_window                # size of shared-memory region 0 (0: no DAX)
         self.versions = versions
         self.notifications = notifications          # VIRTIO_FS_F_NOTIFICATION offered
         self.num_request_queues = num_request_queues
@@ -115,7 +118,7 @@ class FsBackendDevice(BackendHandler):
 
     def get_protocol_features(self) -> int:
         offered = PROTOCOL_FEATURES
-        if self.versions is not None:
+        if self.versions is not None or self.dax_window:
             offered |= ProtocolFeatures.SHMEM
         return int(offered)
 
@@ -127,8 +130,7 @@ class FsBackendDevice(BackendHandler):
     def get_shmem_config(self) -> ShmemConfig:
         if not self.protocol_features & ProtocolFeatures.SHMEM:
             raise VhostUserError("GET_SHMEM_CONFIG not supported: protocol feature SHMEM not negotiated")
-        assert self.versions is not None     # SHMEM is offered only with a table
-        return ShmemConfig((0, self.versions.size))
+        return ShmemConfig((self.dax_window, self.versions.size if self.versions is not None else 0))
 
     def set_owner(self) -> None:
         self.owner = True

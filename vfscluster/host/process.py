@@ -6,6 +6,7 @@ import logging
 import signal
 
 from ..cluster.procutil import die_with_parent, set_process_name, setup_logging
+from .daxwire import DEFAULT_WINDOW
 from .server import HostServer
 from .versions import DEFAULT_SLOTS
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 def run_host(shared_dir: str, socket_path: str, *, tag: str | None = None, thread_pool_size: int = 4,
              num_request_queues: int = 16, trace: str | None = None, log_level: str = "WARNING",
              ready=None, managed: bool = False, spin_ns: int | None = None, cache: str = "auto",
-             version_slots: int = DEFAULT_SLOTS) -> int:
+             version_slots: int = DEFAULT_SLOTS, window_size: int = DEFAULT_WINDOW) -> int:
     """Serve ``shared_dir`` on ``socket_path`` until SIGTERM (or SIGINT when not ``managed``).
 
     ``ready(info)`` is called once the socket listens.  ``version_slots``: size of the metadata-version
@@ -28,7 +29,7 @@ def run_host(shared_dir: str, socket_path: str, *, tag: str | None = None, threa
         die_with_parent()
     server = HostServer(shared_dir, socket_path, tag=tag, thread_pool_size=thread_pool_size,
                         num_request_queues=num_request_queues, trace=trace, spin_ns=spin_ns,
-                        cache=cache, version_slots=version_slots)
+                        cache=cache, version_slots=version_slots, window_size=window_size)
     server.install_signal_handlers()
     if managed:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

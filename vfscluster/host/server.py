@@ -24,6 +24,11 @@ FUSE server (which bumps it and grants ENTRY_VERSION) and offered to every guest
 (``inotify.py``).  The barrier rule: a round pops its chains first, then drains the inotify queue, then
 handles them, so a request published after an outside change returned is answered only after that change
 bumped its slots.  The inotify fd is in the epoll set too, so an idle server bumps within a wake-up.
+
+DAX (DESIGN §5, ``daxwire.py``): one :class:`~.daxwire.DaxService` per server, shared by every session,
+sends SHMEM_MAP / SHMEM_UNMAP on the sessions' back-end channels and waits for their acks.  So
+SETUPMAPPING and REMOVEMAPPING are blocking work (the pool), and so are SETATTR, OPEN and CREATE while
+any guest has something mapped (a shrinking truncate first waits for every mapping guest's ack).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from ..fuse.server import Server
 from ..virtio.chain import Reader, Writer
 from ..virtio.spin import SpinBudget
 from ..vhost_user import BackendDispatcher, Connection
+from .daxwire import DEFAULT_WINDOW, DaxService
 from .device import FsBackendDevice
 from .inotify import ShareWatcher
 from .notify import Notifier
@@ -55,7 +61,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 _OPCODE = struct.Struct("<I")
-_BLOCKING = {20, 30, 43, 47, 50}     # FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE, SYNCFS
+_BLOCKING = {20, 30, 43, 47, 50,    # FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE, SYNCFS,
+             48, 49}                 # SETUPMAPPING, REMOVEMAPPING (they wait for the guest's acks)
+_SHRINKERS = {4, 14, 35}             # SETATTR, OPEN, CREATE: may wait for other guests' DAX acks
 _READ, _WRITE = 15, 16
 _BIG_IO = 128 * 1024
 
@@ -64,13 +72,15 @@ class GuestSession:
     """One accepted vhost-user connection: a guest's device and its FUSE session."""
 
     def __init__(self, sid: int, sock: socket.socket, fs, *, num_request_queues: int, tag: str | None,
-                 versions: VersionTable | None = None, notifications: bool = True) -> None:
+                 versions: VersionTable | None = None, notifications: bool = True,
+                 dax_window: int = 0) -> None:
         self.sid = sid
         self.name = f"guest{sid}"
         self.fd = sock.fileno()                # the epoll key, still valid after the conn closes
         self.conn = Connection(sock)
         self.device = FsBackendDevice(self.name, num_request_queues=num_request_queues, tag=tag,
-                                      versions=versions, notifications=notifications)
+                                      versions=versions, notifications=notifications,
+                                      dax_window=dax_window)
         self.dispatcher = BackendDispatcher(self.conn, self.device)
         self.server = Server(fs, session=sid, versions=versions)
         self.notifier = Notifier(self.name, self.device)
@@ -91,12 +101,15 @@ class GuestSession:
 class HostServer:
     """The vfs-hostd process's server.  ``version_slots`` sizes the version table (a power of two;
     0: no table, no ENTRY_VERSION, no region 1, no inotify).  ``notifications``: offer the virtio-fs
-    notification queue (and with it blocking locks between guests)."""
+    notification queue (and with it blocking locks between guests).  ``window_size``: the DAX window
+    offered to every guest as shared-memory region 0 (a multiple of 2 MiB; 0: no DAX, SETUPMAPPING is
+    ENOSYS); see ``daxwire.py``."""
 
     def __init__(self, shared_dir: str, socket_path: str, *, tag: str | None = None,
                  thread_pool_size: int = 4, num_request_queues: int = 16, trace: str | None = None,
                  spin_ns: int | None = None, cache: str = "auto",
-                 version_slots: int = DEFAULT_SLOTS, notifications: bool = True) -> None:
+                 version_slots: int = DEFAULT_SLOTS, notifications: bool = True,
+                 window_size: int = DEFAULT_WINDOW) -> None:
         if not os.path.isdir(shared_dir):
             raise FileNotFoundError(f"shared directory {shared_dir!r} does not exist")
         self.shared_dir = shared_dir
@@ -105,6 +118,13 @@ class HostServer:
         self.num_request_queues = num_request_queues
         self.notifications = notifications
         self.fs = PassthroughFs(shared_dir, cache=cache)
+        if window_size < 0 or window_size % (2 << 20):
+            raise ValueError(f"DAX window of {window_size} bytes is not a multiple of 2 MiB")
+        self.window_size = window_size
+        self._by_sid: dict[int, GuestSession] = {}
+        self.dax: DaxService | None = None
+        if window_size:
+            self.dax = self.fs.dax = DaxService(self.fs, window_size, self._channel_of)
         self.versions: VersionTable | None = None
         self.watcher: ShareWatcher | None = None
         if version_slots:
@@ -174,8 +194,10 @@ class HostServer:
         sid = self._next_sid
         self._next_sid += 1
         s = GuestSession(sid, sock, self.fs, num_request_queues=self.num_request_queues, tag=self.tag,
-                         versions=self.versions, notifications=self.notifications)
+                         versions=self.versions, notifications=self.notifications,
+                         dax_window=self.window_size)
         self.sessions[sock.fileno()] = s
+        self._by_sid[sid] = s
         self._epoll.register(sock.fileno(), select.EPOLLIN)
         log.info("%s connected", s.name)
 
@@ -183,12 +205,18 @@ class HostServer:
         for fd in list(s.kick_fds):
             self._unregister_kick(fd)
         self.sessions.pop(s.fd, None)
+        self._by_sid.pop(s.sid, None)
         try:
             self._epoll.unregister(s.fd)
         except (OSError, ValueError):
             pass
         s.close()
         log.info("%s disconnected", s.name)
+
+    def _channel_of(self, sid: int):
+        """The back-end channel of session ``sid`` (DAX requests), or None."""
+        s = self._by_sid.get(sid)
+        return None if s is None else s.device.backend_channel
 
     def _unregister_kick(self, fd: int) -> None:
         owner = self._kick_owner.pop(fd, None)
@@ -281,7 +309,8 @@ class HostServer:
         """Handle one chain inline (returns True: used entry added) or hand it to the pool."""
         if self.pool is not None and chain.readable and len(chain.readable[0]) >= 8:
             opcode = _OPCODE.unpack_from(chain.readable[0], 4)[0]
-            if opcode in _BLOCKING or (opcode in (_READ, _WRITE) and self._io_size(chain) > _BIG_IO):
+            if (opcode in _BLOCKING or (opcode in (_READ, _WRITE) and self._io_size(chain) > _BIG_IO)
+                    or (opcode in _SHRINKERS and self.dax is not None and self.dax.active)):
                 with self._pool_lock:
                     self._pool_busy += 1
                 self.pool.submit(self._work, s, i, q, chain)

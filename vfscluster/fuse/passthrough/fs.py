@@ -43,17 +43,19 @@ from ..abi import WRITE_KILL_SUIDGID, FileLock, InitFlags, OpenOutFlags
 from ..filesystem import Context, DirEntry, Entry, FileSystem, SetattrChanges
 from . import syscalls
 from .confine import O_PATH_FLAGS, check_name, einval, is_inside, oserror, proc_path, reopen
+from .daxhooks import DaxHooks
 from .handles import Handle, HandleTable, close_handle, snapshot
 from .inodes import Inode, InodeStore
 from .locks import Done, HostLocks, lock_key
 
 log = logging.getLogger(__name__)
+FALLOC_FL_COLLAPSE_RANGE = 0x08
 
 CACHE_TIMEOUTS = {"none": 0.0, "auto": 1.0, "always": 86400.0}
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-class PassthroughFs(FileSystem):
+class PassthroughFs(DaxHooks, FileSystem):
     """Serve ``shared_dir`` to any number of sessions; thread-safe.
 
     ``cache`` follows virtiofsd's ``--cache``: ``none`` (timeouts 0, FOPEN_DIRECT_IO), ``auto``
@@ -87,6 +89,8 @@ class PassthroughFs(FileSystem):
         self._as_root = os.geteuid() == 0
         self._fopen = {"none": OpenOutFlags.DIRECT_IO, "auto": 0, "always": OpenOutFlags.KEEP_CACHE}[cache]
         self._fopen_dir = OpenOutFlags.KEEP_CACHE | OpenOutFlags.CACHE_DIR if cache == "always" else 0
+        #: the host's :class:`~vfscluster.host.daxwire.DaxService` (None: SETUPMAPPING is ENOSYS)
+        self.dax = None
 
     def close(self) -> None:
         """Close every handle and inode fd (the file system is unusable afterwards)."""
@@ -207,6 +211,8 @@ class PassthroughFs(FileSystem):
         """Also drops the session's locks; its parked lock requests are completed with -ENOTCONN
         unless ``tell_waiters`` is False (the guest is gone)."""
         self.locks.release_session(session, tell=tell_waiters)
+        if self.dax is not None:                  # its DAX mappings go (unmapped if the guest is there)
+            self.dax.end_session(session, alive=tell_waiters)
         held = self.inodes.held_by(session)
         handles = self.handles.drop_session(session)
         freed = self.inodes.drop_session(session)
@@ -247,18 +253,19 @@ class PassthroughFs(FileSystem):
         if c.uid is not None or c.gid is not None:
             os.chown(path, -1 if c.uid is None else c.uid, -1 if c.gid is None else c.gid)
         if c.size is not None:
-            if handle is not None:
-                os.ftruncate(handle.fd, c.size)
-            elif inode.is_dir:
-                raise oserror(errno.EISDIR)
-            elif inode.fmt != stat.S_IFREG:
-                raise einval()
-            else:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.ftruncate(fd, c.size)
-                finally:
-                    os.close(fd)
+            with self._shrinking(inode, c.size):
+                if handle is not None:
+                    os.ftruncate(handle.fd, c.size)
+                elif inode.is_dir:
+                    raise oserror(errno.EISDIR)
+                elif inode.fmt != stat.S_IFREG:
+                    raise einval()
+                else:
+                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.ftruncate(fd, c.size)
+                    finally:
+                        os.close(fd)
         if c.kill_suidgid and c.mode is None:
             self._kill_suidgid(path)
         if c.atime_ns is not None or c.mtime_ns is not None or c.atime_now or c.mtime_now:
@@ -344,7 +351,8 @@ class PassthroughFs(FileSystem):
 
     def open(self, ctx: Context, nodeid: int, flags: int) -> tuple[int, int]:
         inode = self._inode(ctx, nodeid)
-        fd = reopen(inode.fd, inode.fmt, self._open_flags(ctx.session, flags))
+        with self._shrinking(inode, 0 if flags & os.O_TRUNC else None):
+            fd = reopen(inode.fd, inode.fmt, self._open_flags(ctx.session, flags))
         return self.handles.add(ctx.session, Handle(fd, nodeid, inode.is_dir)), self._fopen
 
     def create(self, ctx: Context, parent: int, name: bytes, mode: int, flags: int,
@@ -360,7 +368,8 @@ class PassthroughFs(FileSystem):
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
-            fd = os.open(name, base & ~os.O_EXCL, perm, dir_fd=p.fd)  # EISDIR, ELOOP...
+            with self._shrinking_name(p, name, flags):
+                fd = os.open(name, base & ~os.O_EXCL, perm, dir_fd=p.fd)  # EISDIR, ELOOP...
             created = False
         try:
             st = os.fstat(fd)
@@ -413,7 +422,13 @@ class PassthroughFs(FileSystem):
 
     def fallocate(self, ctx: Context, nodeid: int, fh: int, mode: int, offset: int,
                   length: int) -> None:
-        syscalls.fallocate(self.handles.get(ctx.session, fh).fd, mode, offset, length)
+        fd = self.handles.get(ctx.session, fh).fd
+        if self.dax is not None and mode & FALLOC_FL_COLLAPSE_RANGE:
+            st = os.fstat(fd)
+            with self.dax.shrinking((st.st_dev, st.st_ino), lambda: os.fstat(fd).st_size - length):
+                syscalls.fallocate(fd, mode, offset, length)
+            return
+        syscalls.fallocate(fd, mode, offset, length)
 
     def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
         if whence not in (os.SEEK_SET, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):

@@ -1,0 +1,367 @@
+"""DAX end to end (issue 5): real vfs-hostd and guest processes with ``dax=always``.
+
+Guest A's stores through its mapping are read by guest B through B's own mapping with no FUSE
+request in between (B's ``client.requests`` does not move); fetch-adds on the mapped memory from
+several guests add up exactly; a window smaller than the working set (reclaim) still gives the right
+data; a shrinking truncate from a third guest leaves the others alive and reading zeros; read-only
+mappings refuse writes with Python errors; the host's files equal what the guests wrote.  Functions
+run inside the guests with ``guest.run``; a mapping kept between calls lives on the GuestOS object.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno
+import mmap
+import os
+import random
+
+import pytest
+
+from vfscluster import Cluster, Topology
+
+pytestmark = pytest.mark.timeout(120)
+PAGE = mmap.PAGESIZE
+
+
+# ----------------------------------------------------------------------------- in-guest helpers
+
+def g_map(gos, name, length, writable=True, offset=0):
+    """Open and map ``name``; kept on the GuestOS object.  Returns the requests sent so far."""
+    fd = gos.open(name, os.O_RDWR if writable else os.O_RDONLY)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    gos._test_maps = getattr(gos, "_test_maps", []) + [(fd, gos.mmap(fd, length, offset, prot))]
+    return gos.client.requests
+
+
+def g_store(gos, index, offset, data):
+    """Store through mapping ``index``; returns the requests this took (0 expected)."""
+    before = gos.client.requests
+    gos._test_maps[index][1][offset:offset + len(data)] = data
+    return gos.client.requests - before
+
+
+def g_load(gos, index, offset, n):
+    before = gos.client.requests
+    data = bytes(gos._test_maps[index][1][offset:offset + n])
+    return data, gos.client.requests - before
+
+
+def g_unmap_all(gos):
+    for fd, buf in getattr(gos, "_test_maps", []):
+        buf.close()
+        gos.close(fd)
+    gos._test_maps = []
+
+
+def g_pread(gos, name, n, offset):
+    fd = gos.open(name, os.O_RDONLY)
+    try:
+        return gos.pread(fd, n, offset)
+    finally:
+        gos.close(fd)
+
+
+def g_pwrite(gos, name, data, offset):
+    fd = gos.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        return gos.pwrite(fd, data, offset)
+    finally:
+        gos.close(fd)
+
+
+def g_fetch_add(gos, name, index, count):
+    import atomics
+    fd = gos.open(name, os.O_RDWR)
+    try:
+        with gos.mmap(fd, PAGE, 0) as buf:
+            view = memoryview(buf)
+            mine = 8 * (1 + index)
+            with atomics.atomicview(buffer=view[0:8], atype=atomics.UINT) as shared, \
+                    atomics.atomicview(buffer=view[mine:mine + 8], atype=atomics.UINT) as own:
+                for _ in range(count):
+                    shared.inc()
+                    own.inc()
+            view.release()
+    finally:
+        gos.close(fd)
+
+
+def g_errors(gos, name):
+    """What the read-only and refused cases raise, as (type name, errno) pairs."""
+    out = {}
+    fd = gos.open(name, os.O_RDONLY)
+    try:
+        try:
+            gos.mmap(fd, PAGE, 0, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            out["rw map of O_RDONLY"] = exc.errno
+        with gos.mmap(fd, PAGE, 0, mmap.PROT_READ) as buf:
+            for what, fn in (("item", lambda: buf.__setitem__(0, 1)),
+                             ("slice", lambda: buf.__setitem__(slice(0, 2), b"xx")),
+                             ("memoryview", lambda: memoryview(buf).__setitem__(0, 1))):
+                try:
+                    fn()
+                    out[what] = None
+                except TypeError:
+                    out[what] = "TypeError"
+            out["still reads"] = bytes(buf[0:4])
+        for what, args in (("unaligned offset", (fd, PAGE, 1)), ("zero length", (fd, 0, 0))):
+            try:
+                gos.mmap(*args)
+            except OSError as exc:
+                out[what] = exc.errno
+        try:
+            gos.mmap(fd, 1 << 30, 0, mmap.PROT_READ)
+        except ValueError:
+            out["past EOF"] = "ValueError"
+    finally:
+        gos.close(fd)
+    return out
+
+
+def g_stats(gos):
+    return dict(gos.client.dax.gdax.stats) if gos.client.dax is not None else None
+
+
+# ----------------------------------------------------------------------------- tests
+
+@pytest.fixture
+def cluster(share):
+    (share / "f").write_bytes(b"a" * 3 * PAGE)
+    with Cluster.start(Topology(share, guests=3, dax="always", window_size=16 << 20)) as c:
+        yield c
+
+
+def test_store_in_one_guest_is_read_by_another_without_a_request(cluster):
+    a, b, _ = cluster.guests
+    a.run(g_map, "f", 2 * PAGE)
+    b.run(g_map, "f", 2 * PAGE)
+    assert a.run(g_store, 0, 10, b"hello") == 0
+    data, asked = b.run(g_load, 0, 8, 9)
+    assert data == b"aahelloaa" and asked == 0
+    assert b.run(g_store, 0, PAGE + 1, b"back") == 0
+    assert a.run(g_load, 0, PAGE, 6) == (b"abacka", 0)
+    # DAX reads go through the window too: mapped already, so no request either
+    assert b.run(g_pread, "f", 5, 10) == b"hello"
+    a.run(g_unmap_all)
+    b.run(g_unmap_all)
+
+
+def test_fetch_adds_from_every_guest_add_up(share):
+    (share / "c").write_bytes(bytes(PAGE))
+    count = 5000
+    with Cluster.start(Topology(share, guests=3, dax="always", window_size=8 << 20)) as c:
+        with cf.ThreadPoolExecutor(3) as ex:
+            list(ex.map(lambda ig: ig[1].run(g_fetch_add, "c", ig[0], count), enumerate(c.guests)))
+        seen = c.guests[0].run(g_pread, "c", 32, 0)
+    vals = [int.from_bytes(seen[i:i + 8], "little") for i in range(0, 32, 8)]
+    assert vals == [3 * count, count, count, count]
+    on_host = (share / "c").read_bytes()[:32]
+    assert on_host == seen
+
+
+def test_window_smaller_than_the_working_set(share):
+    size = 24 << 20                         # 12 chunks through a window of 2 ranges (4 MiB)
+    (share / "big").write_bytes(bytes(size))
+    r = random.Random(1)
+    writes = [(r.randrange(0, size - 8192), r.randbytes(r.randrange(1, 8192))) for _ in range(60)]
+    expect = bytearray(size)
+    for off, data in writes:
+        expect[off:off + len(data)] = data
+    with Cluster.start(Topology(share, guests=2, dax="always", window_size=4 << 20)) as c:
+        a, b = c.guests
+        for off, data in writes:
+            assert a.run(g_pwrite, "big", data, off) == len(data)
+        for off, _ in writes[::5]:
+            assert b.run(g_pread, "big", 8192, off) == bytes(expect[off:off + 8192])
+        got = b"".join(b.run(g_pread, "big", 1 << 20, off) for off in range(0, size, 1 << 20))
+        assert got == bytes(expect)
+        stats = a.run(g_stats)
+        assert stats["reclaimed"] > 0 or stats["removed"] > 0
+    assert (share / "big").read_bytes() == bytes(expect)
+
+
+def test_truncate_under_a_mapping_leaves_zeros_not_sigbus(cluster, share):
+    a, b, c = cluster.guests
+    a.run(g_map, "f", 3 * PAGE, False)
+    b.run(g_map, "f", 3 * PAGE, True)
+    assert b.run(g_load, 0, 2 * PAGE, 4)[0] == b"aaaa"
+    c.run(lambda gos: gos.truncate("f", 10))
+    assert (share / "f").stat().st_size == 10
+    # past the new end (page-rounded) both see zeros, through the mapping and through read
+    assert a.run(g_load, 0, 2 * PAGE, 4) == (b"\0\0\0\0", 0)
+    assert b.run(g_load, 0, PAGE, 4) == (b"\0\0\0\0", 0)
+    assert a.run(g_load, 0, 0, 10)[0] == b"a" * 10
+    assert a.run(g_pread, "f", 100, 0) == b"a" * 10
+    # both guests are alive and keep working
+    assert b.run(g_pwrite, "f", b"zz", 2) == 2
+    assert a.run(g_pread, "f", 4, 0) == b"aazz"
+    a.run(g_unmap_all)
+    b.run(g_unmap_all)
+
+
+def test_read_only_mappings_refuse_writes_cleanly(cluster):
+    a = cluster.guests[0]
+    out = a.run(g_errors, "f")
+    assert out == {"rw map of O_RDONLY": errno.EACCES, "item": "TypeError", "slice": "TypeError",
+                   "memoryview": "TypeError", "still reads": b"aaaa",
+                   "unaligned offset": errno.EINVAL, "zero length": errno.EINVAL, "past EOF": "ValueError"}
+
+
+def test_host_files_equal_what_guests_wrote(share):
+    (share / "f").write_bytes(b"x" * 5000)
+    with Cluster.start(Topology(share, guests=2, dax="always", window_size=8 << 20)) as c:
+        a, b = c.guests
+        assert a.run(g_pwrite, "f", b"A" * 100, 4950) == 100         # part in place, part extends
+        assert b.run(g_pwrite, "new", b"B" * 70000, 3 << 20) == 70000  # a new file, sparse
+        assert b.run(g_pwrite, "f", b"b", 0) == 1
+        assert a.run(g_pread, "f", 3, 0) == b"bxx"
+        assert a.run(g_pread, "new", 4, (3 << 20) + 69998) == b"BB"
+    assert (share / "f").read_bytes() == b"b" + b"x" * 4949 + b"A" * 100
+    data = (share / "new").read_bytes()
+    assert len(data) == (3 << 20) + 70000 and data[3 << 20:] == b"B" * 70000 and not any(data[:3 << 20])
+
+
+def test_mmap_needs_dax(share):
+    (share / "f").write_bytes(b"x" * PAGE)
+    with Cluster.start(Topology(share, guests=1)) as c:
+        def try_map(gos):
+            fd = gos.open("f", os.O_RDONLY)
+            try:
+                gos.mmap(fd, PAGE)
+            except OSError as exc:
+                return exc.errno
+            finally:
+                gos.close(fd)
+        assert c.guests[0].run(try_map) == errno.ENODEV
+
+
+def g_raw_setup(gos, name, moffset, length):
+    """A SETUPMAPPING straight from the client (not through GuestDax): the host's answer."""
+    from vfscluster.fuse.abi import SetupmappingFlags
+    from vfscluster.guest.daxclient import NO_FH
+    fd = gos.open(name, os.O_RDONLY)
+    try:
+        nodeid = gos._fds.peek(fd).nodeid
+        try:
+            gos.client.dax._setup(nodeid, NO_FH, 0, length, int(SetupmappingFlags.READ), moffset)
+        except OSError as exc:
+            return exc.errno
+        return 0
+    finally:
+        gos.close(fd)
+
+
+def test_window_size_and_maps_past_its_end(share):
+    (share / "f").write_bytes(b"q" * PAGE)
+    with Cluster.start(Topology(share, guests=1, dax="always", window_size=4 << 20)) as c:
+        g = c.guests[0]
+        assert g.run(lambda gos: gos.client.dax.window.size) == 4 << 20
+        assert g.run(g_raw_setup, "f", 4 << 20, 2 << 20) == errno.EINVAL       # past the end
+        assert g.run(g_raw_setup, "f", 3 << 20, 2 << 20) == errno.EINVAL       # straddles it
+        assert g.run(g_raw_setup, "f", 2 << 20, 2 << 20) == 0                  # the last range
+        assert g.run(g_pread, "f", 3, 0) == b"qqq"
+
+
+def test_dax_and_fuse_guests_see_each_others_data(share):
+    (share / "f").write_bytes(b"." * 10000)
+    with Cluster.start(Topology(share, [{"name": "dax", "dax": "always"}, {"name": "fuse"}])) as c:
+        dax, fuse = c.guests
+        assert dax.run(g_pwrite, "f", b"from-dax", 100) == 8
+        assert fuse.run(g_pread, "f", 8, 100) == b"from-dax"
+        assert fuse.run(g_pwrite, "f", b"from-fuse", 200) == 9
+        assert dax.run(g_pread, "f", 9, 200) == b"from-fuse"
+        # the dax guest truncates by opening with O_TRUNC, then writes again
+        def trunc_write(gos):
+            fd = gos.open("f", os.O_RDWR | os.O_TRUNC)
+            try:
+                gos.write(fd, b"new")
+                return gos.pread(fd, 10, 0)
+            finally:
+                gos.close(fd)
+        assert dax.run(trunc_write) == b"new"
+        assert fuse.run(g_pread, "f", 10, 0) == b"new"
+    assert (share / "f").read_bytes() == b"new"
+
+
+def test_kill_9_of_a_mapping_guest_does_not_hold_up_truncation(cluster, share):
+    import signal
+    a, b, c = cluster.guests
+    a.run(g_map, "f", 3 * PAGE, True)
+    b.run(g_map, "f", 3 * PAGE, False)
+    a.kill(signal.SIGKILL)
+    a.process.join(10)
+    c.run(lambda gos: gos.truncate("f", 0))
+    assert (share / "f").stat().st_size == 0
+    assert b.run(g_load, 0, 0, 4) == (b"\0\0\0\0", 0)
+    b.run(g_unmap_all)
+
+
+def test_an_unanswered_ack_is_bounded_and_closes_the_channel():
+    """DaxService._send: a guest that never answers costs ``ack_timeout``, not a hang."""
+    import socket
+    import time
+    from vfscluster.host.daxwire import DaxService
+    from vfscluster.vhost_user import BackendChannel, BackendReq, ShmemUnmap
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ch = BackendChannel(ours)
+    try:
+        svc = DaxService(None, 2 << 20, lambda sid: ch if sid == 1 else None, ack_timeout=0.2)
+        t0 = time.monotonic()
+        assert svc._send(1, BackendReq.SHMEM_UNMAP, ShmemUnmap(0, 0, 0, PAGE, 0)) == -1
+        assert time.monotonic() - t0 < 5
+        assert svc.stats["ack_failures"] == 1
+        assert theirs.recv(4096)                      # the request did reach the peer
+        assert theirs.recv(4096) == b""               # then the channel was shut down
+        assert svc._send(2, BackendReq.SHMEM_UNMAP, ShmemUnmap(0, 0, 0, PAGE, 0)) == -1   # no channel
+    finally:
+        ch.close()
+        theirs.close()
+
+
+def _reader(gos, n):
+    fd, buf = gos._test_maps.pop()          # mapped before the truncations start (g_map)
+    bad = 0
+    try:
+        for i in range(n):
+            d = gos.pread(fd, 65536, (i * 65536) % (3 << 20))
+            bad += bool(set(d) - {ord("x"), 0})
+            bad += buf[(i * 64) % PAGE] not in (ord("x"), 0)
+    finally:
+        buf.close()
+        gos.close(fd)
+    return bad
+
+
+def _truncator(gos, n):
+    for _ in range(n):
+        gos.truncate("f", 0)
+        fd = gos.open("f", os.O_RDWR)
+        try:
+            gos.pwrite(fd, b"x" * (3 << 20), 0)
+        finally:
+            gos.close(fd)
+    return n
+
+
+def test_truncations_racing_readers_and_mappings(share):
+    """Readers (pread and a live mapping) in two guests while a third truncates and rewrites the
+    file again and again: nobody dies, everybody reads the file's bytes or zeros."""
+    (share / "f").write_bytes(b"x" * (3 << 20))
+    with Cluster.start(Topology(share, guests=3, dax="always", window_size=8 << 20)) as c:
+        a, b, t = c.guests
+        a.run(g_map, "f", PAGE, False)
+        b.run(g_map, "f", PAGE, False)
+        with cf.ThreadPoolExecutor(3) as ex:
+            futs = [ex.submit(a.run, _reader, 3000), ex.submit(b.run, _reader, 3000),
+                    ex.submit(t.run, _truncator, 8)]
+            assert [f.result(timeout=100) for f in futs] == [0, 0, 8]
+    assert (share / "f").read_bytes() == b"x" * (3 << 20)
+
+
+def test_dax_in_a_toml_guest_table(tmp_path):
+    (tmp_path / "t.toml").write_text('share = "s"\n[[guests]]\ndax = "always"\nwindow_size = 67108864\n'
+                                     '[[guests]]\n')
+    t = Topology.load(tmp_path / "t.toml")
+    assert [(g.dax, g.window_size) for g in t.guests] == [("always", 64 << 20), ("never", 1 << 30)]
