@@ -2,7 +2,7 @@
 
     vfs-guest --socket-path HOST_SOCK --control PATH [--tag TAG] [--name NAME]
               [--cache none|auto|always] [--versions] [--writeback] [--timeout SECONDS]
-              [--dax never|always] [--window-size MIB]
+              [--dax never|always|inode] [--window-size MIB]
               [--num-request-queues N] [--queue-size N] [--ram-size MiB]
 """
 
@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache validity by the host's metadata-version table (needs --cache auto|always)")
     p.add_argument("--writeback", action="store_true", help="write-back data caching")
     p.add_argument("--timeout", type=float, default=1.0, help="cache=auto timeout in seconds")
-    p.add_argument("--dax", choices=("never", "always"), default="never",
-                   help="file data through the DAX window (the host's shared-memory region 0)")
+    p.add_argument("--dax", choices=("never", "always", "inode"), default="never",
+                   help="file data through the DAX window (the host's shared-memory region 0); inode: only "
+                        "files the host marks with FUSE_ATTR_DAX (FS_DAX_FL, chattr +x)")
     p.add_argument("--window-size", type=int, default=1024,
                    help="DAX window in MiB (a multiple of 2; capped by what the host offers)")
     p.add_argument("--num-request-queues", type=int, default=1)

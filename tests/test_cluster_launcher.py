@@ -170,7 +170,6 @@ def test_topology_from_toml(tmp_path):
     (dict(guests=[{"qeue_size": 8}]), "unknown option"),
     (dict(guests=1, queue_size=100), "power of two"),
     (dict(guests=1, versions=True), "needs cache=auto or cache=always"),
-    (dict(guests=1, dax="inode"), "not implemented yet"),        # dax=inode (FUSE_ATTR_DAX) is not wired
     (dict(guests=1, dax="sometimes"), "dax must be one of"),
     (dict(guests=1, dax="always", window_size=3 << 20), "multiple of 2 MiB"),
 ])

@@ -775,3 +775,97 @@ def test_interrupt_of_an_unknown_unique_is_logged(fs, caplog):
         assert call(s, request(O.INTERRUPT, abi.InterruptIn(12345).pack()), cap=None).n == 0
     assert "INTERRUPT of unique 12345: no parked request" in caplog.text
     assert call(s, request(O.INTERRUPT, b"\0" * 3), cap=None).n == 0          # short: refused
+
+
+# ---------------------------------------------------------------------------- per-inode DAX
+
+
+def _mark_dax(path) -> str:
+    """Give ``path`` the persistent DAX flag (chattr +x), or the fallback xattr; returns which."""
+    import fcntl
+    import struct
+
+    from vfscluster.fuse.passthrough.daxhooks import DAX_XATTR, FS_DAX_FL, FS_IOC_GETFLAGS
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = struct.unpack("=i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+        fcntl.ioctl(fd, 0x40086602, struct.pack("=i", flags | FS_DAX_FL) + bytes(4))  # FS_IOC_SETFLAGS
+        return "chattr"
+    except OSError:
+        os.setxattr(path, DAX_XATTR, b"1")
+        return "xattr"
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def dax_fs(tree):
+    from vfscluster.host.daxwire import DaxService
+    _mark_dax(tree / "file")
+    with PassthroughFs(tree) as fs:
+        fs.dax = DaxService(fs, 2 << 20, lambda sid: None)
+        yield fs
+
+
+def _dax_session(fs, offer_inode_dax: bool) -> Server:
+    s = Server(fs, session=5 if offer_inode_dax else 6)
+    flags = InitFlags.INIT_EXT | InitFlags.DO_READDIRPLUS | InitFlags.MAP_ALIGNMENT
+    if offer_inode_dax:
+        flags |= InitFlags.HAS_INODE_DAX
+    r = call(s, request(O.INIT, init_body(flags=flags)))
+    assert r.header.error == 0
+    assert bool(abi.InitOut.unpack_from(r.body).all_flags & InitFlags.HAS_INODE_DAX) == offer_inode_dax
+    return s
+
+
+def _attr_flags_everywhere(s: Server) -> dict:
+    """fuse_attr.flags of "file" (marked) and "dir/entry-03" (not) in LOOKUP, GETATTR, SETATTR,
+    READDIRPLUS replies, plus the directory's own."""
+    out = {}
+    f = lookup(s, ROOT, b"file")
+    out["lookup file"] = f.attr.flags
+    d = lookup(s, ROOT, b"dir")
+    out["lookup dir"] = d.attr.flags
+    out["lookup plain"] = lookup(s, d.nodeid, b"entry-03").attr.flags
+    r = call(s, request(O.GETATTR, abi.GetattrIn(0, 0).pack(), nodeid=f.nodeid))
+    assert r.header.error == 0
+    out["getattr file"] = abi.AttrOut.unpack_from(r.body).attr.flags
+    r = call(s, request(O.SETATTR, abi.SetattrIn(valid=abi.SetattrValid.MODE, mode=0o644).pack(),
+                        nodeid=f.nodeid))
+    assert r.header.error == 0
+    out["setattr file"] = abi.AttrOut.unpack_from(r.body).attr.flags
+    fh = open_(s, ROOT, os.O_RDONLY, O.OPENDIR)
+    r = call(s, request(O.READDIRPLUS, abi.ReadIn(fh, 0, 1 << 16).pack(), nodeid=ROOT))
+    assert r.header.error == 0
+    for e, _d, n in abi.iter_direntplus(r.body):
+        out[f"readdirplus {n.decode()}"] = e.attr.flags
+    return out
+
+
+def test_inode_dax_sets_fuse_attr_dax_on_marked_files_only(dax_fs):
+    got = _attr_flags_everywhere(_dax_session(dax_fs, True))
+    dax = abi.AttrFlags.DAX
+    assert got["lookup file"] & dax and got["getattr file"] & dax and got["setattr file"] & dax
+    assert got["readdirplus file"] & dax
+    assert not got["lookup dir"] & dax and not got["readdirplus dir"] & dax
+    assert not got["lookup plain"] & dax
+
+
+def test_inode_dax_flag_is_never_set_without_has_inode_dax(dax_fs):
+    got = _attr_flags_everywhere(_dax_session(dax_fs, False))
+    assert not any(v & abi.AttrFlags.DAX for v in got.values()), got
+
+
+def test_inode_dax_is_not_granted_by_a_host_without_dax(fs):
+    s = Server(fs)
+    r = call(s, request(O.INIT, init_body(flags=InitFlags.INIT_EXT | InitFlags.HAS_INODE_DAX)))
+    assert not abi.InitOut.unpack_from(r.body).all_flags & InitFlags.HAS_INODE_DAX
+    assert not s.inode_dax
+
+
+def test_inode_dax_fallback_xattr_marks_a_file(dax_fs, tree):
+    os.setxattr(tree / "dir" / "entry-05", b"user.vfscluster.dax", b"1")
+    s = _dax_session(dax_fs, True)
+    d = lookup(s, ROOT, b"dir")
+    assert lookup(s, d.nodeid, b"entry-05").attr.flags & abi.AttrFlags.DAX
+    assert not lookup(s, d.nodeid, b"entry-06").attr.flags & abi.AttrFlags.DAX

@@ -55,8 +55,6 @@ class GuestSpec:
             raise ConfigError(f"guest {self.name!r}: dax must be one of {', '.join(DAX_MODES)}, not {self.dax!r}")
         if self.versions and self.cache == "none":
             raise ConfigError(f"guest {self.name!r}: versions=on needs cache=auto or cache=always")
-        if self.dax == "inode":
-            raise ConfigError(f"guest {self.name!r}: dax=inode is not implemented yet (use always or never)")
         ws = self.window_size
         if not isinstance(ws, int) or ws < FUSE_DAX_SZ or ws % FUSE_DAX_SZ:
             raise ConfigError(f"guest {self.name!r}: window_size must be a positive multiple of 2 MiB, not {ws!r}")

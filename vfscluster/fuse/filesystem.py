@@ -437,6 +437,13 @@ class FileSystem:
         """REMOVEMAPPING: unmap each ``(moffset, length)`` range of the DAX window."""
         raise enosys()
 
+    def inode_dax(self, ctx: Context, nodeid: int) -> bool:
+        """Per-inode DAX (``dax=inode`` guests): should the regular file ``nodeid`` use DAX?  True
+        sets FUSE_ATTR_DAX in its attributes.  The server asks only in sessions that negotiated
+        HAS_INODE_DAX (which :meth:`init` must accept), and only for regular files; an error
+        (ENOSYS here) leaves the flag unset."""
+        raise enosys()
+
     # ---------------------------------------------------------------- not served yet
 
     def statx(

@@ -41,6 +41,11 @@ read, *then* the attributes are read again (``fs.getattr``) and those go into th
 change that lands in between leaves the slot ahead of the version the guest stores (an extra
 refresh), never behind it.  Negative LOOKUPs and READDIRPLUS are unchanged.
 
+HAS_INODE_DAX (dax=inode guests; bit 33, in flags2): enabled when the guest offers it and the file
+system's ``init`` accepts it.  Then every attribute reply of a regular file (LOOKUP, GETATTR, SETATTR,
+MKNOD, LINK, CREATE, TMPFILE, READDIRPLUS) sets FUSE_ATTR_DAX when ``fs.inode_dax`` says the file
+should use DAX.  Other sessions never ask (no cost).
+
 Blocking locks and FUSE_INTERRUPT: :mod:`.locking` (the lock requests are a mixin of :class:`Server`).
 """
 
@@ -50,12 +55,13 @@ import errno
 import logging
 import mmap
 import os
+import stat
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import abi
-from .abi import InitFlags, Opcode, SetattrValid
+from .abi import AttrFlags, InitFlags, Opcode, SetattrValid
 from .filesystem import Context, Entry, FileSystem, SetattrChanges
 from .locking import LOCK_FLAGS, LockRequests
 
@@ -133,12 +139,13 @@ def attr_values(st, flags: int = 0) -> tuple:
             abi.encode_dev(rdev) if rdev else 0, st.st_blksize, flags)
 
 
-def entry_out(e: Entry, st=None) -> bytes:
-    """fuse_entry_out of an :class:`Entry` (with the attributes ``st`` instead of ``e.attr``)."""
+def entry_out(e: Entry, st=None, flags: int = 0) -> bytes:
+    """fuse_entry_out of an :class:`Entry` (with the attributes ``st`` instead of ``e.attr``;
+    ``flags`` added to ``e.attr_flags``)."""
     es, ens = _split(e.entry_timeout)
     as_, ans = _split(e.attr_timeout)
     return _ENTRY_OUT.pack(e.nodeid, e.generation, es, as_, ens, ans,
-                           *attr_values(e.attr if st is None else st, e.attr_flags))
+                           *attr_values(e.attr if st is None else st, e.attr_flags | flags))
 
 
 class Server(LockRequests):
@@ -167,6 +174,7 @@ class Server(LockRequests):
         self.fs = fs
         self.versions = versions
         self.entry_version = False      # ENTRY_VERSION negotiated at INIT
+        self.inode_dax = False          # HAS_INODE_DAX negotiated at INIT: FUSE_ATTR_DAX is set
         self.session = session
         self.max_write = max_write
         self.map_alignment = map_alignment
@@ -213,6 +221,7 @@ class Server(LockRequests):
         file system and wait for a new INIT."""
         self.initialized = False
         self.entry_version = False
+        self.inode_dax = False
         self.fs.drop_session(self.session)
 
     # ------------------------------------------------------------------ entry point
@@ -351,6 +360,7 @@ class Server(LockRequests):
         self.minor = minor
         self.flags = enabled
         self.entry_version = bool(enabled & InitFlags.ENTRY_VERSION)
+        self.inode_dax = bool(enabled & InitFlags.HAS_INODE_DAX)
         self._setxattr_in_size = abi.setxattr_in_size(bool(enabled & InitFlags.SETXATTR_EXT))
         n = self._reply(writer, ctx.unique, out.pack()[: abi.init_out_size(minor)])
         self.initialized = True
@@ -407,10 +417,10 @@ class Server(LockRequests):
                 # DESIGN §4: the slot first, then the attributes that go with it.
                 version = self.versions.version(entry.nodeid)
                 st, _timeout = self.fs.getattr(ctx, entry.nodeid, None)
-                body = (entry_out(entry, st) + tail
+                body = (entry_out(entry, st, self._dax_flag(ctx, entry.nodeid, st)) + tail
                         + _ENTRYVER_OUT.pack(self.versions.slot(entry.nodeid), version))
             else:
-                body = entry_out(entry) + tail
+                body = entry_out(entry, None, self._dax_flag(ctx, entry.nodeid, entry.attr)) + tail
             return self._reply(writer, ctx.unique, body)
         except (RemoteProtocolError, OSError):
             try:
@@ -420,6 +430,18 @@ class Server(LockRequests):
             except Exception as e:
                 log.warning("session %d: undoing an unsent entry: %r", self.session, e)
             raise
+
+    def _dax_flag(self, ctx, nodeid: int, st) -> int:
+        """AttrFlags.DAX for a regular file the file system wants under DAX, in sessions that
+        negotiated HAS_INODE_DAX (dax=inode guests); 0 at once for the others."""
+        if not self.inode_dax or not stat.S_ISREG(st.st_mode):
+            return 0
+        try:
+            return AttrFlags.DAX if self.fs.inode_dax(ctx, nodeid) else 0
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                log.info("session %d: per-inode DAX flag of nodeid %d: %s", self.session, nodeid, e)
+            return 0
 
     def _lookup(self, ctx, nodeid, body, writer) -> int:
         name = _cstr_exact(body, 0)
@@ -432,7 +454,8 @@ class Server(LockRequests):
         flags, fh = self._exact(abi.GetattrIn, body)
         st, timeout = self.fs.getattr(ctx, nodeid, fh if flags & abi.GETATTR_FH else None)
         s, ns = _split(timeout)
-        return self._reply(writer, ctx.unique, _ATTR_OUT.pack(s, ns, *attr_values(st)))
+        return self._reply(writer, ctx.unique,
+                           _ATTR_OUT.pack(s, ns, *attr_values(st, self._dax_flag(ctx, nodeid, st))))
 
     def _setattr(self, ctx, nodeid, body, writer) -> int:
         a = abi.SetattrIn(*self._exact(abi.SetattrIn, body))
@@ -454,7 +477,8 @@ class Server(LockRequests):
         st, timeout = self.fs.setattr(ctx, nodeid, changes, fh)
         self._changed((nodeid,))
         s, ns = _split(timeout)
-        return self._reply(writer, ctx.unique, _ATTR_OUT.pack(s, ns, *attr_values(st)))
+        return self._reply(writer, ctx.unique,
+                           _ATTR_OUT.pack(s, ns, *attr_values(st, self._dax_flag(ctx, nodeid, st))))
 
     def _readlink(self, ctx, nodeid, body, writer) -> int:
         return self._reply(writer, ctx.unique, bytes(self.fs.readlink(ctx, nodeid)))
@@ -700,7 +724,7 @@ class Server(LockRequests):
                     eo = _ENTRY_OUT.pack(0, 0, 0, 0, 0, 0, d.ino, 0, 0, 0, 0, 0, 0, 0, 0,
                                          d.type << 12, 0, 0, 0, 0, 0, 0)
                 else:
-                    eo = entry_out(entry)
+                    eo = entry_out(entry, None, self._dax_flag(ctx, entry.nodeid, entry.attr))
                 try:
                     out += eo + abi.pack_dirent(d.ino, d.offset, d.type, d.name)
                 except LocalProtocolError as e:

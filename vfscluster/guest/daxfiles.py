@@ -2,8 +2,15 @@
 needs, the file sizes DAX copies are bounded by, and the ``GuestOS`` hooks (read, write, mmap, truncate).
 
 Which files use DAX: with ``dax=always`` every regular file of the mount (the mount option of Linux);
-``dax=inode`` is not wired (the topology refuses it).  ``dax=never``: none of this exists
-(``client.dax`` is None) and data goes through FUSE_READ / FUSE_WRITE as before.
+with ``dax=inode`` (fs/fuse/dax.c ``fuse_should_enable_dax``) the guest offers HAS_INODE_DAX at INIT
+and uses DAX only for the regular files whose attributes carry FUSE_ATTR_DAX (the host sets it for
+files with the persistent flag FS_DAX_FL, ``chattr +x``), and for none if the host did not grant
+HAS_INODE_DAX.  The decision is taken from the attributes of the node an open file was opened on
+(a LOOKUP or CREATE reply), so a change of the flag takes effect at the next open (Linux: when the
+inode is instantiated again).  The other files of a dax=inode mount go through FUSE_READ /
+FUSE_WRITE; ``GuestOS.mmap`` of them is ENODEV (Linux would map them through the page cache, which
+this emulation has no mmap of).  ``dax=never``: none of this exists (``client.dax`` is None) and
+data goes through FUSE_READ / FUSE_WRITE as before.
 
 The window: the host advertises region 0's size in GET_SHMEM_CONFIG (its ``window_size``, the most it
 accepts); the guest reserves ``min(its own window_size, that)``, rounded down to 2 MiB, and never asks
@@ -30,7 +37,7 @@ import mmap as _mmap
 import os
 import threading
 
-from ..fuse.abi import Opcode, RemovemappingIn, RemovemappingOne, SetupmappingIn
+from ..fuse.abi import AttrFlags, InitFlags, Opcode, RemovemappingIn, RemovemappingOne, SetupmappingIn
 from .dax import DaxWindow
 from .daxclient import NO_FH, GuestDax
 from .daxmap import FUSE_DAX_SZ
@@ -43,7 +50,7 @@ _FALLBACK = (errno.ENOMEM, errno.ENOSYS, errno.EOPNOTSUPP)
 class DaxFiles:
     """One mount's DAX: the window, the :class:`GuestDax`, the known file sizes.  Thread-safe."""
 
-    def __init__(self, client, device, window_size: int) -> None:
+    def __init__(self, client, device, window_size: int, mode: str = "always") -> None:
         sizes = device.shmem_config.sizes
         offered = sizes[0] if sizes else 0
         size = min(window_size, offered) // FUSE_DAX_SZ * FUSE_DAX_SZ
@@ -52,11 +59,23 @@ class DaxFiles:
                                             f"DAX window (shared-memory region 0 of {offered} bytes)")
         self.client = client
         self.device = device
+        #: "always" or "inode" (then only files with FUSE_ATTR_DAX; none if the host refused)
+        self.mode = mode
+        self._per_inode = mode == "inode"
+        self._granted = bool(client.flags & InitFlags.HAS_INODE_DAX)
         self.window = DaxWindow(size)
         self.gdax = GuestDax(self.window, self._setup, self._remove)
         self._sizes: dict[int, int] = {}
         self._lock = threading.Lock()
         device.set_shmem_handler(0, self.gdax.shmem_handler)
+
+    def uses(self, node) -> bool:
+        """Does the open file of ``node`` (a :class:`~vfscluster.guest.namei.Node`) use DAX?"""
+        if not node.is_reg:
+            return False
+        if not self._per_inode:
+            return True
+        return self._granted and bool(node.attr.flags & AttrFlags.DAX)
 
     def close(self) -> None:
         """After DESTROY: stop taking SHMEM_MAPs, release the window (live mmap buffers stay valid)."""
@@ -178,9 +197,10 @@ class DaxCalls:
         ``len``, ``close``, context manager) whose bytes *are* the DAX window's pages — stores are
         seen at once by every guest mapping the file.  ``prot`` without PROT_WRITE gives a read-only
         buffer (writing raises TypeError).  Errors as Linux: ENODEV without DAX (the mount has no
-        window), EACCES for a file not open for reading, or PROT_WRITE on a file not open for
-        writing; EINVAL for a bad length or offset; ENODEV for a non-regular file; ValueError when
-        the mapping would reach past the end of the file (as ``mmap.mmap``)."""
+        window; also, unlike Linux, which maps through the page cache, a file of a dax=inode mount
+        without FUSE_ATTR_DAX), EACCES for a file not open for reading, or PROT_WRITE on a file not
+        open for writing; EINVAL for a bad length or offset; ENODEV for a non-regular file;
+        ValueError when the mapping would reach past the end of the file (as ``mmap.mmap``)."""
         dax = self.client.dax
         if length <= 0 or offset < 0 or offset % _mmap.PAGESIZE:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
@@ -189,7 +209,7 @@ class DaxCalls:
         with self._file(fd) as f:
             if f.is_path:
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-            if dax is None or not f.node.is_reg:
+            if dax is None or not dax.uses(f.node):     # (dax=inode: a file without FUSE_ATTR_DAX)
                 raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
             if not f.readable or (prot & _mmap.PROT_WRITE and not f.writable):
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))

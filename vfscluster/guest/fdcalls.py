@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import stat
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -105,7 +104,7 @@ class FdCalls:
         dax = self.client.dax
         if dax is not None and 0 < n <= MAX_RW_COUNT and offset >= 0:     # DAX, mapped: no request
             f = self._fds.peek(fd)
-            if f is not None and f.readable and f.node.fmt == stat.S_IFREG:
+            if f is not None and f.readable and dax.uses(f.node):
                 data = dax.read_quick(f.node.nodeid, offset, n)
                 if data is not None:
                     return data
@@ -120,7 +119,7 @@ class FdCalls:
     def _read_at(self, f: OpenFile, offset: int, n: int) -> bytes:
         """READ, or the page cache when the mount keeps data (not for O_DIRECT files)."""
         c = self.client
-        if c.dax is not None and f.node.is_reg:     # DAX first: its data is never in the page cache
+        if c.dax is not None and c.dax.uses(f.node):     # DAX first: its data is never in the page cache
             data = c.dax.read(f.nodeid, f.fh, offset, n)
             if data is not None:
                 return data
@@ -179,7 +178,7 @@ class FdCalls:
                 return 0
             if f.flags & os.O_APPEND:
                 offset = self._size(f)
-            elif self.client.dax is not None and f.node.is_reg and view.nbytes <= MAX_RW_COUNT \
+            elif self.client.dax is not None and self.client.dax.uses(f.node) and view.nbytes <= MAX_RW_COUNT \
                     and self.client.dax.write_quick(f.nodeid, offset, view.cast("B")):
                 return view.nbytes
             return self._write(f, offset, view)
@@ -187,7 +186,7 @@ class FdCalls:
     def _write(self, f: OpenFile, offset: int, view: memoryview) -> int:
         view = view.cast("B")[:MAX_RW_COUNT]
         c = self.client
-        if c.dax is not None and f.node.is_reg and not f.flags & os.O_APPEND:
+        if c.dax is not None and c.dax.uses(f.node) and not f.flags & os.O_APPEND:
             n = c.dax.write(f.nodeid, f.fh, offset, view)
             if n < len(view):         # the extending rest: the host changes the size
                 n += self.client.write(f.nodeid, f.fh, offset + n, view[n:], flags=f.flags,

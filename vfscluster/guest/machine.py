@@ -37,10 +37,13 @@ class Mount:
             flags |= InitFlags.POSIX_LOCKS | InitFlags.FLOCK_LOCKS
         if dax != "never":
             flags |= InitFlags.MAP_ALIGNMENT
+        if dax == "inode":                  # fs/fuse/inode.c: per-inode DAX is offered in flags2
+            flags |= InitFlags.HAS_INODE_DAX | InitFlags.INIT_EXT
         self.client.init(flags=flags)
         if dax != "never":
             from .daxfiles import DaxFiles
-            self.client.dax = DaxFiles(self.client, device, window_size)    # EOPNOTSUPP: no window
+            self.client.dax = DaxFiles(self.client, device, window_size,   # EOPNOTSUPP: no window
+                                       mode=dax)
         self.os = GuestOS(self.client)
 
     def unmount(self) -> None:
@@ -99,8 +102,8 @@ class GuestMachine:
             raise OSError(errno.EINVAL, f"virtio-fs: tag <{tag}> not found")
         if tag in self.mounts:
             raise OSError(errno.EBUSY, f"virtio-fs: tag <{tag}> is already mounted")
-        if dax not in ("never", "always"):
-            raise OSError(errno.EINVAL, f"virtio-fs: dax={dax} is not supported (never, always)")
+        if dax not in ("never", "always", "inode"):
+            raise OSError(errno.EINVAL, f"virtio-fs: dax={dax} is not supported (never, always, inode)")
         m = Mount(tag, dev, cache=cache, versions=versions, writeback=writeback, timeout=timeout,
                   dax=dax, window_size=window_size)
         self.mounts[tag] = m

@@ -9,13 +9,48 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
+import struct
 from collections.abc import Sequence
 
 from ..filesystem import Context
-from .confine import oserror
+from .confine import oserror, proc_path
 from .inodes import Inode
+
+FS_IOC_GETFLAGS = 0x80086601      # _IOR('f', 1, long)
+FS_DAX_FL = 0x02000000            # include/uapi/linux/fs.h: the inode uses DAX (chattr +x)
+DAX_XATTR = b"user.vfscluster.dax"
+_NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSYS)
+
+
+def has_dax_flag(fd: int) -> bool:
+    """Does the regular file of O_PATH ``fd`` carry FS_DAX_FL (or, failing that, the fallback
+    xattr ``user.vfscluster.dax``)?"""
+    path = proc_path(fd)
+    try:
+        rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno not in _NO_FLAGS:
+            raise
+    else:
+        try:
+            buf = fcntl.ioctl(rfd, FS_IOC_GETFLAGS, bytes(8))
+            if struct.unpack("=i", buf[:4])[0] & FS_DAX_FL:
+                return True
+        except OSError as e:
+            if e.errno not in _NO_FLAGS:
+                raise
+        finally:
+            os.close(rfd)
+    try:
+        os.getxattr(path, DAX_XATTR)
+        return True
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EACCES, errno.EPERM):
+            return False
+        raise
 
 
 class DaxHooks:
@@ -44,6 +79,11 @@ class DaxHooks:
         if not stat.S_ISREG(st.st_mode):
             return contextlib.nullcontext()
         return self.dax.shrinking((st.st_dev, st.st_ino), 0)    # (revoking nothing is cheap)
+
+    def inode_dax(self, ctx: Context, nodeid: int) -> bool:
+        """FUSE_ATTR_DAX for ``nodeid`` (asked only in sessions that negotiated HAS_INODE_DAX)."""
+        inode = self._inode(ctx, nodeid)
+        return inode.fmt == stat.S_IFREG and has_dax_flag(inode.fd)
 
     def setupmapping(self, ctx: Context, nodeid: int, fh: int, foffset: int, length: int,
                      flags: int, moffset: int) -> None:

@@ -196,6 +196,8 @@ class PassthroughFs(DaxHooks, FileSystem):
             want |= InitFlags.CACHE_SYMLINKS
         if self.posix_locks:
             want |= InitFlags.POSIX_LOCKS
+        if self.dax is not None:                  # dax=inode guests: FUSE_ATTR_DAX from FS_DAX_FL
+            want |= InitFlags.HAS_INODE_DAX
         with self._lock:
             if self.writeback and flags & InitFlags.WRITEBACK_CACHE:
                 want |= InitFlags.WRITEBACK_CACHE
