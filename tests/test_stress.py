@@ -105,12 +105,15 @@ def test_stress_in_each_cache_mode(tmp_path, cache, versions, timeout):
         assert total.worst_staleness_ns <= (timeout + margin) * 1e9, total
 
 
-@pytest.mark.parametrize("flag", ["--writeback", "--versions"])
-def test_writeback_and_versions_flags_reach_the_guests(tmp_path, flag, capsys):
-    args = ["--guests", "2", "--seconds", "0.5", "--cache", "always", flag, "--share", str(tmp_path)]
+@pytest.mark.parametrize("flags,shown", [
+    (["--writeback"], "writeback"), (["--versions"], "versions=on"),
+    (["--dax", "always"], "dax=always"),
+])
+def test_writeback_versions_and_dax_flags_reach_the_guests(tmp_path, flags, shown, capsys):
+    args = ["--guests", "2", "--seconds", "0.5", "--cache", "always", *flags, "--share", str(tmp_path)]
     status = main(args)
     out = capsys.readouterr().out
-    assert "writeback" in out if flag == "--writeback" else "versions=on" in out
+    assert shown in out
     assert status == 0
 
 

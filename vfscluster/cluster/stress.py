@@ -167,6 +167,7 @@ class StressReport:
     check_s: float              # time the checker took
     result: CheckResult
     history: tuple[Operation, ...] = field(default=(), repr=False, compare=False)
+    dax: str = "never"
 
     @property
     def operations(self) -> int:
@@ -178,14 +179,18 @@ class StressReport:
 
     @property
     def coherent(self) -> bool:
-        """Whether the mode promises that no read is stale (write-back holds writes in the
-        writer until close, so other guests may read older data meanwhile)."""
-        return (self.cache == "none" or self.versions) and not self.writeback
+        """Whether the mode promises that no read is stale.  Write-back holds writes in the
+        writer until close, so other guests may read older data meanwhile; with DAX a read is a
+        size check then a copy out of the window, so a read racing another guest's size change
+        may see a mix (a torn read, as with DAX between VMs: nothing orders the two guests)."""
+        return (self.cache == "none" or self.versions) and not self.writeback \
+            and self.dax == "never"
 
     @property
     def mode(self) -> str:
         return (f"cache={self.cache}" + (",versions=on" if self.versions else "")
-                + (",writeback" if self.writeback else ""))
+                + (",writeback" if self.writeback else "")
+                + (f",dax={self.dax}" if self.dax != "never" else ""))
 
     @property
     def exit_status(self) -> int:
@@ -194,7 +199,8 @@ class StressReport:
 
 def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versions: bool = False,
                writeback: bool = False, seed: int | None = None, share: str | os.PathLike | None = None,
-               progress: ProgressFn | None = None, timeout: float = 1.0) -> StressReport:
+               progress: ProgressFn | None = None, timeout: float = 1.0,
+               dax: str = "never") -> StressReport:
     """Start a cluster of ``guests`` on ``share`` (a temporary directory if None), run the
     workload for ``seconds`` and check the history.  ``progress(phase, done, total)`` is called
     now and then: phase ``"start"`` (0, then 1 when the cluster is up), ``"run"`` (seconds of
@@ -210,7 +216,7 @@ def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versi
             share = stack.enter_context(tempfile.TemporaryDirectory(prefix="vfscluster-stress-"))
         share = os.fspath(share)
         topo = Topology(share, guests, cache=cache, versions=versions, writeback=writeback,
-                        timeout=timeout)
+                        timeout=timeout, dax=dax, window_size=64 << 20)
         rootname = f"stress-{secrets.token_hex(4)}"
         os.makedirs(os.path.join(share, rootname, "d"))
         stack.callback(shutil.rmtree, os.path.join(share, rootname), True)
@@ -246,7 +252,7 @@ def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versi
         elapsed = 0.0
     return StressReport(guests=len(names), seconds=seconds, cache=cache, versions=versions,
                         writeback=writeback, seed=seed, elapsed_s=elapsed, check_s=check_s,
-                        result=result, history=tuple(history))
+                        result=result, history=tuple(history), dax=dax)
 
 
 # ====================================================================== the history log
@@ -351,6 +357,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", choices=CACHE_MODES, default="none", help="guest cache mode")
     p.add_argument("--versions", action="store_true", help="guests use the metadata-version table")
     p.add_argument("--writeback", action="store_true", help="guests use a writeback cache")
+    p.add_argument("--dax", choices=("never", "always"), default="never",
+                   help="file data through the guests' DAX windows")
     p.add_argument("--timeout", type=float, default=1.0,
                    help="cache=auto: seconds attributes and names stay cached (default 1)")
     p.add_argument("--seed", type=int, help="seed of the random workload (default: random)")
@@ -397,7 +405,8 @@ def run_cli(args: argparse.Namespace, prog: str = "vfscluster stress") -> int:
         with bar:
             report = run_stress(guests=args.guests, seconds=args.seconds, cache=args.cache,
                                 versions=args.versions, writeback=args.writeback, seed=args.seed,
-                                share=args.share, progress=progress, timeout=args.timeout)
+                                share=args.share, progress=progress, timeout=args.timeout,
+                                dax=args.dax)
     except ConfigError as exc:
         fail(prog, str(exc))
     except KeyboardInterrupt:
