@@ -95,3 +95,38 @@ def read_trace(path: str) -> list[tuple[str, int, str, int, str]]:
             if len(parts) >= 6:
                 rows.append((parts[1], int(parts[2]), parts[3], int(parts[4]), parts[5]))
     return rows
+
+
+#: inotify: a file opened for writing was closed; a name was moved in
+_IN_CLOSE_WRITE = 0x0000_0008
+_IN_MOVED_TO = 0x0000_0080
+
+
+class FileWaiter:
+    """Waits, on inotify events rather than a sleep loop, until a file named ``name`` is closed
+    after writing (or moved) into ``directory``.  Make it before starting what writes the file
+    (the watch must exist first), then call :meth:`wait`."""
+
+    def __init__(self, directory, name: str) -> None:
+        from vfscluster.host.inotify import Inotify
+        self.name = os.fsencode(name)
+        self.ino = Inotify()
+        self.ino.add_watch(os.fspath(directory), _IN_CLOSE_WRITE | _IN_MOVED_TO)
+
+    def wait(self, timeout: float, alive) -> None:
+        """Return once the file is there; AssertionError if ``alive()`` turns false or
+        ``timeout`` seconds pass first."""
+        import select
+        import time
+        from vfscluster.host.inotify import parse_events
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                assert alive(), f"the writer of {self.name!r} ended first"
+                left = deadline - time.monotonic()
+                assert left > 0, f"{self.name!r} never appeared"
+                ready, _, _ = select.select([self.ino.fd], [], [], min(left, 1.0))
+                if ready and any(name == self.name for _, _, _, name in parse_events(self.ino.read())):
+                    return
+        finally:
+            self.ino.close()

@@ -15,11 +15,10 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
-from realpeers import boot, keep_artifact, read_trace, require_qemu, rundir  # noqa: F401 (fixture)
+from realpeers import FileWaiter, boot, keep_artifact, read_trace, require_qemu, rundir  # noqa: F401 (fixture)
 
 TAG = "vfs"
 BOOT_TIMEOUT = 150          # QEMU is killed after this; the guest's watchdog fires 10 s before
@@ -257,16 +256,14 @@ def test_mixed_cluster_linux_guest_and_two_emulators(share):
 
         def vm():
             result["r"] = boot.run_guest(c.socket_path, c.topology.tag, MIXED_SCRIPT, timeout=BOOT_TIMEOUT)
+        ready = FileWaiter(c.topology.share, "vm-ready")
         t = threading.Thread(target=vm)
         t.start()
         try:
-            # Wait for the Linux guest to say it is up (a bounded poll on the emulator's view: the
-            # guest and this test have no other channel), then write while it waits for us.
-            deadline = time.monotonic() + BOOT_TIMEOUT
-            while "vm-ready" not in g1.os.listdir("/"):
-                assert t.is_alive(), "the Linux guest ended before it was ready"
-                assert time.monotonic() < deadline, "the Linux guest never got ready"
-                time.sleep(0.05)
+            # Wait for the Linux guest to say it is up (inotify on the share: the guest and this
+            # test have no other channel), then write while it waits for us.
+            ready.wait(BOOT_TIMEOUT, t.is_alive)
+            assert "vm-ready" in g1.os.listdir("/")
             assert g1.run(get, "vm-ready") == b"ready\n"
             assert g0.run(get, "from-vm.txt") == b"from the linux guest\n"
             g1.run(put, "live-g1.txt", b"g1 wrote this while the vm ran\n")
@@ -318,13 +315,11 @@ def test_guest_powers_off_when_the_host_dies(rundir, share):
 
         def vm():
             result["r"] = boot.run_guest(host.socket_path, TAG, script, timeout=BOOT_TIMEOUT, watchdog=12)
+        up = FileWaiter(share, "up.txt")
         t = threading.Thread(target=vm)
         t.start()
         try:
-            deadline = time.monotonic() + BOOT_TIMEOUT
-            while not (share / "up.txt").exists():     # bounded poll: the guest's first write
-                assert t.is_alive() and time.monotonic() < deadline, "the guest never wrote up.txt"
-                time.sleep(0.05)
+            up.wait(BOOT_TIMEOUT, t.is_alive)                # the guest's first write
             os.kill(host.proc.pid, signal.SIGKILL)
             host.proc.wait()
         finally:
