@@ -7,7 +7,7 @@ from ..errors import RemoteProtocolError
 from . import abi
 from .filesystem import Entry
 
-__all__ = ["attr_values", "entry_out", "cstr_exact", "two_cstrs", "s64", "split_timeout"]
+__all__ = ["attr_values", "entry_out"]
 
 _ENTRY_OUT = abi.EntryOut.STRUCT
 _NS = 1_000_000_000
@@ -66,9 +66,3 @@ def entry_out(e: Entry, st=None, flags: int = 0) -> bytes:
     as_, ans = _split(e.attr_timeout)
     return _ENTRY_OUT.pack(e.nodeid, e.generation, es, as_, ens, ans,
                            *attr_values(e.attr if st is None else st, e.attr_flags | flags))
-
-
-cstr_exact = _cstr_exact
-two_cstrs = _two_cstrs
-s64 = _s64
-split_timeout = _split

@@ -283,17 +283,6 @@ class CachePolicy:
             if not keys:
                 del self._by_node[nodeid]
 
-    def invalidate_dentry(self, parent: int, name: bytes) -> None:
-        """Forget the dentry ``parent/name`` (after UNLINK, RMDIR, RENAME, CREATE …)."""
-        if not self.enabled:
-            return
-        key = (parent, name)
-        with self._lock:
-            old = self._dentries.pop(key, None)
-            if old is not None:
-                self._unlink_key(old[0], key)
-            self.local_gen += 1
-
     # ------------------------------------------------------------------ attributes
 
     def get_attr(self, nodeid: int) -> "tuple[Attr, int] | None":
@@ -309,12 +298,6 @@ class CachePolicy:
         """Remember ``attr`` of ``nodeid`` with the stamp taken before it was read."""
         if self.enabled:
             self._attrs[nodeid] = (attr, stamp)
-
-    def invalidate_attr(self, nodeid: int) -> None:
-        """Drop the cached attributes of ``nodeid``."""
-        if self.enabled:
-            self._attrs.pop(nodeid, None)
-            self.local_gen += 1
 
     # ------------------------------------------------------------------ directory listings
 

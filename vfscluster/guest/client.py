@@ -91,10 +91,6 @@ class _Node:
         self.pins = 0
 
 
-_oserror = oserror
-_check_attr = check_attr
-
-
 class FuseClient(FileOps):
     """FUSE requests over a transport, with the kernel's lookup-count bookkeeping.
 
@@ -307,12 +303,12 @@ class FuseClient(FileOps):
         if entry.nodeid == 0 or entry.nodeid == ROOT_ID:
             # LOOKUP's negative entry is handled by the caller; elsewhere an invalid nodeid is
             # EIO, and the root (never counted by the server) needs no forget.
-            raise _oserror(errno.EIO)
+            raise oserror(errno.EIO)
         self._counted(entry.nodeid)
         try:
-            _check_attr(entry.attr)
+            check_attr(entry.attr)
             if expect_type is not None and stat.S_IFMT(entry.attr.mode) != expect_type:
-                raise _oserror(errno.EIO)
+                raise oserror(errno.EIO)
         except OSError:
             self.put(entry.nodeid)
             raise
@@ -322,7 +318,7 @@ class FuseClient(FileOps):
 
     def _ready(self) -> InitInfo:
         if self._destroyed:
-            raise _oserror(errno.ENOTCONN)
+            raise oserror(errno.ENOTCONN)
         if self.info is None:
             raise LocalProtocolError("FUSE_INIT has not completed on this connection")
         return self.info
@@ -332,7 +328,7 @@ class FuseClient(FileOps):
         # fs/fuse/dev.c rejects out-of-range error codes (positive, or <= -512)
         if error > 0 or error <= -512:
             return RemoteProtocolError(f"reply with error code {error}")
-        return _oserror(-error)
+        return oserror(-error)
 
     @staticmethod
     def _need(body: bytes, size: int) -> bytes:
@@ -368,7 +364,7 @@ class FuseClient(FileOps):
             if hit is not None:
                 nodeid, dstamp, dattr = hit
                 if nodeid == NEGATIVE:
-                    raise _oserror(errno.ENOENT)
+                    raise oserror(errno.ENOENT)
                 if self._pin_cached(nodeid):
                     try:
                         if cache.coupled:
@@ -392,7 +388,7 @@ class FuseClient(FileOps):
         entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
         if entry.nodeid == 0:
             cache.store_dentry(parent, name, NEGATIVE, pstamp)
-            raise _oserror(errno.ENOENT)
+            raise oserror(errno.ENOENT)
         astamp = self._entry_stamp(body, EntryOut.SIZE, entry.nodeid, pstamp)
         entry = self._entry(body, entry=entry)
         if cache.enabled:
@@ -463,7 +459,7 @@ class FuseClient(FileOps):
         arg = GetattrIn(abi.GETATTR_FH, fh) if fh is not None else GetattrIn()
         out = AttrOut.unpack_from(self._need(
             self._call(Opcode.GETATTR, nodeid, [arg.pack()], AttrOut.SIZE), AttrOut.SIZE))
-        _check_attr(out.attr)
+        check_attr(out.attr)
         return out
 
     def setattr(self, nodeid: int, arg: SetattrIn) -> AttrOut:
@@ -477,7 +473,7 @@ class FuseClient(FileOps):
                 self._call(Opcode.SETATTR, nodeid, [arg.pack()], AttrOut.SIZE), AttrOut.SIZE))
         finally:
             self.cache.changed(nodeid, data=resize)
-        _check_attr(out.attr)
+        check_attr(out.attr)
         return out
 
     def readlink(self, nodeid: int) -> bytes:
@@ -532,13 +528,13 @@ class FuseClient(FileOps):
             self._call(Opcode.RENAME, parent, [RenameIn(newparent).pack(), *names], 0)
             return
         if Opcode.RENAME2 in self._no:
-            raise _oserror(errno.EINVAL)
+            raise oserror(errno.EINVAL)
         try:
             self._call(Opcode.RENAME2, parent, [Rename2In(newparent, flags).pack(), *names], 0)
         except OSError as exc:
             if exc.errno == errno.ENOSYS:
                 self._no.add(Opcode.RENAME2)
-                raise _oserror(errno.EINVAL) from None
+                raise oserror(errno.EINVAL) from None
             raise
 
     def link(self, nodeid: int, newparent: int, newname: bytes) -> EntryOut:

@@ -24,8 +24,6 @@ from .replies import READDIR_SIZE, XATTR_LIST_MAX, XATTR_SIZE_MAX, check_attr, o
 
 __all__ = ["FileOps"]
 
-_oserror = oserror
-_check_attr = check_attr
 _OFFSET_MAX = (1 << 63) - 1
 _LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
 _local_init = threading.Lock()
@@ -90,12 +88,12 @@ class FileOps:
                 opened = OpenOut.unpack_from(body, EntryOut.SIZE)
                 entry = EntryOut.unpack_from(body)
                 if entry.nodeid in (0, ROOT_ID):
-                    raise _oserror(errno.EIO)
+                    raise oserror(errno.EIO)
                 self._counted(entry.nodeid)
                 try:
-                    _check_attr(entry.attr)
+                    check_attr(entry.attr)
                     if stat.S_IFMT(entry.attr.mode) != stat.S_IFREG:
-                        raise _oserror(errno.EIO)
+                        raise oserror(errno.EIO)
                     astamp = self._entry_stamp(body, EntryOut.SIZE + OpenOut.SIZE, entry.nodeid,
                                                pstamp)
                 except (OSError, RemoteProtocolError):
@@ -160,7 +158,7 @@ class FileOps:
                                   WriteOut.SIZE)
                 written = WriteOut.unpack_from(self._need(body, WriteOut.SIZE)).size
                 if written > n:
-                    raise _oserror(errno.EIO)
+                    raise oserror(errno.EIO)
             except OSError:
                 if done:
                     return done
@@ -223,7 +221,7 @@ class FileOps:
         """LSEEK (SEEK_DATA / SEEK_HOLE).  ENOSYS is remembered and raised again at once, so the
         caller can fall back to the generic answer (fs/fuse/file.c fuse_lseek)."""
         if Opcode.LSEEK in self._no:
-            raise _oserror(errno.ENOSYS)
+            raise oserror(errno.ENOSYS)
         try:
             body = self._call(Opcode.LSEEK, nodeid, [LseekIn(fh, offset, whence).pack()],
                               LseekOut.SIZE)
@@ -236,14 +234,14 @@ class FileOps:
     def fallocate(self, nodeid: int, fh: int, mode: int, offset: int, length: int) -> None:
         """FALLOCATE; a server without it makes it EOPNOTSUPP."""
         if Opcode.FALLOCATE in self._no:
-            raise _oserror(errno.EOPNOTSUPP)
+            raise oserror(errno.EOPNOTSUPP)
         try:
             self._call(Opcode.FALLOCATE, nodeid, [FallocateIn(fh, offset, length, mode).pack()], 0)
             self.cache.changed(nodeid, data=True)
         except OSError as exc:
             if exc.errno == errno.ENOSYS:
                 self._no.add(Opcode.FALLOCATE)
-                raise _oserror(errno.EOPNOTSUPP) from None
+                raise oserror(errno.EOPNOTSUPP) from None
             raise
 
     # ------------------------------------------------------------------ directories
@@ -275,7 +273,7 @@ class FileOps:
                     self._counted(entry.nodeid)
                     counted.append(entry.nodeid)
                     try:
-                        _check_attr(entry.attr)
+                        check_attr(entry.attr)
                     except OSError:                 # fuse_force_forget()
                         self.put(counted.pop())
                         entry = EntryOut()
@@ -354,13 +352,13 @@ class FileOps:
     def _xattr_call(self, opcode: int, nodeid: int, args: Sequence, reply_size: int) -> bytes:
         # fs/fuse/xattr.c: a server without the operation makes it EOPNOTSUPP from then on
         if opcode in self._no:
-            raise _oserror(errno.EOPNOTSUPP)
+            raise oserror(errno.EOPNOTSUPP)
         try:
             return self._call(opcode, nodeid, args, reply_size)
         except OSError as exc:
             if exc.errno == errno.ENOSYS:
                 self._no.add(opcode)
-                raise _oserror(errno.EOPNOTSUPP) from None
+                raise oserror(errno.EOPNOTSUPP) from None
             raise
 
     # ------------------------------------------------------------------ locks

@@ -94,12 +94,12 @@ class PageCache:
         A READ the host answers is newer than any size the guest holds: when one reaches the end
         of the file (a short reply) that end is the file's, and when it returns data past
         ``file_size`` the file has grown; either way its answer wins."""
+        data = self._read_clean(client, nodeid, fh, offset, size, file_size, flags, lock_owner)
         dirty = self._dirty.get(nodeid)
-        if dirty is not None and dirty.extents:
-            data = self._read_clean(client, nodeid, fh, offset, size, file_size, flags, lock_owner)
-            end = min(offset + size, file_size)
-            return self._overlay(data, offset, end, dirty) if end > offset else b""
-        return self._read_clean(client, nodeid, fh, offset, size, file_size, flags, lock_owner)
+        if dirty is None or not dirty.extents:
+            return data
+        end = min(offset + size, file_size)
+        return self._overlay(data, offset, end, dirty) if end > offset else b""
 
     def _read_clean(self, client, nodeid, fh, offset, size, clip, flags, lock_owner) -> bytes:
         p = self.policy
@@ -177,10 +177,6 @@ class PageCache:
         """The end of the last dirty byte of ``nodeid`` (0: nothing dirty)."""
         d = self._dirty.get(nodeid)
         return d.end if d is not None else 0
-
-    def has_dirty(self, nodeid: int) -> bool:
-        d = self._dirty.get(nodeid)
-        return d is not None and bool(d.extents)
 
     def write(self, client: FuseClient, nodeid: int, fh: int, offset: int, data: Any) -> int:
         """Keep ``data`` at ``offset`` dirty (write-back); written back once more than
