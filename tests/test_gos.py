@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 
 import pytest
 
@@ -17,6 +16,7 @@ from loopback import LoopbackTransport, make_loopback
 from vfscluster.fuse.abi import Opcode
 from vfscluster.guest.client import FuseClient
 from vfscluster.guest.gos import GuestOS
+from threads import run_threads
 
 # ------------------------------------------------------------------------------------- fixtures
 
@@ -533,11 +533,7 @@ def test_threads_share_one_guest_os(twin):
                 g.listdir()
         except BaseException as exc:       # pragma: no cover - reported below
             errors.append(exc)
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads(worker, 4, 60)
     assert not errors
     assert g.pread(shared, 40, 0) == b"A" * 10 + b"B" * 10 + b"C" * 10 + b"D" * 10
     g.close(shared)
@@ -590,11 +586,7 @@ def test_loopback_transport_is_thread_safe(tmp_path):
 
     def worker():
         results.append(all(g.stat("d").st_nlink == 2 for _ in range(100)))
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(30)
+    run_threads(lambda _: worker(), 4, 30)
     assert results == [True] * 4
     client.flush_forgets()
     assert len(fs.inodes) == 1

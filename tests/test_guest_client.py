@@ -7,7 +7,6 @@ import dataclasses
 import errno
 import os
 import stat
-import threading
 
 import pytest
 
@@ -18,6 +17,7 @@ from vfscluster.fuse.abi import (
 )
 from vfscluster.guest.cache import CachePolicy
 from vfscluster.guest.client import REQUESTED_INIT_FLAGS, FuseClient
+from threads import run_threads
 
 
 @pytest.fixture
@@ -311,11 +311,7 @@ def test_concurrent_lookups_and_puts_balance(stack):
                 client.put(e.nodeid)
         except BaseException as exc:        # pragma: no cover - reported below
             errors.append(exc)
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    run_threads(worker, 4, 30)
     assert not errors
     client.flush_forgets()
     assert client.lookup_counts() == {}

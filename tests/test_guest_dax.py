@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from threads import run_threads
 from vfscluster.guest.dax import PAGE, DaxWindow, MappedBuffer, file_id
 from vfscluster.guest.daxmap import (FUSE_DAX_RECLAIM_CHUNK, FUSE_DAX_RECLAIM_THRESHOLD, FUSE_DAX_SZ,
                                      Mapping, RangeAllocator)
@@ -470,11 +471,7 @@ def test_window_is_thread_safe(tmp_path):
                     w.unmap(off + 32 * PAGE, 32 * PAGE)
             except BaseException as e:       # reported by the main thread
                 errors.append(e)
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(worker, 8, None)
         assert errors == []
         assert [(m.window_offset, m.length) for m in w.mappings()] == [(k * 64 * PAGE, 32 * PAGE) for k in range(8)]
     os.close(fd)
@@ -732,9 +729,5 @@ def test_allocator_is_thread_safe():
                 held.discard(i)
             r.free(i)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(lambda _: worker(), 8, None)
     assert errors == [] and r.nfree == 16 and r.busy() == [] and sorted(r._free) == list(range(16))

@@ -25,6 +25,7 @@ from vfscluster.guest.dax import PAGE, DaxWindow
 from vfscluster.guest.daxclient import NO_FH, GuestDax
 from vfscluster.host.dax import DaxRegistry
 from vfscluster.vhost_user import BackendReq
+from threads import run_threads
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -261,11 +262,7 @@ def test_concurrent_readers_and_writers_in_a_tiny_window(tmp_path, host):
             except BaseException as exc:                        # pragma: no cover - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(50)
+        run_threads(worker, 4, 50)
         assert errors == [] and host.violations == []
         assert all(g.ranges.pins(s) == 0 for s in g.ranges.busy())
 

@@ -3,7 +3,6 @@
 import errno
 import os
 import signal
-import struct
 import threading
 import time
 
@@ -15,6 +14,7 @@ from vfscluster.guest.machine import GuestMachine
 
 from hostproc import HostProcess, ram_name
 from realpeers import boot, require_virtiofsd, rundir  # noqa: F401 (fixture)
+from threads import run_threads
 
 
 @pytest.fixture
@@ -53,14 +53,6 @@ def test_duplicate_tag_and_unknown_tag(host, machine):
     assert ei.value.errno == errno.EINVAL and "nosuchtag" in str(ei.value)
     m = machine.mount("share")
     assert m.os.listdir("/") == []
-
-
-def run_threads(worker, n: int) -> None:
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
 
 
 def _lookup_args(name: bytes):

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from threads import run_threads
 from vfscluster.fuse.passthrough.locktable import (
     F_RDLCK as RD,
     F_UNLCK as UN,
@@ -420,11 +421,7 @@ def test_threads_increment_a_counter_under_setlkw():
             inside[0] -= 1
             t.setlk(K, owner, UN, 0, OFFSET_MAX)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=50)
+    threads = run_threads(worker, 4, 50)
     assert not any(th.is_alive() for th in threads)
     assert errors == []
     assert counter[0] == 800

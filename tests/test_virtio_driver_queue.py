@@ -12,6 +12,7 @@ from vfscluster.virtio.device_queue import QueueState
 from vfscluster.virtio.driver_queue import DriverQueue, QueueClosed
 
 from virtio_helpers import anon_memory
+from threads import run_threads
 
 GPA = 0x10000
 
@@ -119,11 +120,7 @@ def test_full_ring_many_threads(event_idx):
         except Exception as exc:   # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    run_threads(worker, 8, 30)
     with reaper.done:
         assert reaper.done.wait_for(lambda: len(reaper.results) == 64, 30)
     assert not errors
