@@ -35,6 +35,7 @@ import os
 import threading
 import weakref
 
+from .memcopy import copy_in, copy_out, data_address
 from .daxmap import FUSE_DAX_SZ, FileId, Mapping, MappingTable, RangeAllocator, einval
 
 PAGE = mmap.PAGESIZE
@@ -66,33 +67,6 @@ _mremap = _libc.mremap
 _mremap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p)
 _mremap.restype = ctypes.c_void_p
 MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-class _PyBuffer(ctypes.Structure):
-    """``Py_buffer`` (Include/pybuffer.h): to learn where a read-only ``mmap.mmap`` keeps its data."""
-
-    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
-
-
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
-_release_buffer.restype = None
-
-
-def _data_address(obj) -> int:
-    """Address of the memory a (possibly read-only) buffer exporter holds."""
-    view = _PyBuffer()
-    _get_buffer(obj, ctypes.byref(view), 0)       # PyBUF_SIMPLE; raises on failure
-    try:
-        return view.buf
-    finally:
-        _release_buffer(ctypes.byref(view))
 
 
 def _oserror(what: str) -> OSError:
@@ -182,7 +156,7 @@ class MappedBuffer(mmap.mmap):
         self = mmap.mmap.__new__(cls, -1, length, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
         self._window = window
         self.writable = writable
-        self._addr = _data_address(self)
+        self._addr = data_address(self)
         self._table = MappingTable()     # offsets relative to the buffer
         return self
 
@@ -375,7 +349,7 @@ class DaxWindow:
         self._check_span(window_offset, length, aligned=False, empty_ok=True)
         with self._lock:
             self._covering(window_offset, length)
-        return ctypes.string_at(self.base + window_offset, length)
+        return copy_out(self.base + window_offset, length)
 
     def copy_in(self, window_offset: int, data) -> None:
         """Store ``data`` (bytes-like) into a wholly mapped range (the DAX write path).
@@ -397,7 +371,7 @@ class DaxWindow:
             if any(p.zeroed for p in pieces):
                 raise OSError(errno.ESTALE, f"{os.strerror(errno.ESTALE)}: DAX range "
                                             f"{window_offset:#x}+{length:#x} was zeroed for a truncation")
-        memoryview((ctypes.c_ubyte * length).from_address(self.base + window_offset)).cast("B")[:] = src
+        copy_in(self.base + window_offset, src)
 
     def mapped_buffer(self, window_offset: int, length: int, writable: bool) -> MappedBuffer:
         """A :class:`MappedBuffer` of ``length`` bytes aliasing the window from ``window_offset``

@@ -46,7 +46,6 @@ the device's channel thread while a request thread waits in ``request_setup``). 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import threading
@@ -60,6 +59,7 @@ from .dax import PAGE, DaxWindow
 from .daxbuffer import DaxMmap, alias_spans
 from .daxmap import FUSE_DAX_RECLAIM_CHUNK, einval
 from .daxslots import SlotPool
+from .memcopy import copy_in, copy_out, data_address
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class GuestDax:
         if end <= offset:
             return b""
         out = bytearray(end - offset)
+        out_addr = data_address(out)
         pos = offset
         while pos < end:
             index = pos // self.R
@@ -147,7 +148,7 @@ class GuestDax:
                 if n > 0:
                     view = self.window.view(c.slot * self.R + pos - cstart, n)
                     try:
-                        out[pos - offset:pos - offset + n] = view
+                        copy_in(out_addr + pos - offset, view)
                     finally:
                         view.release()
             finally:
@@ -175,7 +176,7 @@ class GuestDax:
         with self._fast:                 # an attached chunk's range is mapped (file or zero pages)
             if not c.attached:
                 return None
-            return ctypes.string_at(self._base + c.slot * self.R + offset - cstart, size)
+            return copy_out(self._base + c.slot * self.R + offset - cstart, size)
 
     def write_fast(self, nodeid: int, offset: int, data: memoryview, file_size: int) -> bool:
         """The common case of :meth:`write`: all of ``data`` (a byte memoryview) lands inside one
@@ -195,11 +196,10 @@ class GuestDax:
         cstart = index * self.R
         if end > cstart + c.valid:
             return False
-        src = data.tobytes() if data.readonly else (ctypes.c_char * n).from_buffer(data)
         with self._fast:
             if not c.attached:
                 return False
-            ctypes.memmove(self._base + c.slot * self.R + offset - cstart, src, n)
+            copy_in(self._base + c.slot * self.R + offset - cstart, data)
         return True
 
     def write(self, nodeid: int, fh: int, offset: int, data, file_size: int) -> int:
