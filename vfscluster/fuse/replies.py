@@ -7,7 +7,7 @@ from ..errors import RemoteProtocolError
 from . import abi
 from .filesystem import Entry
 
-__all__ = ["attr_values", "entry_out"]
+__all__ = ["attr_values", "entry_out", "entry_values"]
 
 _ENTRY_OUT = abi.EntryOut.STRUCT
 _NS = 1_000_000_000
@@ -59,10 +59,15 @@ def attr_values(st, flags: int = 0) -> tuple:
             abi.encode_dev(rdev) if rdev else 0, st.st_blksize, flags)
 
 
-def entry_out(e: Entry, st=None, flags: int = 0) -> bytes:
-    """fuse_entry_out of an :class:`Entry` (with the attributes ``st`` instead of ``e.attr``;
-    ``flags`` added to ``e.attr_flags``)."""
+def entry_values(e: Entry, st=None, flags: int = 0) -> tuple:
+    """The fuse_entry_out fields of an :class:`Entry` in wire order (with the attributes ``st``
+    instead of ``e.attr``; ``flags`` added to ``e.attr_flags``)."""
     es, ens = _split(e.entry_timeout)
     as_, ans = _split(e.attr_timeout)
-    return _ENTRY_OUT.pack(e.nodeid, e.generation, es, as_, ens, ans,
-                           *attr_values(e.attr if st is None else st, e.attr_flags | flags))
+    return (e.nodeid, e.generation, es, as_, ens, ans,
+            *attr_values(e.attr if st is None else st, e.attr_flags | flags))
+
+
+def entry_out(e: Entry, st=None, flags: int = 0) -> bytes:
+    """fuse_entry_out of an :class:`Entry` (see :func:`entry_values`)."""
+    return _ENTRY_OUT.pack(*entry_values(e, st, flags))

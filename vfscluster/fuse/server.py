@@ -55,6 +55,7 @@ import errno
 import logging
 import mmap
 import stat
+import struct
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -64,7 +65,7 @@ from .abi import AttrFlags, InitFlags, Opcode, SetattrValid
 from .filesystem import Context, Entry, FileSystem, SetattrChanges
 from .fileops import FileRequests
 from .locking import LOCK_FLAGS, LockRequests
-from .replies import _cstr_exact, _s64, _split, _two_cstrs, attr_values, entry_out  # noqa: F401
+from .replies import _cstr_exact, _s64, _split, _two_cstrs, attr_values, entry_out, entry_values  # noqa: F401
 
 if TYPE_CHECKING:
     from ..host.versions import VersionTable
@@ -76,6 +77,7 @@ _OUT = abi.OutHeader.STRUCT
 IN_SIZE = abi.InHeader.SIZE
 OUT_SIZE = abi.OutHeader.SIZE
 _ENTRY_OUT = abi.EntryOut.STRUCT
+_OUT_ENTRY = struct.Struct(_OUT.format + _ENTRY_OUT.format.lstrip("<"))   # out header + entry_out
 _ENTRYVER_OUT = abi.EntryVerOut.STRUCT
 _ATTR_OUT = abi.AttrOut.STRUCT
 _NS = 1_000_000_000
@@ -93,6 +95,8 @@ SERVER_FLAGS = (InitFlags.ASYNC_READ | InitFlags.BIG_WRITES | InitFlags.MAX_PAGE
 # after each EntryOut: see the module docstring).
 _NEVER = InitFlags.ENTRY_VERSION
 
+_OP_INIT = int(Opcode.INIT)
+_OP_WRITE = int(Opcode.WRITE)
 _NO_REPLY = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY})
 
 
@@ -189,7 +193,7 @@ class Server(LockRequests, FileRequests):
             if extlen * 8 > reader.available():
                 raise RemoteProtocolError(f"total_extlen {extlen} runs past the request")
             op = self._table.get(opcode)
-            if not self.initialized and opcode != Opcode.INIT:
+            if not self.initialized and opcode != _OP_INIT:
                 if opcode in _NO_REPLY:
                     return 0
                 return self._error(writer, unique, errno.EIO)
@@ -197,7 +201,7 @@ class Server(LockRequests, FileRequests):
                 log.debug("session %d: opcode %d not served", self.session, opcode)
                 return self._error(writer, unique, errno.ENOSYS)
             ctx = Context(uid, gid, pid, unique, self.session)
-            if opcode == Opcode.WRITE:  # the data stays in place: pwritev from the buffers
+            if opcode == _OP_WRITE:  # the data stays in place: pwritev from the buffers
                 return self._write(ctx, nodeid, reader, writer, extlen)
             # The arguments, without the extensions counted by total_extlen (we negotiate none).
             return op(ctx, nodeid, reader.read(reader.available() - extlen * 8), writer)
@@ -367,6 +371,10 @@ class Server(LockRequests, FileRequests):
                 st, _timeout = self.fs.getattr(ctx, entry.nodeid, None)
                 body = (entry_out(entry, st, self._dax_flag(ctx, entry.nodeid, st)) + tail
                         + _ENTRYVER_OUT.pack(self.versions.slot(entry.nodeid), version))
+            elif not tail and writer is not None:     # the common reply: packed in place
+                values = entry_values(entry, None, self._dax_flag(ctx, entry.nodeid, entry.attr))
+                writer.write_packed(_OUT_ENTRY, _OUT_ENTRY.size, 0, ctx.unique, *values)
+                return _OUT_ENTRY.size
             else:
                 body = entry_out(entry, None, self._dax_flag(ctx, entry.nodeid, entry.attr)) + tail
             return self._reply(writer, ctx.unique, body)

@@ -98,15 +98,20 @@ class DeviceConfig:
 
 
 class _ThreadBuffer:
-    """Two pages of guest RAM that one thread reuses for its small synchronous requests (a thread
-    has at most one such request in flight), so the common path allocates nothing."""
+    """Two pages of guest RAM, a completion lock and a :class:`_Pending` that one thread reuses for
+    its small synchronous requests (a thread has at most one such request in flight), so the
+    common path allocates nothing.  The lock is held between requests: the completer releases it,
+    the waiter takes it back."""
 
-    __slots__ = ("page", "pages", "busy")
+    __slots__ = ("page", "pages", "busy", "pending")
 
     def __init__(self, pages) -> None:
         self.pages = pages
         self.page = pages.alloc(2)
         self.busy = False
+        lock = threading.Lock()
+        lock.acquire()
+        self.pending = _Pending(self.page, 2, self, self.page * PAGE + PAGE, 0, 0, lock)
 
     def __del__(self) -> None:        # the thread ended: give the pages back
         self.pages.free(self.page, 2)
@@ -118,7 +123,7 @@ class _Pending:
     __slots__ = ("page", "npages", "owner", "out_off", "out_size", "unique", "done", "length", "error", "lock")
 
     def __init__(self, page: int, npages: int, owner: _ThreadBuffer | None, out_off: int, out_size: int,
-                 unique: int) -> None:
+                 unique: int, lock: threading.Lock | None = None) -> None:
         self.page = page
         self.npages = npages
         self.owner = owner
@@ -128,8 +133,24 @@ class _Pending:
         self.done = False
         self.length = 0
         self.error = 0
-        self.lock = threading.Lock()
-        self.lock.acquire()
+        if lock is None:
+            lock = threading.Lock()
+            lock.acquire()
+        self.lock = lock
+
+
+def _ids() -> tuple[int, int, int]:
+    return os.getuid(), os.getgid(), os.getpid()
+
+
+_IDS = [_ids()]                 # this process's (uid, gid, pid) for request headers
+
+
+def _refresh_ids() -> None:
+    _IDS[0] = _ids()
+
+
+os.register_at_fork(after_in_child=_refresh_ids)
 
 
 class VirtioFsDevice(SharedRegions, ParkedRequests):
@@ -283,36 +304,37 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         for a in args:
             in_len += len(a)
         out_size = 16 + reply_size if reply_size >= 0 else 0
+        if unique is None:
+            unique = next(self._unique)
         owner = None
         if sync and in_len <= PAGE and out_size <= PAGE:
-            owner = getattr(self._tls, "buf", None)
-            if owner is None:
+            try:
+                owner = self._tls.buf
+            except AttributeError:
                 owner = self._tls.buf = _ThreadBuffer(self.ram.pages)
             if owner.busy:
                 owner = None
         if owner is not None:
             owner.busy = True
-            page, in_pages, npages = owner.page, 1, 2
+            p = owner.pending
+            p.out_size, p.unique, p.done, p.error = out_size, unique, False, 0
+            base = p.page * PAGE
+            out_off = p.out_off
         else:
             in_pages = (in_len + PAGE - 1) // PAGE
             npages = in_pages + (out_size + PAGE - 1) // PAGE
             page = self.ram.pages.alloc(npages)
-        if unique is None:
-            unique = next(self._unique)
-        base = page * PAGE
+            base = page * PAGE
+            out_off = base + in_pages * PAGE
+            p = _Pending(page, npages, None, out_off, out_size, unique)
         view = self.ram.view
-        if creds is None:
-            uid, gid, pid = os.getuid(), os.getgid(), os.getpid()
-        else:
-            uid, gid, pid = creds.uid, creds.gid, creds.pid
+        uid, gid, pid = _IDS[0] if creds is None else (creds.uid, creds.gid, creds.pid)
         IN_HEADER.pack_into(view, base, in_len, opcode, unique, nodeid, uid, gid, pid, 0, 0)
         off = base + 40
         for a in args:
             n = len(a)
             view[off:off + n] = a
             off += n
-        out_off = base + in_pages * PAGE
-        p = _Pending(page, npages, owner, out_off, out_size, unique)
         gpa = self.ram.gpa
         try:
             kick = q.add_pair(gpa + base, in_len, gpa + out_off, out_size, p)
@@ -363,6 +385,9 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
 
     def _release(self, p: _Pending) -> None:
         if p.owner is not None:
+            # the thread's lock must be held again for its next request, also if the waiter saw
+            # ``done`` and took no lock (request_interruptible); completion released it before
+            p.lock.acquire(False)
             p.owner.busy = False
         else:
             self.ram.pages.free(p.page, p.npages)
@@ -370,11 +395,12 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
     # -- waiting -------------------------------------------------------------------------------
     def _complete(self, p: _Pending, length: int) -> None:
         p.length = length
-        p.done = True
         if p.out_size == 0:            # a hiprio request with no reply: just give back its buffer
+            p.done = True
             self._release(p)
         else:
-            p.lock.release()
+            p.lock.release()           # before done: whoever sees done may take the lock back
+            p.done = True
 
     def _spin_enter(self, q: DriverQueue) -> bool:
         """Register a spinner on ``q`` (the first one suppresses calls); False if spinning is off."""
@@ -390,8 +416,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         """The last spinner to leave re-enables calls and reaps what came meanwhile."""
         with q.lock:
             q.spinners -= 1
-            if q.spinners == 0:
-                q.enable_calls()
+            if q.spinners == 0 and q.enable_calls():
                 q.reap(self._complete)
 
     def _wait(self, q: DriverQueue, p: _Pending, spinning: bool | None = None) -> None:
@@ -406,14 +431,18 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         budget = self._spin[q.index]
         if spinning:
             try:
+                used = q.used_view()
                 deadline = time.perf_counter_ns() + budget.ns
                 while not p.done:
-                    if q.has_used():
-                        with q.lock:           # blocking: a holder without the GIL gets it back
-                            q.reap(self._complete)
+                    for _ in range(16):          # look at the used index 16 times per clock read
+                        if used[1] != q.last_used:
+                            break
+                    else:
+                        if self.disconnected or time.perf_counter_ns() > deadline:
+                            break
                         continue
-                    if self.disconnected or time.perf_counter_ns() > deadline:
-                        break
+                    with q.lock:           # blocking: a holder without the GIL gets it back
+                        q.reap(self._complete)
             finally:
                 self._spin_exit(q)
             if p.done:
@@ -482,9 +511,9 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             for p in q.pending_tokens():
                 if isinstance(p, _Pending) and not p.done:
                     p.error = err
-                    p.done = True
                     if p.out_size:
                         p.lock.release()
+                    p.done = True
 
     # -- life cycle ----------------------------------------------------------------------------
     def in_flight(self) -> int:
@@ -496,9 +525,9 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         """Wait until no request is in flight on any request queue (unmount).  Woken by reaping, or
         by a disconnect, which completes everything with ENOTCONN."""
         for q in self.request_queues:
-            with q.space:
+            with q.lock:
                 while q.in_flight() and not q.closed:
-                    q.space.wait()
+                    q.wait_for_space()
 
     def shutdown(self) -> None:
         """Stop the rings (GET_VRING_BASE), close the connection and the completion thread."""

@@ -135,6 +135,7 @@ class HostServer:
                      if thread_pool_size > 0 else None)
         self.tracer = Tracer(trace) if trace else None
         self.sessions: dict[int, GuestSession] = {}     # by control socket fd
+        self._live_list: list | None = None              # _live()'s answer, None: to be made
         self._kick_owner: dict[int, tuple[GuestSession, int]] = {}
         self._next_sid = 1
         self._epoll = select.epoll()
@@ -198,6 +199,7 @@ class HostServer:
                          dax_window=self.window_size)
         self.sessions[sock.fileno()] = s
         self._by_sid[sid] = s
+        self._changed()
         self._epoll.register(sock.fileno(), select.EPOLLIN)
         log.info("%s connected", s.name)
 
@@ -206,6 +208,7 @@ class HostServer:
             self._unregister_kick(fd)
         self.sessions.pop(s.fd, None)
         self._by_sid.pop(s.sid, None)
+        self._changed()
         try:
             self._epoll.unregister(s.fd)
         except (OSError, ValueError):
@@ -263,13 +266,19 @@ class HostServer:
         log.info("vfs-hostd stopping: %d requests; spin budget %d ns, %d hits, %d blocks",
                  self.requests, self.spin.ns, self.spin.hits, self.spin.blocks)
 
-    def _live(self):
-        """Every live queue that carries requests (not the notification queues)."""
-        for s in list(self.sessions.values()):
-            skip = s.device.notify_index
-            for i, q in s.device.live_queues():
-                if i != skip:
-                    yield s, i, q
+    def _live(self) -> list:
+        """Every live queue that carries requests (not the notification queues), as (session,
+        index, queue); kept until a session comes or goes, a control message is handled or a
+        queue breaks (:meth:`_changed`)."""
+        work = self._live_list
+        if work is None:
+            work = self._live_list = [(s, i, q) for s in self.sessions.values()
+                                 for i, q in s.device.live_queues() if i != s.device.notify_index]
+        return work
+
+    def _changed(self) -> None:
+        """The set of live queues may have changed."""
+        self._live_list = None
 
     def _process_round(self) -> bool:
         """Pop up to BATCH chains of every live queue, drain inotify, then serve them (module
@@ -283,6 +292,7 @@ class HostServer:
                 except QueueError as exc:
                     log.warning("%s queue %d is broken: %s", s.name, i, exc)
                     q.mark_broken(str(exc))
+                    self._changed()
                     break
                 if chain is None:
                     break
@@ -406,6 +416,7 @@ class HostServer:
                     s.notifier.flush()          # the guest added notification buffers
 
     def _control(self, s: GuestSession) -> None:
+        self._changed()
         try:
             alive = s.dispatcher.handle_one()
         except (OSError, EOFError) as exc:

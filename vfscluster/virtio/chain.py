@@ -89,16 +89,21 @@ def walk_chain(mem: GuestMemory, table: memoryview, qsize: int, head: int, *,
         idx = nxt
 
 
+def _views(bufs) -> list[memoryview]:
+    """``bufs`` as a list of memoryviews (walk_chain's views as they are)."""
+    return [b if type(b) is memoryview else memoryview(b) for b in bufs]
+
+
 class Reader:
     """Reads the device-readable buffers of a chain as one byte stream."""
 
     __slots__ = ("_bufs", "_i", "_off", "_left")
 
     def __init__(self, bufs: Sequence[memoryview | bytes]) -> None:
-        self._bufs = [memoryview(b) for b in bufs]
+        self._bufs = bufs = _views(bufs)
         self._i = 0
         self._off = 0
-        self._left = sum(len(b) for b in self._bufs)
+        self._left = len(bufs[0]) if len(bufs) == 1 else sum(len(b) for b in bufs)
 
     def available(self) -> int:
         """Bytes not read yet."""
@@ -108,11 +113,18 @@ class Reader:
         """Exactly ``n`` bytes; :class:`RemoteProtocolError` if the stream is shorter."""
         if n > self._left:
             raise RemoteProtocolError(f"request too short: wanted {n} more bytes, {self._left} left")
-        buf = self._bufs[self._i] if self._i < len(self._bufs) else None
-        if buf is not None and self._off + n <= len(buf):   # fast path: one buffer
-            out = bytes(buf[self._off:self._off + n])
-            self._advance(n)
-            return out
+        off = self._off
+        end = off + n
+        if self._i < len(self._bufs):
+            buf = self._bufs[self._i]
+            if end < len(buf):                # fast path: inside the current buffer
+                self._off = end
+                self._left -= n
+                return bytes(buf[off:end])
+            if end == len(buf):
+                out = bytes(buf[off:end])
+                self._advance(n)
+                return out
         return b"".join(bytes(v) for v in self.buffers(n))
 
     def read_all(self) -> bytes:
@@ -150,10 +162,10 @@ class Writer:
     __slots__ = ("_bufs", "_i", "_off", "_cap", "written")
 
     def __init__(self, bufs: Sequence[memoryview]) -> None:
-        self._bufs = [memoryview(b) for b in bufs]
+        self._bufs = bufs = _views(bufs)
         self._i = 0
         self._off = 0
-        self._cap = sum(len(b) for b in self._bufs)
+        self._cap = len(bufs[0]) if len(bufs) == 1 else sum(len(b) for b in bufs)
         self.written = 0
 
     def available(self) -> int:
@@ -165,17 +177,39 @@ class Writer:
         n = len(data)
         if n > self._cap - self.written:
             raise RemoteProtocolError(f"reply of {n} bytes does not fit the {self.available()} writable bytes")
-        buf = self._bufs[self._i] if self._i < len(self._bufs) else None
-        if buf is not None and self._off + n <= len(buf):
-            buf[self._off:self._off + n] = data
-            self.advance(n)
-            return
+        off = self._off
+        if self._i < len(self._bufs):
+            buf = self._bufs[self._i]
+            end = off + n
+            if end < len(buf):                # fast path: inside the current buffer
+                buf[off:end] = data
+                self._off = end
+                self.written += n
+                return
+            if end == len(buf):
+                buf[off:end] = data
+                self.advance(n)
+                return
         src = memoryview(data).cast("B")
         pos = 0
         for view in self.buffers(n):
             view[:] = src[pos:pos + len(view)]
             pos += len(view)
         self.advance(n)
+
+    def write_packed(self, st, *values) -> None:
+        """Append ``st.pack(*values)`` (``st`` a ``struct.Struct``), packed in place when it fits
+        the current buffer."""
+        n = st.size
+        if self._i < len(self._bufs) and n <= self._cap - self.written:
+            buf = self._bufs[self._i]
+            end = self._off + n
+            if end < len(buf):
+                st.pack_into(buf, self._off, *values)
+                self._off = end
+                self.written += n
+                return
+        self.write(st.pack(*values))
 
     def buffers(self, n: int) -> list[memoryview]:
         """Views of the next ``n`` writable bytes (for ``preadv``); does not advance."""

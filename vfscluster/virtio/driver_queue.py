@@ -59,6 +59,7 @@ class DriverQueue:
         self.closed = False
         self._suppressed = False
         self.spinners = 0              # threads polling the used ring (calls suppressed meanwhile)
+        self.space_waiters = 0         # threads in wait_for_space (reaping wakes them)
         self.kicks = 0
         self.full_waits = 0
 
@@ -83,7 +84,7 @@ class DriverQueue:
                 if not wait:
                     raise BlockingIOError("queue full")
                 self.full_waits += 1
-                self.space.wait()
+                self.wait_for_space()
             if self.closed:
                 raise QueueClosed()
             free = self._free
@@ -112,7 +113,7 @@ class DriverQueue:
                 if self.closed:
                     raise QueueClosed()
                 self.full_waits += 1
-                self.space.wait()
+                self.wait_for_space()
             if self.closed:
                 raise QueueClosed()
             head = free.pop()
@@ -130,6 +131,14 @@ class DriverQueue:
             self._a16[1] = idx      # TSO: ring entry visible before idx
             return self._should_kick()
 
+    def wait_for_space(self) -> None:
+        """Sleep until used buffers are reaped or the queue closes.  Caller holds ``lock``."""
+        self.space_waiters += 1
+        try:
+            self.space.wait()
+        finally:
+            self.space_waiters -= 1
+
     def _should_kick(self) -> bool:
         barrier()   # avail.idx store before reading the device's suppression field
         old, new = self._kicked_at, self.avail_idx
@@ -146,6 +155,10 @@ class DriverQueue:
     # -- completion ----------------------------------------------------------------------------
     def used_idx(self) -> int:
         return self._u16[1]
+
+    def used_view(self) -> memoryview:
+        """The used ring as u16s (index 1 is ``used.idx``), for a spinner's tight loop."""
+        return self._u16
 
     def has_used(self) -> bool:
         return self._u16[1] != self.last_used
@@ -176,7 +189,7 @@ class DriverQueue:
             barrier()
             if self._u16[1] == self.last_used:
                 break
-        if count:
+        if count and self.space_waiters:
             self.space.notify_all()
         return count
 
