@@ -623,10 +623,9 @@ class _Racy(PassthroughFs):
     table = None
 
     def lookup(self, ctx, parent, n):
-        from dataclasses import replace
         e = super().lookup(ctx, parent, n)
         stale = os.stat_result((0o100644, e.attr.st_ino, e.attr.st_dev, 1, 0, 0, 12345, 0, 0, 0))
-        return replace(e, attr=stale)
+        return e._replace(attr=stale)
 
     def getattr(self, ctx, nodeid, fh):
         self.table.bump([nodeid])

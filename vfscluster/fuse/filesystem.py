@@ -51,8 +51,7 @@ class Context(NamedTuple):
     session: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A directory entry as LOOKUP and the creating operations return it.
 
     ``attr`` is an ``os.stat_result`` (the server converts it to ``fuse_attr``; ``attr_flags`` are
@@ -62,6 +61,8 @@ class Entry:
 
     ``nodeid == 0`` is a negative entry: the name does not exist, and the guest may cache that
     for ``entry_timeout``.
+
+    An immutable record, a ``NamedTuple`` for the reason :class:`Context` is one (one per LOOKUP).
     """
 
     nodeid: int

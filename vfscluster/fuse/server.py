@@ -181,11 +181,10 @@ class Server(LockRequests, FileRequests):
     def handle(self, reader, writer) -> int:
         """Serve one request; returns the reply's length (0: no reply was written)."""
         try:
-            hdr = reader.read(IN_SIZE)
+            length, opcode, unique, nodeid, uid, gid, pid, extlen = reader.unpack(_IN)
         except RemoteProtocolError as e:
             log.warning("session %d: unreadable FUSE request header: %s", self.session, e)
             return 0
-        length, opcode, unique, nodeid, uid, gid, pid, extlen = _IN.unpack(hdr)
         try:
             if length != IN_SIZE + reader.available():
                 raise RemoteProtocolError(
@@ -372,7 +371,8 @@ class Server(LockRequests, FileRequests):
                 body = (entry_out(entry, st, self._dax_flag(ctx, entry.nodeid, st)) + tail
                         + _ENTRYVER_OUT.pack(self.versions.slot(entry.nodeid), version))
             elif not tail and writer is not None:     # the common reply: packed in place
-                values = entry_values(entry, None, self._dax_flag(ctx, entry.nodeid, entry.attr))
+                values = entry_values(entry, None, self._dax_flag(ctx, entry.nodeid, entry.attr)
+                                      if self.inode_dax else 0)
                 writer.write_packed(_OUT_ENTRY, _OUT_ENTRY.size, 0, ctx.unique, *values)
                 return _OUT_ENTRY.size
             else:
@@ -400,7 +400,9 @@ class Server(LockRequests, FileRequests):
             return 0
 
     def _lookup(self, ctx, nodeid, body, writer) -> int:
-        name = _cstr_exact(body, 0)
+        name = body[:-1]
+        if body[-1:] != b"\0" or b"\0" in name:
+            name = _cstr_exact(body, 0)         # raises the right error
         entry = self.fs.lookup(ctx, nodeid, name)
         if entry.nodeid == 0:  # a negative entry holds no count
             return self._reply(writer, ctx.unique, entry_out(entry))

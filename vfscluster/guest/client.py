@@ -24,7 +24,9 @@ FORGET, or as a BATCH_FORGET when several are pending, once ``forget_batch`` hav
 from __future__ import annotations
 
 import errno
+import itertools
 import stat
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..fuse import abi
 from ..fuse.abi import (
-    ROOT_ID, Attr, AttrOut, BatchForgetIn, EntryOut, EntryVerOut, ForgetIn, ForgetOne, GetattrIn,
+    ROOT_ID, Attr, AttrOut, BatchForgetIn, EntryOut, EntryVerOut, ForgetIn, GetattrIn,
     InitFlags, InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, Rename2In, RenameIn, SetattrIn,
     SetattrValid, encode_name,
 )
@@ -247,9 +249,10 @@ class FuseClient(FileOps):
                 nodeid, nlookup = batch[0]
                 self.transport.send_noreply(Opcode.FORGET, nodeid, [ForgetIn(nlookup).pack()])
                 return
-            # fs/fuse/dev.c fuse_read_batch_forget: as many as fit; our transport takes them all
-            body = b"".join([BatchForgetIn(len(batch)).pack(),
-                             *(ForgetOne(nodeid, n).pack() for nodeid, n in batch)])
+            # fs/fuse/dev.c fuse_read_batch_forget: as many as fit; our transport takes them all.
+            # The ForgetOne records are packed in one call (64 dataclasses cost ~2 µs per stat)
+            body = BatchForgetIn(len(batch)).pack() + struct.pack(
+                f"<{2 * len(batch)}Q", *itertools.chain.from_iterable(batch))
             self.transport.send_noreply(Opcode.BATCH_FORGET, _FORGET_NODEID, [body])
 
     def drop_caches(self) -> None:

@@ -262,6 +262,10 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             self.notify = NotifyQueue(ram, self._notify_ring, notify_size, self.lock_waits,
                                       name=f"virtio-fs <{self.config.tag}>")
             self.notify.post_all()
+        hiprio = self.queues[HIPRIO]
+        hiprio.on_used = self._complete
+        with hiprio.lock:
+            hiprio.suppress_calls()
         self.connected = True
         self._completer = threading.Thread(target=self._complete_loop, name="virtio-fs-completion",
                                            daemon=True)
@@ -366,7 +370,14 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         return PendingRequest(self, q, self._submit(q, opcode, nodeid, args, reply_size, creds))
 
     def send_noreply(self, opcode: int, nodeid: int, args: Sequence) -> None:
-        self._submit(self.queues[HIPRIO], opcode, nodeid, args, -1, None)
+        """Requests without a reply go on hiprio, whose completions nobody waits for: the host is
+        asked not to call for them (a call would wake the completion thread, whose GIL hand-off
+        stalls a spinning submitter), and each sender reaps what the host has used so far."""
+        q = self.queues[HIPRIO]
+        with q.lock:
+            q.reap(self._complete)
+            q.suppress_calls()
+        self._submit(q, opcode, nodeid, args, -1, None)
 
     def _finish(self, p: _Pending, queued_ok: bool = False) -> tuple[int, bytes]:
         """The reply of ``p``: (error, body); ``queued_ok``: error +1 (QUEUED) is accepted."""

@@ -221,9 +221,15 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
             return self.fstat(path)
         cache = self.client.cache
         fast = cache.fast
-        if fast is None:
-            with self._lookup(path, "stat", follow=follow_symlinks) as node:
-                return self._stat_of(node)
+        if fast is None:                    # _lookup() written out: this is the hot path
+            raw, p = fspath(path, "stat")
+            with errors(p):
+                with PathWalk(self.client) as w:
+                    node = w.resolve(raw, follow=follow_symlinks)
+                try:
+                    return self._stat_of(node)
+                finally:
+                    self.client.put(node.nodeid)
         key = (path, follow_symlinks)
         try:
             hit = fast.get(key)

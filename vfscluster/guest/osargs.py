@@ -12,8 +12,7 @@ import errno
 import logging
 import math
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ProtocolError
 from .namei import oserror
@@ -43,16 +42,29 @@ def named(exc: OSError, filename: Any = None, filename2: Any = None) -> OSError:
     return OSError(exc.errno, exc.strerror, filename, None, filename2)
 
 
-@contextmanager
-def errors(filename: Any = None, filename2: Any = None) -> Iterator[None]:
-    """Attach file names to the OSErrors raised inside; a protocol error becomes EIO."""
-    try:
-        yield
-    except OSError as exc:
-        raise named(exc, filename, filename2) from None
-    except ProtocolError as exc:
-        log.warning("FUSE protocol error: %s", exc)
-        raise named(oserror(errno.EIO), filename, filename2) from exc
+class errors:
+    """Context manager: attach file names to the OSErrors raised inside; a protocol error becomes
+    EIO.  (A class rather than a ``@contextmanager`` generator: every GuestOS call enters one, and
+    this costs a third as much.)"""
+
+    __slots__ = ("filename", "filename2")
+
+    def __init__(self, filename: Any = None, filename2: Any = None) -> None:
+        self.filename = filename
+        self.filename2 = filename2
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if typ is None:
+            return False
+        if issubclass(typ, OSError):
+            raise named(exc, self.filename, self.filename2) from None
+        if issubclass(typ, ProtocolError):
+            log.warning("FUSE protocol error: %s", exc)
+            raise named(oserror(errno.EIO), self.filename, self.filename2) from exc
+        return False
 
 
 def fspath(path: Any, func: str) -> tuple[bytes, Any]:

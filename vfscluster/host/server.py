@@ -23,7 +23,9 @@ FUSE server (which bumps it and grants ENTRY_VERSION) and offered to every guest
 (see ``device.py``).  Changes made on the host outside the server reach it through inotify
 (``inotify.py``).  The barrier rule: a round pops its chains first, then drains the inotify queue, then
 handles them, so a request published after an outside change returned is answered only after that change
-bumped its slots.  The inotify fd is in the epoll set too, so an idle server bumps within a wake-up.
+bumped its slots.  Only requests of guests that read slots (ENTRY_VERSION negotiated) need that: a round
+with none of theirs skips the drain (a poll system call, ~0.7 µs of every cache=none round trip).  The
+inotify fd is in the epoll set too, so an idle server bumps within a wake-up.
 
 DAX (DESIGN §5, ``daxwire.py``): one :class:`~.daxwire.DaxService` per server, shared by every session,
 sends SHMEM_MAP / SHMEM_UNMAP on the sessions' back-end channels and waits for their acks.  So
@@ -301,7 +303,7 @@ class HostServer:
                 popped.append((s, i, q, chains))
         if not popped:
             return False
-        if self.watcher is not None:
+        if self.watcher is not None and any(s.server.entry_version for s, _, _, _ in popped):
             self.watcher.drain()
         for s, i, q, chains in popped:
             notify = False

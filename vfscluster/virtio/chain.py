@@ -127,6 +127,18 @@ class Reader:
                 return out
         return b"".join(bytes(v) for v in self.buffers(n))
 
+    def unpack(self, st) -> tuple:
+        """Read one ``struct.Struct`` and unpack it (in place when it lies in one buffer)."""
+        n = st.size
+        if n <= self._left and self._i < len(self._bufs):
+            buf = self._bufs[self._i]
+            off = self._off
+            if off + n < len(buf):
+                self._off = off + n
+                self._left -= n
+                return st.unpack_from(buf, off)
+        return st.unpack(self.read(n))
+
     def read_all(self) -> bytes:
         return self.read(self._left)
 

@@ -60,6 +60,7 @@ class DriverQueue:
         self._suppressed = False
         self.spinners = 0              # threads polling the used ring (calls suppressed meanwhile)
         self.space_waiters = 0         # threads in wait_for_space (reaping wakes them)
+        self.on_used: Callable[[Any, int], None] | None = None   # the reaper's callback (wait_for_space)
         self.kicks = 0
         self.full_waits = 0
 
@@ -132,7 +133,14 @@ class DriverQueue:
             return self._should_kick()
 
     def wait_for_space(self) -> None:
-        """Sleep until used buffers are reaped or the queue closes.  Caller holds ``lock``."""
+        """Sleep until used buffers are reaped or the queue closes.  Caller holds ``lock``.
+
+        A queue whose calls are suppressed with nobody polling it (completions reaped lazily, as
+        the device does for hiprio) asks for a call first; if used buffers are there already, they
+        are reaped with :attr:`on_used` instead of sleeping."""
+        if self._suppressed and not self.spinners and self.enable_calls() and self.on_used is not None:
+            self.reap(self.on_used)
+            return
         self.space_waiters += 1
         try:
             self.space.wait()
