@@ -262,8 +262,9 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             self.notify = NotifyQueue(ram, self._notify_ring, notify_size, self.lock_waits,
                                       name=f"virtio-fs <{self.config.tag}>")
             self.notify.post_all()
+        for q in self.queues:
+            q.on_used = self._complete
         hiprio = self.queues[HIPRIO]
-        hiprio.on_used = self._complete
         with hiprio.lock:
             hiprio.suppress_calls()
         self.connected = True
@@ -424,18 +425,34 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         return True
 
     def _spin_exit(self, q: DriverQueue) -> None:
-        """The last spinner to leave re-enables calls and reaps what came meanwhile."""
+        """The last spinner to leave re-enables calls if a waiter sleeps — for its completion or
+        for room in the ring — (and reaps what came meanwhile).  With nobody asleep calls stay
+        suppressed: the next submitter spins anyway, and a waiter that goes to sleep later asks
+        for calls itself (:meth:`_sleep`, ``DriverQueue.wait_for_space``)."""
         with q.lock:
             q.spinners -= 1
-            if q.spinners == 0 and q.enable_calls():
+            if q.spinners == 0 and (q.sleepers or q.space_waiters) and q.enable_calls():
                 q.reap(self._complete)
+
+    def _sleep(self, q: DriverQueue, p: _Pending) -> None:
+        """Block until ``p`` completes.  With nobody polling the ring, calls are asked for first
+        (and what came before is reaped): the completion thread then reaps for us."""
+        with q.lock:
+            q.sleepers += 1
+            if not q.spinners and q.enable_calls():
+                q.reap(self._complete)
+        try:
+            p.lock.acquire()
+        finally:
+            with q.lock:
+                q.sleepers -= 1
 
     def _wait(self, q: DriverQueue, p: _Pending, spinning: bool | None = None) -> None:
         """Wait for ``p``: spin on the used ring (reaping for everyone), then sleep on its lock.
 
         Calls are suppressed from before the request is published (``_spin_enter`` in
-        :meth:`request`) until the spin ends, so a quick reply costs the host no eventfd write and
-        wakes no completion thread, whose GIL hand-off would stall the spinner.
+        :meth:`request`), and stay so until some waiter sleeps, so a quick reply costs the host no
+        eventfd write and wakes no completion thread, whose GIL hand-off would stall the spinner.
         """
         if spinning is None:
             spinning = self._spin_enter(q)
@@ -464,7 +481,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             p.lock.acquire()
             return
         t0 = time.perf_counter_ns()
-        p.lock.acquire()
+        self._sleep(q, p)
         budget.blocked(time.perf_counter_ns() - t0)
 
     def _complete_loop(self) -> None:

@@ -60,6 +60,7 @@ class DriverQueue:
         self._suppressed = False
         self.spinners = 0              # threads polling the used ring (calls suppressed meanwhile)
         self.space_waiters = 0         # threads in wait_for_space (reaping wakes them)
+        self.sleepers = 0              # submitters blocked on their completion (they need calls)
         self.on_used: Callable[[Any, int], None] | None = None   # the reaper's callback (wait_for_space)
         self.kicks = 0
         self.full_waits = 0
