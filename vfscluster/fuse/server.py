@@ -95,6 +95,7 @@ SERVER_FLAGS = (InitFlags.ASYNC_READ | InitFlags.BIG_WRITES | InitFlags.MAX_PAGE
 # after each EntryOut: see the module docstring).
 _NEVER = InitFlags.ENTRY_VERSION
 
+_new_context = tuple.__new__     # Context(...) without NamedTuple's Python-level __new__
 _OP_INIT = int(Opcode.INIT)
 _OP_WRITE = int(Opcode.WRITE)
 _NO_REPLY = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY})
@@ -186,10 +187,11 @@ class Server(LockRequests, FileRequests):
             log.warning("session %d: unreadable FUSE request header: %s", self.session, e)
             return 0
         try:
-            if length != IN_SIZE + reader.available():
+            left = reader.available()
+            if length != IN_SIZE + left:
                 raise RemoteProtocolError(
-                    f"in_header.len {length} but the request has {IN_SIZE + reader.available()} bytes")
-            if extlen * 8 > reader.available():
+                    f"in_header.len {length} but the request has {IN_SIZE + left} bytes")
+            if extlen * 8 > left:
                 raise RemoteProtocolError(f"total_extlen {extlen} runs past the request")
             op = self._table.get(opcode)
             if not self.initialized and opcode != _OP_INIT:
@@ -199,11 +201,11 @@ class Server(LockRequests, FileRequests):
             if op is None:
                 log.debug("session %d: opcode %d not served", self.session, opcode)
                 return self._error(writer, unique, errno.ENOSYS)
-            ctx = Context(uid, gid, pid, unique, self.session)
+            ctx = _new_context(Context, (uid, gid, pid, unique, self.session))
             if opcode == _OP_WRITE:  # the data stays in place: pwritev from the buffers
                 return self._write(ctx, nodeid, reader, writer, extlen)
             # The arguments, without the extensions counted by total_extlen (we negotiate none).
-            return op(ctx, nodeid, reader.read(reader.available() - extlen * 8), writer)
+            return op(ctx, nodeid, reader.read(left - extlen * 8), writer)
         except OSError as e:
             return self._error_quiet(writer, unique, e.errno or errno.EIO)
         except RemoteProtocolError as e:

@@ -36,6 +36,7 @@ from .client import FuseClient
 __all__ = ["Node", "Last", "LastType", "PathWalk", "split_path", "MAXSYMLINKS", "NAME_MAX",
            "PATH_MAX"]
 
+_S_IFMT = 0o170000
 MAXSYMLINKS = 40
 NAME_MAX = 255
 PATH_MAX = 4096
@@ -60,11 +61,11 @@ class Node(NamedTuple):
 
     @property
     def is_dir(self) -> bool:
-        return self.fmt == stat.S_IFDIR
+        return self.attr is None or self.attr.mode & _S_IFMT == stat.S_IFDIR
 
     @property
     def is_symlink(self) -> bool:
-        return self.fmt == stat.S_IFLNK
+        return self.attr is not None and self.attr.mode & _S_IFMT == stat.S_IFLNK
 
     @property
     def is_reg(self) -> bool:
@@ -217,6 +218,10 @@ class PathWalk:
     def parent(self, path: bytes) -> Last:
         """Walk ``path`` (relative to :attr:`dir`, or from the root when absolute) up to its
         last component, which is returned, not looked up (fs/namei.c ``filename_parentat``)."""
+        if path and b"/" not in path:       # one component: nothing to walk
+            kind = (LastType.NORM if path != b"." and path != b".." else
+                    LastType.DOT if path == b"." else LastType.DOTDOT)
+            return Last(path, kind, False)
         absolute, comps, slash = split_path(path)
         if absolute:
             self._to_root()
