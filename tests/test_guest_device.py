@@ -369,3 +369,26 @@ def test_parked_setlkw_fails_with_enotconn_when_the_host_dies(share):
             mb.close()
     finally:
         h.stop()
+
+
+def test_hiprio_completions_are_reaped_by_later_senders(share, host):
+    """FORGETs ask for no call: the next sender reaps what the host returned, and a sender that
+    finds the hiprio ring full gets room (no call comes, nobody polls) instead of hanging."""
+    (share / "f").write_bytes(b"x")
+    m = GuestMachine("hi", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = m.add_device(host.socket_path, "vfs", queue_size=8)
+        m.mount("vfs")
+        hiprio = dev.queues[0]
+        nodeid = None
+        for _ in range(40):                    # 40 lookups, 40 FORGETs of one each: 5 rings' worth
+            err, body = dev.request(abi.Opcode.LOOKUP, abi.ROOT_ID, _lookup_args(b"f"), abi.EntryOut.SIZE)
+            assert err == 0
+            nodeid = abi.EntryOut.unpack_from(body).nodeid
+        for _ in range(40):
+            dev.send_noreply(abi.Opcode.FORGET, nodeid, [abi.ForgetIn(1).pack()])
+        assert hiprio.in_flight() <= 8
+        err, _ = dev.request(abi.Opcode.LOOKUP, abi.ROOT_ID, _lookup_args(b"f"), abi.EntryOut.SIZE)
+        assert err == 0                          # the host is still serving
+    finally:
+        m.close()

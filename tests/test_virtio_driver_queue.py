@@ -185,3 +185,58 @@ def test_close_wakes_waiting_submitter():
     dq.close()          # whether the submitter already waits or not, it must get QueueClosed
     t.join(10)
     assert out == ["closed"]
+
+
+
+def _fill(dq, ram, count, base=0x40000):
+    for k in range(count):
+        off = base + k * 256
+        ram[off:off + 4] = b"%04d" % k
+        dq.add([(GPA + off, 4)], [(GPA + off + 128, 16)], k)
+
+
+def _serve(q, n):
+    """Play the device: return ``n`` chains as used (4 bytes written each)."""
+    for _ in range(n):
+        chain = q.pop()
+        with q.lock:
+            q.add_used(chain.head, 4)
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_full_ring_with_calls_suppressed_reaps_what_is_there(event_idx):
+    """Calls suppressed and nobody polling (the guest's hiprio queue, an idle request queue): a
+    submitter that finds the ring full reaps with ``on_used`` what the device has returned,
+    instead of waiting for a call nobody will make."""
+    mem, ram, dq, q = make_pair(8, event_idx)          # room for 4 chains of 2 descriptors
+    done = []
+    dq.on_used = lambda token, length: done.append((token, length))
+    _fill(dq, ram, 4)
+    _serve(q, 4)
+    with dq.lock:
+        dq.suppress_calls()
+    assert not q.needs_notification()          # suppressed: the device does not call
+    _fill(dq, ram, 1, base=0x50000)            # the ring is full: this one reaps, then goes in
+    assert sorted(done) == [(k, 4) for k in range(4)]
+    assert dq.full_waits == 1 and dq.in_flight() == 1
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_full_ring_with_calls_suppressed_asks_for_a_call(event_idx):
+    """... and if nothing is there yet, it asks for a call before it sleeps."""
+    mem, ram, dq, q = make_pair(8, event_idx)
+    done = []
+    dq.on_used = lambda token, length: done.append(token)
+    _fill(dq, ram, 4)
+    with dq.lock:
+        dq.suppress_calls()
+    t = threading.Thread(target=_fill, args=(dq, ram, 1, 0x50000), daemon=True)
+    t.start()
+    with dq.lock:                               # wait until the submitter sleeps for room
+        assert dq.space.wait_for(lambda: dq.space_waiters == 1, 10)
+    _serve(q, 1)
+    assert q.needs_notification()               # it asked for a call
+    with dq.lock:                               # what the completion thread does on the call
+        dq.reap(dq.on_used)
+    t.join(10)
+    assert not t.is_alive() and done == [0] and dq.in_flight() == 4
