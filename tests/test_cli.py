@@ -96,6 +96,18 @@ def test_bench_meta_runs_and_prints_its_goals(tmp_path):
     assert (tmp_path / "meta.png").stat().st_size > 0
 
 
+@pytest.mark.timeout(120)
+def test_bench_rtt_runs_and_prints_its_goals(tmp_path):
+    """A smoke run of `bench rtt` (interleaved rounds; no timing assert: verdicts are printed)."""
+    r = run("bench", "rtt", "--seconds", "0.06", "--plot", str(tmp_path / "rtt.png"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    out = " ".join(r.stdout.split())
+    for text in ("GuestOS.stat", "bare FUSE LOOKUP", "SEQPACKET", "os.stat in-process"):
+        assert text in out, out
+    assert out.count("met:") + out.count("missed:") == 3
+    assert (tmp_path / "rtt.png").stat().st_size > 0
+
+
 def test_guest_daemon_refuses_versions_without_a_cache():
     r = run_daemon("daemons.guest", "--socket-path", "/tmp/x.sock", "--control", "/tmp/x.ctl",
                    "--versions")
