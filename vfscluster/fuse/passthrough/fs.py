@@ -39,14 +39,14 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 
-from ..abi import WRITE_KILL_SUIDGID, FileLock, InitFlags, OpenOutFlags
+from ..abi import WRITE_KILL_SUIDGID, InitFlags, OpenOutFlags
 from ..filesystem import Context, DirEntry, Entry, FileSystem, SetattrChanges
 from . import syscalls
 from .confine import O_PATH_FLAGS, check_name, einval, is_inside, oserror, proc_path, reopen
 from .daxhooks import DaxHooks
 from .handles import Handle, HandleTable, close_handle, snapshot
 from .inodes import Inode, InodeStore
-from .locks import Done, HostLocks, lock_key
+from .locks import HostLocks, LockOps, lock_key
 
 log = logging.getLogger(__name__)
 FALLOC_FL_COLLAPSE_RANGE = 0x08
@@ -56,7 +56,7 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _new_entry = tuple.__new__       # Entry(...) without NamedTuple's Python-level __new__
 
 
-class PassthroughFs(DaxHooks, FileSystem):
+class PassthroughFs(LockOps, DaxHooks, FileSystem):
     """Serve ``shared_dir`` to any number of sessions; thread-safe.
 
     ``cache`` follows virtiofsd's ``--cache``: ``none`` (timeouts 0, FOPEN_DIRECT_IO), ``auto``
@@ -544,41 +544,6 @@ class PassthroughFs(DaxHooks, FileSystem):
 
     def fsyncdir(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         self.fsync(ctx, nodeid, fh, datasync)
-
-    # ---------------------------------------------------------------- locks
-
-    def getlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock,
-              flags: int) -> FileLock:
-        """The lock of another owner (any session) that blocks ``lock``: see HostLocks.getlk."""
-        fd = self.handles.get(ctx.session, fh).fd
-        return self.locks.getlk(lock_key(fd), ctx.session, owner, lock, flags)
-
-    def setlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock, flags: int,
-              sleep: bool) -> None:
-        """SETLK; SETLKW (``sleep``) without a completion: granted now, or EOPNOTSUPP where it
-        would have to wait."""
-        fd = self.handles.get(ctx.session, fh).fd
-        key = lock_key(fd)
-        if not sleep:
-            self.locks.setlk(key, fd, ctx.session, fh, owner, lock, flags)
-            return
-        try:
-            self.locks.setlk(key, fd, ctx.session, fh, owner, lock, flags)
-        except BlockingIOError:
-            raise oserror(errno.EOPNOTSUPP) from None
-
-    def setlkw(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock, flags: int,
-               done: Done) -> bool:
-        """SETLKW that may wait: True if parked under ``(ctx.session, ctx.unique)``, and then
-        ``done(0 | -errno)`` is called once later (HostLocks.setlkw); False if already done."""
-        fd = self.handles.get(ctx.session, fh).fd
-        return self.locks.setlkw(lock_key(fd), fd, ctx.session, fh, owner, lock, flags,
-                                 ctx.unique, done)
-
-    def interrupt(self, session: int, unique: int) -> bool:
-        """FUSE_INTERRUPT: withdraw the parked request ``unique`` of ``session`` (its completion
-        gets -EINTR); False if there is none."""
-        return self.locks.cancel(session, unique)
 
 
 def _sized(value: bytes, size: int) -> bytes | int:

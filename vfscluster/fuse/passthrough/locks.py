@@ -38,6 +38,8 @@ import threading
 from collections.abc import Callable
 
 from ..abi import LK_FLOCK, FileLock
+from ..filesystem import Context
+from .confine import oserror
 from .locktable import F_RDLCK, F_UNLCK, F_WRLCK, FLOCK_OPS, OFFSET_MAX, QUEUED, LockTable
 
 __all__ = ["HostLocks", "Done", "OFFSET_MAX", "lock_key"]
@@ -46,10 +48,6 @@ log = logging.getLogger(__name__)
 
 Done = Callable[[int], object]
 """Completion of a parked SETLKW: called once with 0 or a negative errno."""
-
-
-def _oserror(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
 
 
 def lock_key(fd: int) -> tuple[int, int]:
@@ -64,7 +62,7 @@ def check_mode(fd: int, ltype: int) -> None:
     writeback session's write-only files are opened read-write on the host)."""
     acc = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
     if (ltype == F_RDLCK and acc == os.O_WRONLY) or (ltype == F_WRLCK and acc == os.O_RDONLY):
-        raise _oserror(errno.EBADF)
+        raise oserror(errno.EBADF)
 
 
 class HostLocks:
@@ -83,7 +81,7 @@ class HostLocks:
         pid its guest sent), or ``lock`` with type F_UNLCK.  EINVAL for flock (the kernel never
         asks), an F_UNLCK or unknown type, a bad range."""
         if flags & LK_FLOCK:
-            raise _oserror(errno.EINVAL)
+            raise oserror(errno.EINVAL)
         got = self.table.getlk(key, (session, owner), lock.type, lock.start, lock.end)
         if got is None:
             return FileLock(lock.start, lock.end, F_UNLCK, 0)
@@ -110,7 +108,7 @@ class HostLocks:
         tag = (session, unique)
         with self._mutex:
             if tag in self._parked:
-                raise _oserror(errno.EINVAL)
+                raise oserror(errno.EINVAL)
             self._parked[tag] = done       # before the table may grant it from another thread
         try:
             if flags & LK_FLOCK:
@@ -168,7 +166,7 @@ class HostLocks:
     def _flock_op(lock: FileLock) -> int:
         op = FLOCK_OPS.get(lock.type)
         if op is None:
-            raise _oserror(errno.EINVAL)
+            raise oserror(errno.EINVAL)
         return op
 
     def _granter(self, tag: tuple[int, int]) -> Callable[[object], None]:
@@ -191,3 +189,41 @@ class HostLocks:
             done(error)
         except Exception:      # a broken notification path must not break the table's caller
             log.exception("completing lock request %r (error %d) failed", tag, error)
+
+
+class LockOps:
+    """The FileSystem lock operations of :class:`~.fs.PassthroughFs`, served from its
+    :class:`HostLocks` (``self.locks``) on the fds of its open handles (``self.handles``)."""
+
+    def getlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock,
+              flags: int) -> FileLock:
+        """The lock of another owner (any session) that blocks ``lock``: see HostLocks.getlk."""
+        fd = self.handles.get(ctx.session, fh).fd
+        return self.locks.getlk(lock_key(fd), ctx.session, owner, lock, flags)
+
+    def setlk(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock, flags: int,
+              sleep: bool) -> None:
+        """SETLK; SETLKW (``sleep``) without a completion: granted now, or EOPNOTSUPP where it
+        would have to wait."""
+        fd = self.handles.get(ctx.session, fh).fd
+        key = lock_key(fd)
+        if not sleep:
+            self.locks.setlk(key, fd, ctx.session, fh, owner, lock, flags)
+            return
+        try:
+            self.locks.setlk(key, fd, ctx.session, fh, owner, lock, flags)
+        except BlockingIOError:
+            raise oserror(errno.EOPNOTSUPP) from None
+
+    def setlkw(self, ctx: Context, nodeid: int, fh: int, owner: int, lock: FileLock, flags: int,
+               done: Done) -> bool:
+        """SETLKW that may wait: True if parked under ``(ctx.session, ctx.unique)``, and then
+        ``done(0 | -errno)`` is called once later (HostLocks.setlkw); False if already done."""
+        fd = self.handles.get(ctx.session, fh).fd
+        return self.locks.setlkw(lock_key(fd), fd, ctx.session, fh, owner, lock, flags,
+                                 ctx.unique, done)
+
+    def interrupt(self, session: int, unique: int) -> bool:
+        """FUSE_INTERRUPT: withdraw the parked request ``unique`` of ``session`` (its completion
+        gets -EINTR); False if there is none."""
+        return self.locks.cancel(session, unique)
