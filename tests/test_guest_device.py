@@ -392,3 +392,37 @@ def test_hiprio_completions_are_reaped_by_later_senders(share, host):
         assert err == 0                          # the host is still serving
     finally:
         m.close()
+
+
+@pytest.mark.parametrize("spin_ns", [0, 2000])
+def test_short_spins_on_a_full_ring_never_strand_a_waiter(share, host, spin_ns):
+    """Submitters that registered as spinners and then wait for ring room poll nothing: they must
+    not keep calls suppressed while every in-flight request's owner sleeps (that hung: 8 threads,
+    queue of 8, 2 µs spins)."""
+    (share / "f").write_bytes(b"x")
+    m = GuestMachine("short", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = m.add_device(host.socket_path, "vfs", queue_size=8)
+        for budget in dev._spin:               # short spins that stay short (no adapting to 0)
+            budget.ns = budget.max_ns = spin_ns
+        gos = m.mount("vfs").os
+        errors = []
+
+        def worker(t):
+            try:
+                for i in range(1500):
+                    if i % 3 == 0:
+                        pending = dev.submit(abi.Opcode.LOOKUP, abi.ROOT_ID, _lookup_args(b"f"),
+                                             abi.EntryOut.SIZE)
+                        assert pending.wait()[0] == 0
+                    else:
+                        assert gos.stat("f").st_size == 1
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = run_threads(worker, 8, 20)
+        assert not any(t.is_alive() for t in threads), "a waiter was stranded"
+        assert not errors
+        assert dev.request_queues[0].full_waits > 0
+    finally:
+        m.close()

@@ -299,7 +299,8 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             return self.queues[self._affinity.q]
 
     def _submit(self, q: DriverQueue, opcode: int, nodeid: int, args: Sequence, reply_size: int,
-                creds: Credentials | None, sync: bool = False, unique: int | None = None) -> _Pending:
+                creds: Credentials | None, sync: bool = False, unique: int | None = None,
+                spinning: bool = False) -> _Pending:
         if self.disconnected or not self.connected:
             raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
         if q.index in self._broken:
@@ -342,7 +343,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             off += n
         gpa = self.ram.gpa
         try:
-            kick = q.add_pair(gpa + base, in_len, gpa + out_off, out_size, p)
+            kick = q.add_pair(gpa + base, in_len, gpa + out_off, out_size, p, spinning)
         except QueueClosed:
             self._release(p)
             err = self._broken.get(q.index, errno.ENOTCONN)
@@ -356,7 +357,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         q = self._pick_queue()
         spinning = self._spin_enter(q)
         try:
-            p = self._submit(q, opcode, nodeid, args, reply_size, creds, sync=True)
+            p = self._submit(q, opcode, nodeid, args, reply_size, creds, sync=True, spinning=spinning)
         except BaseException:
             if spinning:
                 self._spin_exit(q)

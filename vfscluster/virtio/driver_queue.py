@@ -105,7 +105,8 @@ class DriverQueue:
             self._a16[1] = self.avail_idx      # TSO: ring entry visible before idx
             return self._should_kick()
 
-    def add_pair(self, in_gpa: int, in_len: int, out_gpa: int, out_len: int, token: Any) -> bool:
+    def add_pair(self, in_gpa: int, in_len: int, out_gpa: int, out_len: int, token: Any,
+                 spinning: bool = False) -> bool:
         """:meth:`add` for the common chain: one device-readable buffer, then one device-writable
         buffer (omitted when ``out_len`` is 0)."""
         n = 2 if out_len else 1
@@ -115,7 +116,7 @@ class DriverQueue:
                 if self.closed:
                     raise QueueClosed()
                 self.full_waits += 1
-                self.wait_for_space()
+                self.wait_for_space(spinning)
             if self.closed:
                 raise QueueClosed()
             head = free.pop()
@@ -133,20 +134,30 @@ class DriverQueue:
             self._a16[1] = idx      # TSO: ring entry visible before idx
             return self._should_kick()
 
-    def wait_for_space(self) -> None:
+    def wait_for_space(self, spinning: bool = False) -> None:
         """Sleep until used buffers are reaped or the queue closes.  Caller holds ``lock``.
 
-        A queue whose calls are suppressed with nobody polling it (completions reaped lazily, as
-        the device does for hiprio) asks for a call first; if used buffers are there already, they
-        are reaped with :attr:`on_used` instead of sleeping."""
-        if self._suppressed and not self.spinners and self.enable_calls() and self.on_used is not None:
-            self.reap(self.on_used)
-            return
-        self.space_waiters += 1
+        ``spinning``: the caller is one of :attr:`spinners` (it registered before submitting).
+        While it waits for room it polls nothing, so it stops counting: otherwise spinners that
+        all wait here would keep calls suppressed with nobody reaping.  A queue whose calls are
+        suppressed with nobody polling it (completions reaped lazily) asks for a call first; if
+        used buffers are there already, they are reaped with :attr:`on_used` instead of sleeping."""
+        if spinning:
+            self.spinners -= 1
         try:
-            self.space.wait()
+            if self._suppressed and not self.spinners and self.enable_calls() and self.on_used is not None:
+                self.reap(self.on_used)
+                return
+            self.space_waiters += 1
+            try:
+                self.space.wait()
+            finally:
+                self.space_waiters -= 1
         finally:
-            self.space_waiters -= 1
+            if spinning:
+                self.spinners += 1
+                if self.spinners == 1:
+                    self.suppress_calls()
 
     def _should_kick(self) -> bool:
         barrier()   # avail.idx store before reading the device's suppression field
