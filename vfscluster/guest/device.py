@@ -262,9 +262,9 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             self.notify = NotifyQueue(ram, self._notify_ring, notify_size, self.lock_waits,
                                       name=f"virtio-fs <{self.config.tag}>")
             self.notify.post_all()
-        for q in self.queues:
-            q.on_used = self._complete
         hiprio = self.queues[HIPRIO]
+        for q in (hiprio, *self.request_queues):   # (the notification ring has its own reaper)
+            q.on_used = self._complete
         with hiprio.lock:
             hiprio.suppress_calls()
         self.connected = True
