@@ -357,24 +357,16 @@ class HostServer:
         self.requests += 1
         reader = Reader(chain.readable)
         writer = Writer(chain.writable) if chain.writable else None
-        if self.tracer is None:
-            try:
-                return s.server.handle(reader, writer)
-            except ProtocolError as exc:      # as _safe_handle, written out on the hot path
-                log.warning("%s: request refused: %s", s.name, exc)
-                return 0
-        t0 = time.perf_counter_ns()
-        written = self._safe_handle(s, reader, writer)
-        self.tracer.record(s.name, i, chain, written, time.perf_counter_ns() - t0)
-        return written
-
-    @staticmethod
-    def _safe_handle(s: GuestSession, reader, writer) -> int:
+        tracer = self.tracer
+        t0 = time.perf_counter_ns() if tracer is not None else 0
         try:
-            return s.server.handle(reader, writer)
+            written = s.server.handle(reader, writer)
         except ProtocolError as exc:      # the server reports garbage itself; this is a last guard
             log.warning("%s: request refused: %s", s.name, exc)
-            return 0
+            written = 0
+        if tracer is not None:
+            tracer.record(s.name, i, chain, written, time.perf_counter_ns() - t0)
+        return written
 
     def _spin_for_work(self) -> bool:
         budget = self.spin.ns
