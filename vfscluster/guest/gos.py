@@ -30,14 +30,14 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..fuse.abi import ROOT_ID, Attr, InitFlags, SetattrValid
+from ..fuse.abi import Attr, InitFlags, SetattrValid
 from .client import FuseClient
 from .daxfiles import DaxCalls
 from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
 from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
 from .locks import LockCalls
-from .namei import NAME_MAX, LastType, Node, PathWalk, check_path, oserror
+from .namei import LastType, Node, PathWalk, check_path, oserror
 from .osargs import errors, fspath, named, process_umask, time_to_ns
 from .xattrcalls import XattrCalls
 
@@ -223,16 +223,6 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         fast = cache.fast
         if fast is None:                    # _lookup() written out: this is the hot path
             raw, p = fspath(path, "stat")
-            if b"/" not in raw and 0 < len(raw) <= NAME_MAX and raw != b"." and raw != b"..":
-                # One name in the root (the working directory): no walk to do.  A symlink to
-                # follow is given to the walk below.
-                with errors(p):
-                    entry = self.client.lookup(ROOT_ID, raw)
-                    try:
-                        if not (follow_symlinks and entry.attr.mode & 0o170000 == stat.S_IFLNK):
-                            return self._stat_of(Node(entry.nodeid, entry.attr))
-                    finally:
-                        self.client.put(entry.nodeid)
             with errors(p):
                 with PathWalk(self.client) as w:
                     node = w.resolve(raw, follow=follow_symlinks)

@@ -127,10 +127,12 @@ class PathWalk:
         self.close()
 
     def close(self) -> None:
-        """Release the chain."""
-        stack, self.stack = self.stack, [ROOT]
-        for node in reversed(stack):
-            self.client.put(node.nodeid)
+        """Release the chain (below the root, which is never counted)."""
+        stack = self.stack
+        if len(stack) > 1:
+            self.stack = [ROOT]
+            for node in reversed(stack[1:]):
+                self.client.put(node.nodeid)
 
     # ------------------------------------------------------------------ the chain
 
