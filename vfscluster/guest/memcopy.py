@@ -8,12 +8,15 @@ above it a vector loop that streams uncached data about 35 % slower (DESIGN §10
 64 MiB file, 40 µs against 29–31 µs).  So large copies go in pieces below that threshold, which
 costs a few C calls and brings a 1 MiB DAX read level with ``os.pread``.
 
-What is left is placement: ``rep movsb`` here is fast (26 µs per MiB) when destination and source
-sit at the same offset in a 64-byte line, and about 25 % slower otherwise (unless the destination
-trails the source by less than ~1 KiB within a page).  Window pages are line-aligned; a ``bytes``
-object's data starts wherever malloc put it, and a loop that reads 1 MiB at a time reuses the same
-block each time.  So a 1 MiB DAX read measures 29–30 µs or 35–36 µs per process, against 31 µs
-for ``os.pread`` (whose ``copy_to_user`` has the same exposure).
+What is left is noise from the memory itself, larger than any of these effects on this VM: the same
+1 MiB copy runs up to 15 % faster or slower depending on which part of a file it reads (where its
+page-cache pages sit in physical memory, and how the hypervisor backs them), and between processes
+depending on where malloc put the destination.  Timed against each other in turns over the same
+pages and the same destination, the destination's offset within a 64-byte line makes no difference
+(35.0–35.8 µs for offsets 0/16/32/48), and a copy out of a window mapping is level with ``os.pread``
+(within ±5 %: the kernel reads its source through the direct map's huge pages, we through the
+window's 4 KiB pages; we pay a few ctypes calls where it pays a system call).  ``bench dax``
+therefore times ``os.pread`` in the DAX guest's own process, in turns with the DAX reads.
 
 :func:`copy_out` builds the result ``bytes`` in place (``PyBytes_FromStringAndSize(NULL, n)`` is
 the C API's way to make a bytes object to fill), so the data is copied once, as ``os.pread`` does.
