@@ -253,6 +253,21 @@ def test_round_trip_from_fields(cls):
 
 
 @pytest.mark.parametrize("cls", ALL_STRUCTS, ids=_ids(ALL_STRUCTS))
+def test_decoded_struct_is_a_whole_instance(cls):
+    """Decoders fill the slots directly (no dataclass __init__): the result is the same frozen,
+    hashable value that the constructor makes."""
+    assert cls._BUILD is not cls
+    obj = cls.unpack_from(random.Random(cls.__name__ + "b").randbytes(cls.SIZE))
+    assert type(obj) is cls
+    twin = cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
+    assert obj == twin and hash(obj) == hash(twin) and repr(obj) == repr(twin)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if names:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, names[0], 1)
+
+
+@pytest.mark.parametrize("cls", ALL_STRUCTS, ids=_ids(ALL_STRUCTS))
 def test_short_buffer_raises(cls):
     with pytest.raises(RemoteProtocolError):
         cls.unpack_from(bytes(cls.SIZE - 1))

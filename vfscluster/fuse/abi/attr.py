@@ -123,7 +123,7 @@ class EntryOut(WireStruct):
     @classmethod
     def unpack_from(cls, buf: Any, offset: int = 0) -> EntryOut:
         v = _unpack_raw(cls, buf, offset)
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], Attr(*v[6:]))
+        return cls._BUILD(v[0], v[1], v[2], v[3], v[4], v[5], Attr._BUILD(*v[6:]))
 
     def _wire_values(self) -> tuple:
         return (
@@ -162,7 +162,7 @@ class AttrOut(WireStruct):
     @classmethod
     def unpack_from(cls, buf: Any, offset: int = 0) -> AttrOut:
         v = _unpack_raw(cls, buf, offset)
-        return cls(v[0], v[1], Attr(*v[2:]))
+        return cls._BUILD(v[0], v[1], Attr._BUILD(*v[2:]))
 
     def _wire_values(self) -> tuple:
         return (self.attr_valid, self.attr_valid_nsec, *_ATTR_GET(self.attr))

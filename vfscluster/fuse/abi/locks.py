@@ -42,7 +42,7 @@ class LkIn(WireStruct):
     @classmethod
     def unpack_from(cls, buf: Any, offset: int = 0) -> LkIn:
         v = _unpack_raw(cls, buf, offset)
-        return cls(v[0], v[1], FileLock(v[2], v[3], v[4], v[5]), v[6])
+        return cls._BUILD(v[0], v[1], FileLock._BUILD(v[2], v[3], v[4], v[5]), v[6])
 
     def _wire_values(self) -> tuple:
         return (self.fh, self.owner, *_LOCK_GET(self.lk), self.lk_flags)
@@ -58,7 +58,7 @@ class LkOut(WireStruct):
 
     @classmethod
     def unpack_from(cls, buf: Any, offset: int = 0) -> LkOut:
-        return cls(FileLock.unpack_from(buf, offset))
+        return cls._BUILD(FileLock.unpack_from(buf, offset))
 
     def _wire_values(self) -> tuple:
         return _LOCK_GET(self.lk)

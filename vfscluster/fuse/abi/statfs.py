@@ -58,7 +58,7 @@ class StatfsOut(WireStruct):
 
     @classmethod
     def unpack_from(cls, buf: Any, offset: int = 0) -> StatfsOut:
-        return cls(Kstatfs.unpack_from(buf, offset))
+        return cls._BUILD(Kstatfs.unpack_from(buf, offset))
 
     def _wire_values(self) -> tuple:
         return _KSTATFS_GET(self.st)
