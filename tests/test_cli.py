@@ -102,7 +102,7 @@ def test_bench_rtt_runs_and_prints_its_goals(tmp_path):
     r = run("bench", "rtt", "--seconds", "0.06", "--plot", str(tmp_path / "rtt.png"))
     assert r.returncode == 0, r.stderr + r.stdout
     out = " ".join(r.stdout.split())
-    for text in ("GuestOS.stat", "bare FUSE LOOKUP", "SEQPACKET", "os.stat in-process"):
+    for text in ("GuestOS.stat", "bare FUSE LOOKUP", "SEQPACKET", "both spinning", "os.stat in-process"):
         assert text in out, out
     assert out.count("met:") + out.count("missed:") == 3
     assert (tmp_path / "rtt.png").stat().st_size > 0

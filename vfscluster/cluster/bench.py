@@ -1,9 +1,12 @@
 """Benchmarks with baselines measured in the same run (``vfscluster bench …``).
 
 ``rtt``: the round trip of a ``cache=none`` ``stat`` through a guest's virtqueue to vfs-hostd and
-back (as ``GuestOS.stat``, and as the bare FUSE LOOKUP under it), against (a) an AF_UNIX SEQPACKET ping-pong between two processes carrying the same bytes
-(request 42 B, reply 144 B) with the server doing the same ``os.stat``, and (b) ``os.stat``
-in-process.  Goals (issue: foundation): ring ≤ 0.25× SEQPACKET and ≤ 4× in-process ``os.stat``.
+back (as ``GuestOS.stat``, and as the bare FUSE LOOKUP under it), against (a) an AF_UNIX SEQPACKET
+ping-pong between two processes carrying the same bytes (request 42 B, reply 144 B) with the server
+doing the same ``os.stat``, (b) the same exchange through shared memory with both ends spinning —
+no virtqueue, no FUSE: the floor of a Python request/reply between two processes — and (c)
+``os.stat`` in-process.  Goals (issue: foundation): ring ≤ 0.25× SEQPACKET and ≤ 4× in-process
+``os.stat``.
 
 ``meta``: ``stat`` of an unchanged file from a guest with ``cache=always,versions=on`` against a
 ``cache=none`` guest and ``os.stat`` on the host, and the cost of coherency: the same reader while
@@ -25,6 +28,7 @@ is one wake-up of the other side.
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import statistics
@@ -96,17 +100,76 @@ def _seqpacket_server(sock, path: str) -> None:
         sock.send(reply)
 
 
+_SHM_REQ, _SHM_REP = 64, 128     # where the request and the reply sit (words 0 and 1: counters)
+_SHM_STOP = (1 << 64) - 1
+
+
+def _shm_server(mem: mmap.mmap, path: str) -> None:
+    """The far end of the shared-memory ping-pong: spins on the request counter (word 0), takes the
+    request out, does the ``os.stat``, writes the reply and publishes the counter (word 1)."""
+    words = memoryview(mem).cast("Q")
+    reply = bytes(REPLY)
+    seen = 0
+    while True:
+        n = words[0]
+        if n == seen:
+            continue
+        if n == _SHM_STOP:
+            return
+        seen = n
+        bytes(mem[_SHM_REQ:_SHM_REQ + REQUEST])
+        os.stat(path)
+        mem[_SHM_REP:_SHM_REP + REPLY] = reply
+        words[1] = n            # x86 TSO: the reply's stores are seen before this one
+
+
+def _shm_loop(path: str, seconds: float) -> tuple[float, int]:
+    """Request/reply through an anonymous shared mapping with a forked server, both ends spinning
+    (each burns a CPU meanwhile, so the server lives only for this loop)."""
+    import multiprocess
+    mem = mmap.mmap(-1, mmap.PAGESIZE)
+    proc = multiprocess.get_context("fork").Process(target=_shm_server, args=(mem, path),
+                                                    daemon=True)
+    proc.start()
+    words = memoryview(mem).cast("Q")
+    req = bytes(REQUEST)
+    sent = [0]
+
+    def one():
+        sent[0] += 1
+        n = sent[0]
+        mem[_SHM_REQ:_SHM_REQ + REQUEST] = req
+        words[0] = n
+        spins = 0
+        while words[1] != n:
+            spins += 1
+            if not spins & 0xFFFF and not proc.is_alive():
+                raise RuntimeError("the shared-memory ping-pong server died")
+        return bytes(mem[_SHM_REP:_SHM_REP + REPLY])
+    try:
+        return _timed_loop(one, seconds)
+    finally:
+        words[0] = _SHM_STOP
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        words.release()
+        mem.close()
+
+
 RTT_ROUNDS = 3
 
 
 def bench_rtt(seconds: float = 2.0, console: Console | None = None) -> list[Result]:
-    """The four round trips, measured in ``RTT_ROUNDS`` interleaved rounds of ``seconds /
+    """The five round trips, measured in ``RTT_ROUNDS`` interleaved rounds of ``seconds /
     RTT_ROUNDS`` each (the cluster and the SEQPACKET pair stay up throughout), so that a passing
     disturbance of the machine touches every row alike; each row reports its median round."""
     console = console or Console()
     per = seconds / RTT_ROUNDS
     names = ("ring: GuestOS.stat (guest → vfs-hostd)", "ring: bare FUSE LOOKUP round trip",
-             "AF_UNIX SEQPACKET + os.stat", "os.stat in-process")
+             "AF_UNIX SEQPACKET + os.stat", "shared memory, both spinning + os.stat (floor)",
+             "os.stat in-process")
     rounds: list[list[tuple[float, int]]] = [[] for _ in names]
     with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
         path = os.path.join(share, "f")
@@ -127,11 +190,12 @@ def bench_rtt(seconds: float = 2.0, console: Console | None = None) -> list[Resu
                 g = c.guests[0]
                 for r in range(RTT_ROUNDS):
                     with console.status(f"round {r + 1}/{RTT_ROUNDS}: stat through the ring, "
-                                        f"SEQPACKET ping-pong, os.stat…"):
+                                        f"SEQPACKET and shared-memory ping-pongs, os.stat…"):
                         rounds[0].append(g.run(_guest_stat_loop, "f", per))
                         rounds[1].append(g.run(_guest_lookup_loop, "f", per))
                         rounds[2].append(_timed_loop(ping, per))
-                        rounds[3].append(_timed_loop(lambda: os.stat(path), per))
+                        rounds[3].append(_shm_loop(path, per))
+                        rounds[4].append(_timed_loop(lambda: os.stat(path), per))
         finally:
             a.close()
             proc.join(5)
@@ -227,7 +291,7 @@ def main(which: str, *, seconds: float = 2.0, plot: str | None = None, dax_mib: 
     console = Console()
     if which == "rtt":
         res = bench_rtt(seconds, console)
-        ring, bare, seq, local = res
+        ring, bare, seq, _floor, local = res
         _report("round trip of one stat", res, [
             ("GuestOS.stat through the ring / SEQPACKET", ring.us / seq.us, 0.25),
             ("GuestOS.stat through the ring / in-process os.stat", ring.us / local.us, 4.0),
