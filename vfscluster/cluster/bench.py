@@ -117,7 +117,7 @@ def _shm_server(mem: mmap.mmap, path: str) -> None:
         if n == _SHM_STOP:
             return
         seen = n
-        bytes(mem[_SHM_REQ:_SHM_REQ + REQUEST])
+        bytes(mem[_SHM_REQ:_SHM_REQ + REQUEST])     # carry the request out, as a server does
         os.stat(path)
         mem[_SHM_REP:_SHM_REP + REPLY] = reply
         words[1] = n            # x86 TSO: the reply's stores are seen before this one

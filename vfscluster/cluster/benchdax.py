@@ -7,11 +7,11 @@ whole file once (for DAX that maps every 2 MiB chunk: later reads send no reques
 how many requests the timed DAX loops sent).
 
 The baseline is ``os.pread`` of the host's file (the page cache, no VM in between), timed inside the
-DAX guest's process, the two taking turns of ``TURN`` reads (:func:`_in_turns`).  Both then
-return their data in a fresh ``bytes`` that malloc places at the same address, and a 1 MiB copy here
-runs up to 25 % slower when its destination and source differ in their offset within a 64-byte line
-(``guest/memcopy.py``): timed in two processes, the comparison would mostly measure where each
-process's malloc happened to put 1 MiB (31 against 37 µs for the same ``os.pread``).
+DAX guest's process, the two taking turns of ``TURN`` reads (:func:`_in_turns`) over the same pages
+of the file into the same malloc block.  On this VM the same 1 MiB copy runs up to 15 % faster or
+slower depending on which pages it reads (where they sit in physical memory) and, between
+processes, where malloc put the destination: separate loops in separate processes mostly measured
+that (host / DAX 0.87–1.07 from run to run, against 0.95–0.96 in turns).
 
 Goals (issue 5): DAX 4 KiB random ≥ 10× faster than FUSE_READ, DAX 1 MiB sequential at least as
 fast as the host's ``os.pread``.
@@ -35,7 +35,8 @@ LARGE = 1 << 20
 TURN = 16          # reads per turn when two readers take turns (_in_turns)
 
 
-def _offsets(size: int, step: int, n: int, rnd: bool, stream: int = 0, streams: int = 1) -> list[int]:
+def _offsets(size: int, step: int, n: int, rnd: bool, stream: int = 0,
+             streams: int = 1) -> list[int]:
     """``n`` offsets of ``step``-byte reads: random page-aligned ones, or in sequence (wrapping).
     Stream ``stream`` of ``streams`` readers taking turns: its own random seed, or a sequence that
     starts ``stream / streams`` of the way into the file (so with two, each read finds its data as
