@@ -276,15 +276,25 @@ def _report(title: str, results: list[Result], goals: list[tuple[str, float, flo
 
 
 def _plot(path: str, title: str, results: list[Result]) -> None:
+    """A bar per row, in table order from the top, each labelled with its µs; the axis is
+    logarithmic when the rows span more than 20× (a cached stat next to a round trip)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh([r.name for r in results], [r.us for r in results])
+    longest = max(len(r.name) for r in results)
+    fig, ax = plt.subplots(figsize=(4 + 0.075 * longest, 0.9 + 0.4 * len(results)))
+    names = [r.name for r in results][::-1]
+    values = [r.us for r in results][::-1]
+    bars = ax.barh(names, values)
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=3, fontsize=8)
+    if max(values) > 20 * min(values):
+        ax.set_xscale("log")
+    ax.set_xlim(right=max(values) * (3 if ax.get_xscale() == "log" else 1.15))
     ax.set_xlabel("µs per operation")
-    ax.set_title(title)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
+    plt.close(fig)
 
 
 def main(which: str, *, seconds: float = 2.0, plot: str | None = None, dax_mib: int = 64) -> int:
