@@ -35,7 +35,7 @@ import os
 import threading
 import weakref
 
-from .memcopy import copy_in, copy_out, data_address
+from .memcopy import data_address, memory_at, read_out, write_in
 from .daxmap import FUSE_DAX_SZ, FileId, Mapping, MappingTable, RangeAllocator, einval
 
 PAGE = mmap.PAGESIZE
@@ -208,6 +208,8 @@ class DaxWindow:
         if base == MAP_FAILED:
             raise _oserror(f"reserving a DAX window of {size:#x} bytes")
         self.base: int = base
+        #: a byte memoryview over the whole reservation (touch only mapped pieces of it)
+        self.memory = memory_at(base, size)
         self.ranges = RangeAllocator(size // range_size)
 
     def __repr__(self) -> str:
@@ -349,7 +351,7 @@ class DaxWindow:
         self._check_span(window_offset, length, aligned=False, empty_ok=True)
         with self._lock:
             self._covering(window_offset, length)
-        return copy_out(self.base + window_offset, length)
+        return read_out(self.memory, window_offset, length)
 
     def copy_in(self, window_offset: int, data) -> None:
         """Store ``data`` (bytes-like) into a wholly mapped range (the DAX write path).
@@ -371,7 +373,7 @@ class DaxWindow:
             if any(p.zeroed for p in pieces):
                 raise OSError(errno.ESTALE, f"{os.strerror(errno.ESTALE)}: DAX range "
                                             f"{window_offset:#x}+{length:#x} was zeroed for a truncation")
-        copy_in(self.base + window_offset, src)
+        write_in(self.memory, window_offset, src)
 
     def mapped_buffer(self, window_offset: int, length: int, writable: bool) -> MappedBuffer:
         """A :class:`MappedBuffer` of ``length`` bytes aliasing the window from ``window_offset``

@@ -59,7 +59,7 @@ from .dax import PAGE, DaxWindow
 from .daxbuffer import DaxMmap, alias_spans
 from .daxmap import FUSE_DAX_RECLAIM_CHUNK, einval
 from .daxslots import SlotPool
-from .memcopy import copy_in, copy_out, data_address
+from .memcopy import read_out, write_in
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class GuestDax:
         self._reclaim_lock = threading.Lock()
         self.slots = SlotPool(self.ranges, self.reclaim, alloc_timeout, lambda: self._count("waits"))
         self._fast = threading.Lock()                  # fast-path copies vs _detach (module docstring)
-        self._base = window.base
+        self._memory = window.memory
         self.stats = dict.fromkeys(("hits", "setups", "upgrades", "refreshes", "remove_requests",
                                     "removed", "reclaimed", "waits"), 0)
 
@@ -136,7 +136,7 @@ class GuestDax:
         if end <= offset:
             return b""
         out = bytearray(end - offset)
-        out_addr = data_address(out)
+        into = memoryview(out)
         pos = offset
         while pos < end:
             index = pos // self.R
@@ -148,7 +148,7 @@ class GuestDax:
                 if n > 0:
                     view = self.window.view(c.slot * self.R + pos - cstart, n)
                     try:
-                        copy_in(out_addr + pos - offset, view)
+                        write_in(into, pos - offset, view)
                     finally:
                         view.release()
             finally:
@@ -176,7 +176,7 @@ class GuestDax:
         with self._fast:                 # an attached chunk's range is mapped (file or zero pages)
             if not c.attached:
                 return None
-            return copy_out(self._base + c.slot * self.R + offset - cstart, size)
+            return read_out(self._memory, c.slot * self.R + offset - cstart, size)
 
     def write_fast(self, nodeid: int, offset: int, data: memoryview, file_size: int) -> bool:
         """The common case of :meth:`write`: all of ``data`` (a byte memoryview) lands inside one
@@ -199,7 +199,7 @@ class GuestDax:
         with self._fast:
             if not c.attached:
                 return False
-            copy_in(self._base + c.slot * self.R + offset - cstart, data)
+            write_in(self._memory, c.slot * self.R + offset - cstart, data)
         return True
 
     def write(self, nodeid: int, fh: int, offset: int, data, file_size: int) -> int:
