@@ -324,10 +324,10 @@ def main(which: str, *, seconds: float = 2.0, plot: str | None = None, dax_mib: 
         return 0
     if which == "dax":
         from .benchdax import bench_dax, report
-        rows = bench_dax(seconds, dax_mib << 20, console)
-        report(rows, console)
+        groups, huge = bench_dax(seconds, dax_mib << 20, console)
+        report(groups, huge, dax_mib << 20, console)
         if plot:
-            _plot(plot, "file reads: DAX vs FUSE_READ vs the host", [r for r, _ in rows])
+            _plot(plot, "file reads: DAX vs FUSE_READ vs the host", [r for g in groups for r, _ in g])
             console.print(f"plot written to {plot}")
         return 0
     if which == "queues":

@@ -14,16 +14,17 @@ object, once, as ``os.pread`` does; a write is slice assignment.  Going through 
 read (35.4 against 32.6 µs, in turns with ``os.pread`` at 33.4) and 0.2 µs more per 4 KiB; a
 Python loop over the pieces 0.9 µs more than two halves.
 
-What is left is noise from the memory itself, larger than any of these effects on this VM: the same
-1 MiB copy runs up to 15 % faster or slower depending on which part of a file it reads (where its
-page-cache pages sit in physical memory, and how the hypervisor backs them), and between processes
-depending on where malloc put the destination.  Timed against each other in turns over the same
-pages and the same destination, the destination's offset within a 64-byte line makes no difference
-(35.0–35.8 µs for offsets 0/16/32/48), and a DAX read is level with ``os.pread`` (0.99–1.01: the
-kernel reads its source through the direct map's huge pages and pays a system call, we read
-through the window's 4 KiB pages and pay GuestOS's Python, about 0.8 µs).  ``bench dax`` therefore
+What is left is where the bytes land.  Timed in turns over the same source pages, a 1 MiB copy
+into a page-aligned buffer takes 29 µs; at many (not all) destinations that are 16- but not 64-byte
+aligned it takes 33–34 µs, where the kernel's ``copy_to_user`` takes 33–34 µs at nearly all of
+them.  A result ``bytes`` lands wherever malloc puts it (the same block for every read of a loop),
+so per process a 1 MiB DAX read is 0.9–1.1× the time of ``os.pread`` into the same block; moving
+the destination to a line boundary by copying a few head bytes first does not help (the source then
+leaves its line).  Between processes, and between parts of a file (where its page-cache pages sit
+in physical memory), the same copy also varies by up to 15 % on this VM: ``bench dax`` therefore
 times ``os.pread`` in the DAX guest's own process, in turns with the DAX reads.
 """
+
 from __future__ import annotations
 
 import ctypes
