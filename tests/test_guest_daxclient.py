@@ -140,6 +140,35 @@ def test_reads_equal_pread_and_need_no_request_once_mapped(tmp_path, host):
             g.read(7, NO_FH, -1, 1, size)
 
 
+def test_fast_reads_span_mapped_chunks_and_fall_back_otherwise(tmp_path, host):
+    """read_fast copies a range over several mapped chunks with no pin and no request; a chunk not
+    mapped (or detached, or beyond its file-backed part) sends it back to read()."""
+    data = random_file(tmp_path / "f", 5 * MiB + 123)
+    host.add_file(7, tmp_path / "f")
+    size = len(data)
+    with DaxWindow(16 * MiB) as w:
+        g = host.guest(1, w)
+        assert g.read(7, NO_FH, 0, R, size) == data[:R]                      # chunk 0 only
+        assert g.read_fast(7, R - 10, 20, size) is None                        # chunk 1 not mapped
+        assert g.read(7, NO_FH, R, size - R, size) == data[R:]               # chunks 1 and 2
+        before = len(host.setups)
+        pins = [g.ranges.pins(c.slot) for c in g.chunks(7)]
+        cases = [(R - 10, 20), (R - 32 * 1024, 64 * 1024), (R // 2, R), (0, size), (100, size - 200),
+                 (R - 1, R + 2)]
+        for off, n in cases:
+            assert g.read_fast(7, off, n, size) == data[off:off + n], (off, n)
+        assert len(host.setups) == before and [g.ranges.pins(c.slot) for c in g.chunks(7)] == pins
+        backed = 2 * R + g.chunks(7)[2].valid                                  # (page-rounded)
+        assert g.read_fast(7, R + 5, backed - R - 5, backed) is not None
+        assert g.read_fast(7, R + 5, backed + 1 - R - 5, backed + 1) is None   # past what chunk 2 backs
+        chunk1 = g.chunks(7)[1]
+        chunk1.attached = False                                                # as _detach leaves it
+        try:
+            assert g.read_fast(7, R - 10, 20, size) is None
+        finally:
+            chunk1.attached = True
+
+
 def test_writes_equal_pwrite_and_never_extend(tmp_path, host):
     path = tmp_path / "f"
     data = bytearray(random_file(path, 3 * MiB + 100))
@@ -162,6 +191,29 @@ def test_writes_equal_pwrite_and_never_extend(tmp_path, host):
         # the caller completes an extending write with FUSE_WRITE (here: pwrite) of the rest
         os.pwrite(host.files[3], b"il", size)
         assert Path(path).read_bytes()[-4:] == b"tail"
+
+
+def test_fast_writes_span_writable_chunks_and_fall_back_otherwise(tmp_path, host):
+    """write_fast stores over several chunks mapped writable, with no request; a chunk mapped
+    read-only (or not at all) stores nothing and sends it back to write()."""
+    path = tmp_path / "f"
+    data = bytearray(random_file(path, 7 * MiB))
+    host.add_file(7, path)
+    size = len(data)
+    with DaxWindow(16 * MiB) as w:
+        g = host.guest(1, w)
+        assert g.read(7, NO_FH, 0, size, size) == data                         # all mapped read-only
+        blob = random.Random(3).randbytes(R + 64 * 1024)
+        assert not g.write_fast(7, R - 32 * 1024, memoryview(blob), size)       # read-only: nothing
+        assert g.read(7, NO_FH, 0, size, size) == data
+        assert g.write(7, NO_FH, 0, bytes(data), size) == size                 # upgrades every chunk
+        before = len(host.setups)
+        for off in (R - 32 * 1024, 2 * R - 1, R // 2):
+            assert g.write_fast(7, off, memoryview(blob), size)
+            data[off:off + len(blob)] = blob
+        assert len(host.setups) == before
+        assert g.read(7, NO_FH, 0, size, size) == data
+        assert path.read_bytes() == data                                        # MAP_SHARED: the file
 
 
 def test_readonly_mapping_is_upgraded_on_write(tmp_path, host):

@@ -33,16 +33,24 @@ import ctypes
 PIECE = (1 << 20) - 64
 
 
+def pieces(view: memoryview, start: int, n: int) -> list[memoryview]:
+    """``view[start:start + n]`` as slices of at most ``PIECE`` bytes, for ``bytes.join``: up to
+    ``2 * PIECE`` (one 2 MiB DAX chunk) two halves, as a loop over pieces costs 0.9 µs more."""
+    end = start + n
+    if n <= PIECE:
+        return [view[start:end]]
+    if n <= 2 * PIECE:
+        mid = start + n // 2
+        return [view[start:mid], view[mid:end]]
+    return [view[s:min(s + PIECE, end)] for s in range(start, end, PIECE)]
+
+
 def read_out(view: memoryview, start: int, n: int) -> bytes:
     """A new ``bytes`` holding ``view[start:start + n]`` (``view``: a byte memoryview).  The range
     must be mapped memory: a fault here is a segfault, so callers check their ranges first."""
     if n <= PIECE:
         return view[start:start + n].tobytes()
-    end = start + n
-    if n <= 2 * PIECE:          # up to one 2 MiB DAX chunk: two halves (a loop costs 0.9 µs more)
-        mid = start + n // 2
-        return b"".join((view[start:mid], view[mid:end]))
-    return b"".join([view[s:min(s + PIECE, end)] for s in range(start, end, PIECE)])
+    return b"".join(pieces(view, start, n))
 
 
 def write_in(view: memoryview, start: int, data) -> int:
