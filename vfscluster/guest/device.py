@@ -47,6 +47,7 @@ from ..vhost_user import ProtocolFeatures
 from ..virtio.driver_queue import DriverQueue, QueueClosed
 from ..virtio.ring import F_EVENT_IDX, F_VERSION_1, layout
 from ..virtio.spin import SpinBudget
+from .memcopy import read_out
 from .notify import NOTIFY_BUFFERS, LockWaits, NotifyQueue, ParkedRequests
 from .ram import PAGE, GuestRam
 from .regions import SHMEM_FEATURES, SharedRegions, ShmemHandler
@@ -391,7 +392,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             if unique != p.unique or length < 16 or length > p.out_size or bad_error:
                 raise RemoteProtocolError(f"bad fuse_out_header: len={length} error={error} "
                                           f"unique={unique} (expected {p.unique}, room {p.out_size})")
-            body = bytes(self.ram.view[p.out_off + 16:p.out_off + length])
+            body = read_out(self.ram.view, p.out_off + 16, length - 16)   # in pieces: memcopy
             return error, body
         finally:
             self._release(p)
