@@ -47,7 +47,7 @@ from ..vhost_user import ProtocolFeatures
 from ..virtio.driver_queue import DriverQueue, QueueClosed
 from ..virtio.ring import F_EVENT_IDX, F_VERSION_1, layout
 from ..virtio.spin import SpinBudget
-from .memcopy import read_out
+from .memcopy import PIECE, read_out, write_in
 from .notify import NOTIFY_BUFFERS, LockWaits, NotifyQueue, ParkedRequests
 from .ram import PAGE, GuestRam
 from .regions import SHMEM_FEATURES, SharedRegions, ShmemHandler
@@ -340,7 +340,10 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         off = base + 40
         for a in args:
             n = len(a)
-            view[off:off + n] = a
+            if n > PIECE:            # a large payload (WRITE): in pieces, see memcopy
+                write_in(view, off, a)
+            else:
+                view[off:off + n] = a
             off += n
         gpa = self.ram.gpa
         try:
