@@ -48,6 +48,7 @@ from ..virtio.driver_queue import DriverQueue, QueueClosed
 from ..virtio.ring import F_EVENT_IDX, F_VERSION_1, layout
 from ..virtio.spin import SpinBudget
 from .memcopy import PIECE, read_out, write_in
+from .pending import Pending, ThreadBuffer
 from .notify import NOTIFY_BUFFERS, LockWaits, NotifyQueue, ParkedRequests
 from .ram import PAGE, GuestRam
 from .regions import SHMEM_FEATURES, SharedRegions, ShmemHandler
@@ -96,48 +97,6 @@ class DeviceConfig:
     def config_space(self) -> bytes:
         """The 40-byte ``struct virtio_fs_config``."""
         return self.tag.encode().ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_request_queues)
-
-
-class _ThreadBuffer:
-    """Two pages of guest RAM, a completion lock and a :class:`_Pending` that one thread reuses for
-    its small synchronous requests (a thread has at most one such request in flight), so the
-    common path allocates nothing.  The lock is held between requests: the completer releases it,
-    the waiter takes it back."""
-
-    __slots__ = ("page", "pages", "busy", "pending")
-
-    def __init__(self, pages) -> None:
-        self.pages = pages
-        self.page = pages.alloc(2)
-        self.busy = False
-        lock = threading.Lock()
-        lock.acquire()
-        self.pending = _Pending(self.page, 2, self, self.page * PAGE + PAGE, 0, 0, lock)
-
-    def __del__(self) -> None:        # the thread ended: give the pages back
-        self.pages.free(self.page, 2)
-
-
-class _Pending:
-    """One request on a ring: its buffer in guest RAM and its completion."""
-
-    __slots__ = ("page", "npages", "owner", "out_off", "out_size", "unique", "done", "length", "error", "lock")
-
-    def __init__(self, page: int, npages: int, owner: _ThreadBuffer | None, out_off: int, out_size: int,
-                 unique: int, lock: threading.Lock | None = None) -> None:
-        self.page = page
-        self.npages = npages
-        self.owner = owner
-        self.out_off = out_off
-        self.out_size = out_size
-        self.unique = unique
-        self.done = False
-        self.length = 0
-        self.error = 0
-        if lock is None:
-            lock = threading.Lock()
-            lock.acquire()
-        self.lock = lock
 
 
 def _ids() -> tuple[int, int, int]:
@@ -301,7 +260,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
 
     def _submit(self, q: DriverQueue, opcode: int, nodeid: int, args: Sequence, reply_size: int,
                 creds: Credentials | None, sync: bool = False, unique: int | None = None,
-                spinning: bool = False) -> _Pending:
+                spinning: bool = False) -> Pending:
         if self.disconnected or not self.connected:
             raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
         if q.index in self._broken:
@@ -318,7 +277,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             try:
                 owner = self._tls.buf
             except AttributeError:
-                owner = self._tls.buf = _ThreadBuffer(self.ram.pages)
+                owner = self._tls.buf = ThreadBuffer(self.ram.pages)
             if owner.busy:
                 owner = None
         if owner is not None:
@@ -333,7 +292,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             page = self.ram.pages.alloc(npages)
             base = page * PAGE
             out_off = base + in_pages * PAGE
-            p = _Pending(page, npages, None, out_off, out_size, unique)
+            p = Pending(page, npages, None, out_off, out_size, unique)
         view = self.ram.view
         uid, gid, pid = _IDS[0] if creds is None else (creds.uid, creds.gid, creds.pid)
         IN_HEADER.pack_into(view, base, in_len, opcode, unique, nodeid, uid, gid, pid, 0, 0)
@@ -385,7 +344,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             q.suppress_calls()
         self._submit(q, opcode, nodeid, args, -1, None)
 
-    def _finish(self, p: _Pending, queued_ok: bool = False) -> tuple[int, bytes]:
+    def _finish(self, p: Pending, queued_ok: bool = False) -> tuple[int, bytes]:
         """The reply of ``p``: (error, body); ``queued_ok``: error +1 (QUEUED) is accepted."""
         try:
             if p.error:
@@ -400,7 +359,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         finally:
             self._release(p)
 
-    def _release(self, p: _Pending) -> None:
+    def _release(self, p: Pending) -> None:
         if p.owner is not None:
             # the thread's lock must be held again for its next request, also if the waiter saw
             # ``done`` and took no lock (request_interruptible); completion released it before
@@ -410,7 +369,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             self.ram.pages.free(p.page, p.npages)
 
     # -- waiting -------------------------------------------------------------------------------
-    def _complete(self, p: _Pending, length: int) -> None:
+    def _complete(self, p: Pending, length: int) -> None:
         p.length = length
         if p.out_size == 0:            # a hiprio request with no reply: just give back its buffer
             p.done = True
@@ -439,7 +398,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             if q.spinners == 0 and (q.sleepers or q.space_waiters) and q.enable_calls():
                 q.reap(self._complete)
 
-    def _sleep(self, q: DriverQueue, p: _Pending) -> None:
+    def _sleep(self, q: DriverQueue, p: Pending) -> None:
         """Block until ``p`` completes.  With nobody polling the ring, calls are asked for first
         (and what came before is reaped): the completion thread then reaps for us."""
         with q.lock:
@@ -452,7 +411,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
             with q.lock:
                 q.sleepers -= 1
 
-    def _wait(self, q: DriverQueue, p: _Pending, spinning: bool | None = None) -> None:
+    def _wait(self, q: DriverQueue, p: Pending, spinning: bool | None = None) -> None:
         """Wait for ``p``: spin on the used ring (reaping for everyone), then sleep on its lock.
 
         Calls are suppressed from before the request is published (``_spin_enter`` in
@@ -542,7 +501,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         q.close()
         with q.lock:
             for p in q.pending_tokens():
-                if isinstance(p, _Pending) and not p.done:
+                if isinstance(p, Pending) and not p.done:
                     p.error = err
                     if p.out_size:
                         p.lock.release()
@@ -595,7 +554,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
 class PendingRequest:
     """A request in flight (from :meth:`VirtioFsDevice.submit`)."""
 
-    def __init__(self, dev: VirtioFsDevice, q: DriverQueue, p: _Pending) -> None:
+    def __init__(self, dev: VirtioFsDevice, q: DriverQueue, p: Pending) -> None:
         self._dev, self._q, self._p = dev, q, p
 
     def wait(self) -> tuple[int, bytes]:
