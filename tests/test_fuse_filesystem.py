@@ -16,11 +16,13 @@ from vfscluster.fuse.filesystem import Context, DirEntry, Entry, FileSystem, Set
 NOT_FS_OPS = {"INTERRUPT", "NOTIFY_REPLY", "CUSE_INIT", "COPY_FILE_RANGE_64"}
 # Opcodes served by a method with a flag: SETLKW is setlk(sleep=True), RENAME2 rename(flags).
 SHARED = {"SETLKW": "setlk", "RENAME2": "rename"}
+# Methods that are not FUSE operations: hooks for the server that hosts the file system.
+HOOKS = {"drop_session", "read_is_cached"}
 
 
 def _operations() -> list[str]:
     return [name for name, _ in inspect.getmembers(FileSystem, inspect.isfunction)
-            if not name.startswith("_") and name != "drop_session"]
+            if not name.startswith("_") and name not in HOOKS]
 
 
 def test_one_method_per_opcode():
@@ -52,6 +54,11 @@ def test_every_operation_documents_its_contract(name):
 
 def test_drop_session_is_a_no_op():
     assert FileSystem().drop_session(3) is None
+
+
+def test_read_is_cached_plays_safe():
+    """Unknown means "may block": a server then hands a big READ to a thread."""
+    assert FileSystem().read_is_cached(3, 1, 0, 1 << 20) is False
 
 
 def test_context_is_immutable_and_named():

@@ -410,3 +410,46 @@ def test_a_guest_without_notifications_keeps_the_old_layout_and_local_locks(inpr
     with pytest.raises(OSError) as ei:
         other.fcntl_lock(fd2, fcntl.F_SETLKW, fcntl.F_RDLCK, timeout=0.05)
     assert ei.value.errno == errno.EINTR
+
+
+def test_a_big_read_the_page_cache_holds_is_served_inline(share, tmp_path):
+    """READ above 128 KiB goes to the thread pool unless cachestat(2) says the host's page cache
+    holds the whole range (then a pool thread's wake-up would cost more than the copy)."""
+    import threading
+
+    from vfscluster.fuse.passthrough import syscalls
+    from vfscluster.host.server import HostServer
+    data = os.urandom(1 << 20)
+    path = share / "big"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    try:
+        syscalls.cached_pages(fd, 0, 1 << 20)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.ENOSYS:
+            pytest.skip("cachestat(2) needs Linux 6.5")
+        raise
+    srv = HostServer(str(share), str(tmp_path / "h.sock"), thread_pool_size=2)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    m = GuestMachine("t", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        m.add_device(srv.socket_path, "vfs")
+        g = m.mount("vfs").os
+        gfd = g.open("big", os.O_RDONLY)
+        assert g.pread(gfd, 1 << 20, 0) == data and srv.pooled == 0     # cached: inline
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)              # clean pages: evicted
+        if syscalls.cached_pages(fd, 0, 1 << 20) == 256:
+            pytest.skip("this file system keeps its pages (tmpfs)")
+        assert g.pread(gfd, 1 << 20, 0) == data
+        assert srv.pooled == 1                                          # this one waited for the disk
+        assert g.pread(gfd, 1 << 20, 0) == data and srv.pooled == 1     # cached again: inline
+        g.close(gfd)
+    finally:
+        os.close(fd)
+        m.close()
+        srv.stop()
+        th.join(10)
+        srv.close()

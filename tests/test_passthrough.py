@@ -467,6 +467,27 @@ def test_symlink_mknod_link_unlink_rmdir(fs, tree):
     assert not os.path.lexists(tree / "share" / "file")
 
 
+def test_read_is_cached_asks_the_page_cache(fs, tree):
+    """The hint the host uses to serve a big READ inline: every page of the range cached."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    e, fh, _ = fs.create(CTX, ROOT_ID, b"big", 0o644, os.O_RDWR, 0o022)
+    assert fs.write(CTX, e.nodeid, fh, 0, [memoryview(os.urandom(64 * page))], 0) == 64 * page
+    if not fs.read_is_cached(CTX.session, fh, 0, 64 * page):
+        pytest.skip("no cachestat(2) here (Linux 6.5+)")
+    assert fs.read_is_cached(CTX.session, fh, 10, 3 * page)                  # unaligned: 4 pages
+    assert not fs.read_is_cached(CTX.session, fh, 60 * page, 8 * page)       # past the end
+    assert not fs.read_is_cached(CTX.session, fh + 1000, 0, page)            # unknown handle
+    assert not fs.read_is_cached(CTX.session, fh, 0, 0)
+    fs.fsync(CTX, e.nodeid, fh, False)
+    fd = os.open(tree / "share" / "big", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)                   # evict the clean pages
+    finally:
+        os.close(fd)
+    assert not fs.read_is_cached(CTX.session, fh, 0, 64 * page)
+    fs.release(CTX, e.nodeid, fh, 0, False, False, None)
+
+
 def test_readdir_offsets_are_stable_snapshot_indexes(fs, tree):
     for i in range(5):
         (tree / "share" / f"f{i}").write_bytes(b"")

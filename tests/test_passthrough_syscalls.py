@@ -54,3 +54,28 @@ def test_utimensat_omit_and_now(tmp_path):
     assert st.st_atime_ns > 10**18 and st.st_mtime_ns == 5 * 10**9
     with pytest.raises(FileNotFoundError):
         syscalls.utimensat(str(tmp_path / "missing"), 0, 0)
+
+
+def test_cached_pages_counts_what_the_page_cache_holds(tmp_path):
+    page = os.sysconf("SC_PAGE_SIZE")
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, os.urandom(64 * page))
+        os.fsync(fd)
+        try:
+            assert syscalls.cached_pages(fd, 0, 64 * page) == 64
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:
+                pytest.skip("cachestat(2) needs Linux 6.5")
+            raise
+        assert syscalls.cached_pages(fd, 8 * page, 2 * page) == 2
+        assert syscalls.cached_pages(fd, 64 * page, page) == 0             # past the end
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)                  # clean pages: evicted
+        if syscalls.cached_pages(fd, 0, 64 * page) == 64:
+            pytest.skip("this file system keeps its pages (tmpfs)")
+        assert syscalls.cached_pages(fd, 0, 64 * page) < 64
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        syscalls.cached_pages(fd, 0, page)
+    assert info.value.errno == errno.EBADF

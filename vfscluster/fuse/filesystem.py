@@ -261,6 +261,12 @@ class FileSystem:
         end of file).  EBADF (unknown fh), EISDIR."""
         raise enosys()
 
+    def read_is_cached(self, session: int, fh: int, offset: int, size: int) -> bool:
+        """A hint for servers that hand slow requests to threads, not a FUSE operation: would a
+        READ of ``[offset, offset + size)`` of handle ``fh`` of ``session`` be served from memory,
+        without waiting for a disk?  False when unknown (the base), so the server plays safe."""
+        return False
+
     def write(
         self, ctx: Context, nodeid: int, fh: int, offset: int, bufs: list[memoryview], flags: int
     ) -> int:

@@ -68,6 +68,7 @@ _BLOCKING = {20, 30, 43, 47, 50,    # FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANG
 _SHRINKERS = {4, 14, 35}             # SETATTR, OPEN, CREATE: may wait for other guests' DAX acks
 _READ, _WRITE = 15, 16
 _BIG_IO = 128 * 1024
+_IO_IN = struct.Struct("<QQI")       # fh, offset, size: how fuse_read_in and fuse_write_in begin
 _MAYBE_POOLED = frozenset(_BLOCKING | _SHRINKERS | {_READ, _WRITE})   # the rest is served inline
 
 
@@ -154,6 +155,8 @@ class HostServer:
         if self.watcher is not None:
             self._epoll.register(self.watcher.fd, select.EPOLLIN)
         self.requests = 0
+        #: requests handed to the thread pool (statistics)
+        self.pooled = 0
         self._pool_busy = 0
         self._pool_lock = threading.Lock()
         self.stopping = False
@@ -266,8 +269,8 @@ class HostServer:
             if self.watcher is not None:
                 self.watcher.drain()      # the events of our own last changes: no wake-up for them
             self._wait_events()
-        log.info("vfs-hostd stopping: %d requests; spin budget %d ns, %d hits, %d blocks",
-                 self.requests, self.spin.ns, self.spin.hits, self.spin.blocks)
+        log.info("vfs-hostd stopping: %d requests (%d pooled); spin budget %d ns, %d hits, %d blocks",
+                 self.requests, self.pooled, self.spin.ns, self.spin.hits, self.spin.blocks)
 
     def _live(self) -> list:
         """Every live queue that carries requests (not the notification queues), as (session,
@@ -326,24 +329,33 @@ class HostServer:
         """Handle one chain inline (returns True: used entry added) or hand it to the pool."""
         readable = chain.readable
         if self.pool is not None and readable and len(readable[0]) >= 8 \
-                and (opcode := _OPCODE.unpack_from(readable[0], 4)[0]) in _MAYBE_POOLED:
-            if (opcode in _BLOCKING or (opcode in (_READ, _WRITE) and self._io_size(chain) > _BIG_IO)
-                    or (opcode in _SHRINKERS and self.dax is not None and self.dax.active)):
-                with self._pool_lock:
-                    self._pool_busy += 1
-                self.pool.submit(self._work, s, i, q, chain)
-                return False
+                and (opcode := _OPCODE.unpack_from(readable[0], 4)[0]) in _MAYBE_POOLED \
+                and self._would_stall(s, opcode, chain):
+            with self._pool_lock:
+                self._pool_busy += 1
+            self.pooled += 1
+            self.pool.submit(self._work, s, i, q, chain)
+            return False
         written = self._handle(s, i, chain)
         with q.lock:
             q.add_used(chain.head, written)
         return True
 
-    @staticmethod
-    def _io_size(chain) -> int:
-        head = chain.readable[0]
-        if len(head) >= 40 + 20:
-            return struct.unpack_from("<I", head, 40 + 16)[0]
-        return chain.writable_len + chain.readable_len
+    def _would_stall(self, s: GuestSession, opcode: int, chain) -> bool:
+        """Would serving this chain inline hold the loop up: a call that may block, big I/O — but
+        not a READ whose range the page cache holds whole (``FileSystem.read_is_cached``: a pool
+        thread's wake-up costs more than the copy) — or a shrink that waits for DAX acks."""
+        if opcode in _BLOCKING:
+            return True
+        if opcode == _READ or opcode == _WRITE:
+            head = chain.readable[0]
+            if len(head) < 40 + _IO_IN.size:
+                return chain.writable_len + chain.readable_len > _BIG_IO
+            fh, offset, size = _IO_IN.unpack_from(head, 40)
+            if size <= _BIG_IO:
+                return False
+            return opcode == _WRITE or not self.fs.read_is_cached(s.sid, fh, offset, size)
+        return self.dax is not None and self.dax.active          # the shrinkers
 
     def _work(self, s: GuestSession, i: int, q, chain) -> None:
         try:

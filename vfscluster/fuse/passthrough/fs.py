@@ -49,6 +49,8 @@ from .inodes import Inode, InodeStore
 from .locks import HostLocks, LockOps, lock_key
 
 log = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 FALLOC_FL_COLLAPSE_RANGE = 0x08
 
 CACHE_TIMEOUTS = {"none": 0.0, "auto": 1.0, "always": 86400.0}
@@ -91,6 +93,7 @@ class PassthroughFs(LockOps, DaxHooks, FileSystem):
         self._fopen_dir = OpenOutFlags.KEEP_CACHE | OpenOutFlags.CACHE_DIR if cache == "always" else 0
         #: the host's :class:`~vfscluster.host.daxwire.DaxService` (None: SETUPMAPPING is ENOSYS)
         self.dax = None
+        self._cachestat = True          # False once the kernel said ENOSYS (before Linux 6.5)
 
     def close(self) -> None:
         """Close every handle and inode fd (the file system is unusable afterwards)."""
@@ -390,6 +393,21 @@ class PassthroughFs(LockOps, DaxHooks, FileSystem):
              bufs: list[memoryview]) -> int:
         fd = self.handles.get(ctx.session, fh).fd
         return _vector_io(os.preadv, fd, bufs, offset)
+
+    def read_is_cached(self, session: int, fh: int, offset: int, size: int) -> bool:
+        """``cachestat(2)``: every page of the range is in the host's page cache.  False for an
+        unknown handle, a range reaching past the file's cached end, or a kernel without
+        cachestat (before 6.5: then it is not asked again)."""
+        if not self._cachestat or size <= 0 or offset < 0:
+            return False
+        try:
+            fd = self.handles.get(session, fh).fd
+            pages = syscalls.cached_pages(fd, offset, size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:
+                self._cachestat = False
+            return False
+        return pages >= (offset + size - 1) // _PAGE - offset // _PAGE + 1
 
     def write(self, ctx: Context, nodeid: int, fh: int, offset: int, bufs: list[memoryview],
               flags: int) -> int:
