@@ -9,7 +9,9 @@ nodeid in every guest.  One event loop serves the control sockets and every queu
 * poll: when a round finds no work, spin on the avail indexes for a short adaptive budget (kicks
   suppressed), then re-enable kicks, check once more, and sleep in epoll;
 * blocking work (fsync, large reads and writes, copy_file_range, fallocate) goes to a thread pool so
-  that one guest never stalls the others; the worker returns its chain itself.  SETLKW is not blocking
+  that one guest never stalls the others; the worker returns its chain itself.  A large read whose
+  range the page cache holds whole (``cachestat(2)``) is served inline: it waits for no disk, and a
+  worker's wake-up costs more than its copy.  SETLKW is not blocking
   work: a lock that must wait is parked in the lock table and answered "queued" at once (see
   ``fuse/locking.py``); its grant is sent later on the guest's notification queue;
 * notification queues (``notify.py``): a guest that negotiated one has a :class:`~.notify.Notifier`
