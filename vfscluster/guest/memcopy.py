@@ -63,14 +63,8 @@ def write_in(view: memoryview, start: int, data) -> int:
     if n <= PIECE:
         view[start:start + n] = src
         return n
-    if n <= 2 * PIECE:
-        mid = n // 2
-        view[start:start + mid] = src[:mid]
-        view[start + mid:start + n] = src[mid:]
-        return n
-    for s in range(0, n, PIECE):
-        e = min(s + PIECE, n)
-        view[start + s:start + e] = src[s:e]
+    for dst, piece in zip(pieces(view, start, n), pieces(src, 0, n)):   # the same cuts
+        dst[:] = piece
     return n
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import stat
 import threading
@@ -50,7 +51,7 @@ from .locks import HostLocks, LockOps, lock_key
 
 log = logging.getLogger(__name__)
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+_PAGE = mmap.PAGESIZE
 FALLOC_FL_COLLAPSE_RANGE = 0x08
 
 CACHE_TIMEOUTS = {"none": 0.0, "auto": 1.0, "always": 86400.0}
