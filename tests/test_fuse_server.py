@@ -273,6 +273,24 @@ def test_malformed_bodies_are_einval_and_logged(server, caplog, opcode, body):
     assert caplog.records and caplog.records[-1].levelno == logging.WARNING
 
 
+def test_values_out_of_range_for_the_host_are_einval_not_a_bug(server, caplog):
+    """Numbers no kernel sends (open flags past a C int, an offset past loff_t) are the peer's
+    garbage: EINVAL and a warning, not EIO and the traceback kept for our own bugs."""
+    e = lookup(server, ROOT, b"file")
+    fh = open_(server, e.nodeid, os.O_RDONLY)
+    with caplog.at_level(logging.WARNING, logger="vfscluster.fuse.server"):
+        for opcode, body, nodeid in (
+                (O.OPEN, abi.OpenIn(0x8000_0000, 0).pack(), e.nodeid),
+                (O.SETXATTR, abi.SetxattrIn(3, 0xFFFF_FFFF).pack()[:8] + b"user.a\0abc", e.nodeid),
+                (O.CREATE, abi.CreateIn(0xFFFF_FFFD, 0o644, 0, 0).pack() + name(b"new"), ROOT),
+                (O.READ, abi.ReadIn(fh, 1 << 63, 10).pack(), e.nodeid)):
+            r = call(server, request(opcode, body, nodeid=nodeid, unique=21))
+            assert r.raw == abi.OutHeader(16, -errno.EINVAL, 21).pack(), opcode
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 4
+    assert "out of range" in caplog.text
+    assert not os.path.exists(os.path.join(server.fs.shared_dir, "new"))
+
+
 def test_extlen_past_the_request_is_einval(server):
     r = call(server, request(O.GETATTR, bytes(16), extlen=3))
     assert r.error == errno.EINVAL

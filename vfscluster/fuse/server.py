@@ -211,6 +211,13 @@ class Server(LockRequests, FileRequests):
             log.warning("session %d: bad FUSE request (opcode %d, unique %d): %s",
                         self.session, opcode, unique, e)
             return self._error_quiet(writer, unique, errno.EINVAL)
+        except OverflowError as e:
+            # A number no kernel sends: open flags past a C int, an offset past loff_t...  A C
+            # server would pass it on and get EINVAL from the kernel for most; Python's os
+            # refuses it before the call.  The peer's garbage, not our bug.
+            log.warning("session %d: FUSE request with a value out of range (opcode %d, unique "
+                        "%d): %s", self.session, opcode, unique, e)
+            return self._error_quiet(writer, unique, errno.EINVAL)
         except Exception:
             log.exception("session %d: opcode %d failed", self.session, opcode)
             return self._error_quiet(writer, unique, errno.EIO)
