@@ -426,3 +426,59 @@ def test_short_spins_on_a_full_ring_never_strand_a_waiter(share, host, spin_ns):
         assert dev.request_queues[0].full_waits > 0
     finally:
         m.close()
+
+
+def _used_but_not_reaped(dev, q, name: bytes):
+    """A LOOKUP the host has answered, its used entry not yet reaped (calls suppressed)."""
+    with q.lock:
+        q.suppress_calls()
+    pending = dev.submit(abi.Opcode.LOOKUP, abi.ROOT_ID, _lookup_args(name), abi.EntryOut.SIZE)
+    deadline = time.monotonic() + 10
+    while not q.has_used():                  # the host answers in microseconds
+        assert time.monotonic() < deadline, "the host never answered"
+    return pending
+
+
+def test_a_used_entry_after_the_queue_broke_is_dropped(share, host, machine):
+    """The host reports a queue broken (vring error fd) after it used some of its chains: those
+    requests fail with EIO with the rest, and their late used entries complete nothing twice
+    (that killed the completion thread: a lock released twice)."""
+    (share / "f").write_bytes(b"x")
+    dev = machine.add_device(host.socket_path, "vfs")
+    gos = machine.mount("vfs").os
+    q = dev.request_queues[0]
+    pending = _used_but_not_reaped(dev, q, b"f")
+    dev._fail_queue(q, errno.EIO)                 # what the completion thread does on the err fd
+    with q.lock:
+        assert q.reap(dev._complete) == 0          # the late entry: dropped
+    with pytest.raises(OSError) as ei:
+        pending.wait()
+    assert ei.value.errno == errno.EIO
+    with pytest.raises(OSError) as ei:
+        gos.stat("f")
+    assert ei.value.errno == errno.EIO
+    assert dev._completer.is_alive()
+
+
+@pytest.mark.parametrize("garbage", ["unknown head", "index jump"])
+def test_a_host_that_breaks_the_used_ring_fails_the_queue_with_eio(share, host, machine, caplog,
+                                                                   garbage):
+    (share / "f").write_bytes(b"x")
+    dev = machine.add_device(host.socket_path, "vfs")
+    gos = machine.mount("vfs").os
+    q = dev.request_queues[0]
+    pending = _used_but_not_reaped(dev, q, b"f")
+    with q.lock:                                  # the host's last used entry, rewritten
+        slot = 4 + 8 * (q.last_used % q.size)
+        if garbage == "unknown head":
+            q.used[slot:slot + 4] = (q.size + 3).to_bytes(4, "little")
+        else:
+            q.used[2:4] = ((q.last_used + q.size + 1) & 0xFFFF).to_bytes(2, "little")
+    with pytest.raises(OSError) as ei:
+        pending.wait()                            # reaps, finds the garbage
+    assert ei.value.errno == errno.EIO
+    assert "failing its requests with EIO" in caplog.text
+    with pytest.raises(OSError) as ei:
+        gos.stat("f")
+    assert ei.value.errno == errno.EIO
+    assert dev._completer.is_alive()

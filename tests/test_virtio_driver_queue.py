@@ -187,6 +187,40 @@ def test_close_wakes_waiting_submitter():
     assert out == ["closed"]
 
 
+def _garbage_used(dq, head=None, idx=None):
+    """Play a device that breaks the used ring: an entry for ``head``, or an index of ``idx``."""
+    import struct
+    if head is not None:
+        struct.pack_into("<II", dq.used, 4 + 8 * (dq.last_used % dq.size), head, 0)
+        idx = (dq.last_used + 1) & 0xFFFF
+    struct.pack_into("<H", dq.used, 2, idx)
+
+
+@pytest.mark.parametrize("garbage", ["unknown head", "head twice", "head past the ring", "index jump"])
+def test_a_device_that_breaks_the_used_ring_breaks_the_queue(garbage):
+    mem, ram, dq, q = make_pair(4, True)
+    broken, done = [], []
+    dq.on_broken = broken.append
+    dq.add([(GPA + 0x1000, 4)], [], "a")
+    dq.add([(GPA + 0x1000, 4)], [], "b")
+    if garbage == "head twice":
+        _serve(q, 1)
+        with dq.lock:
+            assert dq.reap(lambda tok, n: done.append(tok)) == 1
+        _garbage_used(dq, head=q.pop().head - 1)     # "a" again (heads are taken from the top)
+    else:
+        _garbage_used(dq, **{"unknown head": dict(head=2), "head past the ring": dict(head=70000),
+                             "index jump": dict(idx=dq.last_used + 5)}[garbage])
+    with dq.lock:
+        assert dq.reap(lambda tok, n: done.append(tok)) == 0
+    assert dq.closed and len(broken) == 1 and done == (["a"] if garbage == "head twice" else [])
+    assert sorted(dq.pending_tokens()) == (["b"] if garbage == "head twice" else ["a", "b"])
+    with dq.lock:                                # a closed queue reaps nothing more
+        assert dq.reap(lambda tok, n: done.append(tok)) == 0
+    with pytest.raises(QueueClosed):
+        dq.add([(GPA + 0x1000, 4)], [], "c")
+
+
 
 def _fill(dq, ram, count, base=0x40000):
     for k in range(count):

@@ -30,6 +30,7 @@ VIRTIO shared-memory regions (DESIGN §1) and the back-end channel: :mod:`.regio
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -225,6 +226,9 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         hiprio = self.queues[HIPRIO]
         for q in (hiprio, *self.request_queues):   # (the notification ring has its own reaper)
             q.on_used = self._complete
+            q.on_broken = functools.partial(self._device_broke, q)
+        if notify_size:
+            self._notify_ring.on_broken = functools.partial(self._device_broke, self._notify_ring)
         with hiprio.lock:
             hiprio.suppress_calls()
         self.connected = True
@@ -497,15 +501,28 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
 
     def _fail_queue(self, q: DriverQueue, err: int) -> None:
         """Complete every request pending on ``q`` with ``err``; later submitters get it at once."""
-        self._broken[q.index] = err
+        self._broken[q.index] = err        # before close: a submitter woken by it reads this
         q.close()
         with q.lock:
-            for p in q.pending_tokens():
-                if isinstance(p, Pending) and not p.done:
-                    p.error = err
-                    if p.out_size:
-                        p.lock.release()
-                    p.done = True
+            self._fail_pending(q, err)
+
+    def _device_broke(self, q: DriverQueue, reason: str) -> None:
+        """``q.on_broken``: the host broke the ring protocol (lock held; the queue is closed)."""
+        log.warning("virtio-fs <%s>: queue %d: %s: failing its requests with EIO", self.config.tag,
+                    q.index, reason)
+        self._fail_pending(q, errno.EIO)
+        if q is self._notify_ring:
+            self.lock_waits.fail_all(errno.EIO)     # no grant can reach them now
+
+    def _fail_pending(self, q: DriverQueue, err: int) -> None:
+        """Fail what is in flight on closed ``q`` (lock held): its used entries are never reaped."""
+        self._broken[q.index] = err
+        for p in q.pending_tokens():
+            if isinstance(p, Pending) and not p.done:
+                p.error = err
+                if p.out_size:
+                    p.lock.release()
+                p.done = True
 
     # -- life cycle ----------------------------------------------------------------------------
     def in_flight(self) -> int:

@@ -62,6 +62,9 @@ class DriverQueue:
         self.space_waiters = 0         # threads in wait_for_space (reaping wakes them)
         self.sleepers = 0              # submitters blocked on their completion (they need calls)
         self.on_used: Callable[[Any, int], None] | None = None   # the reaper's callback (wait_for_space)
+        #: told (lock held) that the device broke the ring: the queue is closed, the chains in
+        #: flight will never complete (:meth:`reap`)
+        self.on_broken: Callable[[str], None] | None = None
         self.kicks = 0
         self.full_waits = 0
 
@@ -189,21 +192,32 @@ class DriverQueue:
         Unless calls are suppressed, it then re-arms ``used_event`` at the new position (as Linux's
         virtqueue_get_buf does) and looks once more, so a completion published meanwhile is not left
         waiting for a call that the device, seeing a stale ``used_event``, would not make.
+
+        A device that breaks the ring — a used index more than the queue size ahead, a head that
+        is not a chain in flight (unknown, or returned twice) — breaks the queue
+        (:meth:`_device_broke`).  A closed queue reaps nothing: what its requests became was
+        decided when it closed (a late used entry of a broken queue is dropped).
         """
+        if self.closed:
+            return 0
         count = 0
         while True:
             idx = self._u16[1]
+            if ((idx - self.last_used) & 0xFFFF) > self.size:
+                self._device_broke(f"used index jumped from {self.last_used} to {idx}")
+                break
             while self.last_used != idx:
                 head, length = USED_ELEM.unpack_from(self.used, 4 + 8 * (self.last_used % self.size))
                 self.last_used = (self.last_used + 1) & 0xFFFF
                 entry = self._chains.pop(head, None)
                 if entry is None:
-                    raise LocalProtocolError(f"device returned unknown chain head {head} on queue {self.index}")
+                    self._device_broke(f"used entry for chain head {head}, which is not in flight")
+                    break
                 ids, token = entry
                 self._free.extend(ids)
                 complete(token, length)
                 count += 1
-            if self._suppressed or not self.event_idx:
+            if self.closed or self._suppressed or not self.event_idx:
                 break
             self._a16[self._used_event_off >> 1] = self.last_used
             barrier()
@@ -212,6 +226,15 @@ class DriverQueue:
         if count and self.space_waiters:
             self.space.notify_all()
         return count
+
+    def _device_broke(self, reason: str) -> None:
+        """The device broke the ring protocol: close the queue (submitters waiting for room get
+        :class:`QueueClosed`) and tell :attr:`on_broken` (lock held), whose business the chains
+        still in flight are.  Caller holds ``lock``."""
+        self.closed = True
+        self.space.notify_all()
+        if self.on_broken is not None:
+            self.on_broken(reason)
 
     def suppress_calls(self) -> None:
         """Ask the device not to call (someone is polling the used ring).  Caller holds ``lock``."""
