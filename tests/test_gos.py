@@ -11,6 +11,8 @@ import os
 import stat
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from loopback import LoopbackTransport, make_loopback
 from vfscluster.fuse.abi import Opcode
@@ -265,6 +267,47 @@ def test_symlink_loop_limit_is_40(twin):
             assert g == loc, (op, path)
     assert twin.both("stat", "c0")[0][1] == errno.ELOOP
     assert twin.both("stat", "c1")[0][0] == "ok"
+
+
+BIG = 1 << 63
+
+
+@pytest.mark.parametrize("call, args", [
+    ("pread", (5, BIG)), ("pread", (BIG, 0)), ("pread", (5, -1)), ("pread", (5, 0.5)),
+    ("pread", (5, True)), ("read", (1 << 64,)), ("read", (-1,)), ("pwrite", (b"x", BIG)),
+    ("pwrite", (b"x", -BIG - 1)), ("pwrite", (b"x", -1)), ("lseek", (BIG, os.SEEK_SET)),
+    ("lseek", (1.0, os.SEEK_SET)), ("lseek", (-1, os.SEEK_DATA)), ("lseek", (-1, os.SEEK_HOLE)),
+    ("ftruncate", (BIG,)), ("ftruncate", (-1,)),
+])
+def test_offsets_and_counts_out_of_range_as_os_refuses_them(twin, call, args):
+    """An offset past off_t or a count past ssize_t is an OverflowError before any request (as
+    ``os`` converts its arguments); a float a TypeError; a negative one the errno ``os`` gives.
+    Nothing reaches the host (it would answer EINVAL)."""
+    def outcome(fn, fd):
+        try:
+            return ("ok", fn(fd, *args))
+        except OSError as exc:
+            return ("OSError", exc.errno)
+        except (OverflowError, TypeError) as exc:
+            return (type(exc).__name__, str(exc))
+    lfd = os.open(twin.lpath("file"), os.O_RDWR)
+    gfd = twin.g.open("file", os.O_RDWR)
+    try:
+        sent = sum(twin.transport.counts.values())
+        got = outcome(getattr(twin.g, call), gfd)
+        assert got == outcome(getattr(os, call), lfd)
+        if got[0] != "ok":
+            assert sum(twin.transport.counts.values()) == sent
+    finally:
+        os.close(lfd)
+        twin.g.close(gfd)
+
+
+def test_truncate_past_off_t_is_an_overflow_error(twin):
+    with pytest.raises(OverflowError):
+        twin.g.truncate("file", BIG)
+    with pytest.raises(OverflowError):
+        os.truncate(twin.lpath("file"), BIG)
 
 
 # -------------------------------------------------------------------------------- every call works
@@ -591,3 +634,75 @@ def test_loopback_transport_is_thread_safe(tmp_path):
     client.flush_forgets()
     assert len(fs.inodes) == 1
     fs.close()
+
+
+# ------------------------------------------------------------------------------ a host of garbage
+
+def _mangled(data, error: int, body: bytes) -> tuple[int, bytes]:
+    """A reply as a broken host might send it: bytes flipped, cut short, lengthened, a field
+    set to 0, 1 or all ones, an errno out of range, or left alone."""
+    how = data.draw(st.sampled_from(["keep", "flip", "cut", "grow", "field", "errno", "random"]))
+    b = bytearray(body)
+    if how == "flip" and b:
+        for i in data.draw(st.lists(st.integers(0, len(b) - 1), min_size=1, max_size=3)):
+            b[i] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        del b[data.draw(st.integers(0, len(b))):]
+    elif how == "grow":
+        b += data.draw(st.binary(min_size=1, max_size=40))
+    elif how == "field" and len(b) >= 8:
+        at = data.draw(st.integers(0, len(b) // 8 - 1)) * 8
+        b[at:at + 8] = data.draw(st.sampled_from([bytes(8), b"\1" + bytes(7), b"\xff" * 8]))
+    elif how == "errno":
+        error = data.draw(st.sampled_from([-1, -2, -5, -22, -38, -4095, -4096, -(1 << 31), 1, 7]))
+    elif how == "random":
+        b = bytearray(data.draw(st.binary(min_size=len(b), max_size=len(b))))
+    return error, bytes(b)
+
+
+def _garbage_ops(g):
+    def read(n):
+        fd = g.open("file", os.O_RDONLY)
+        try:
+            return g.read(fd, n)
+        finally:
+            g.close(fd)
+
+    def write(n):
+        fd = g.open("w", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            return g.write(fd, b"x" * n)
+        finally:
+            g.close(fd)
+
+    def scandir(p):
+        return [e.stat(follow_symlinks=False) for e in g.scandir(p)]
+    return [lambda: g.stat("file"), lambda: g.stat("dir/sub"), lambda: g.lstat("lfile"),
+            lambda: g.listdir("/"), lambda: scandir("dir"), lambda: read(100), lambda: read(5000),
+            lambda: write(10), lambda: g.readlink("lfile"), lambda: g.listxattr("file"),
+            lambda: g.statvfs("/"), lambda: g.mkdir("m"), lambda: g.rmdir("m"),
+            lambda: g.rename("w", "w2"), lambda: g.utime("file", (1, 2)),
+            lambda: g.symlink("t", "s"), lambda: g.link("file", "hard"), lambda: g.unlink("hard"),
+            lambda: g.access("file", os.R_OK), lambda: g.chmod("file", 0o600)]
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_host_that_sends_garbage_replies_gets_oserrors_never_a_crash(tmp_path_factory, data):
+    """Every reply possibly mangled (lengths, fields, errnos, random bytes): each call returns
+    or raises OSError — never a struct.error, IndexError, UnicodeDecodeError... — and the guest
+    keeps working once the host behaves again."""
+    t = Twin(tmp_path_factory.mktemp("garbage"))
+    try:
+        t.transport.reply_hook = lambda opcode, error, body: _mangled(data, error, body)
+        ops = _garbage_ops(t.g)
+        for i in data.draw(st.lists(st.integers(0, len(ops) - 1), min_size=5, max_size=30)):
+            try:
+                ops[i]()
+            except OSError:
+                pass
+        t.transport.reply_hook = None
+        assert t.g.read(t.g.open("file", os.O_RDONLY), 5) == b"hello"
+    finally:
+        t.close()

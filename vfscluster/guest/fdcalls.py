@@ -22,7 +22,7 @@ from ..fuse.abi import Attr, OpenOutFlags, SetattrIn, SetattrValid
 from .client import FuseClient
 from .files import FdTable, OpenFile
 from .namei import Node, oserror
-from .osargs import errors, named
+from .osargs import c_off, c_ssize, errors, named
 
 __all__ = ["FdCalls", "MAX_RW_COUNT"]
 
@@ -88,7 +88,7 @@ class FdCalls:
     def read(self, fd: int, n: int) -> bytes:
         """``os.read`` at the file position.  EINVAL (n < 0), EBADF (not open for reading),
         EISDIR (a directory)."""
-        if n < 0:
+        if c_ssize(n) < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
             self._check_readable(f)
@@ -102,12 +102,13 @@ class FdCalls:
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         """``os.pread``: ``n`` bytes at ``offset``; the position does not move."""
         dax = self.client.dax
-        if dax is not None and 0 < n <= MAX_RW_COUNT and offset >= 0:     # DAX, mapped: no request
-            f = self._fds.peek(fd)
+        if dax is not None and 0 < n <= MAX_RW_COUNT and offset >= 0 and type(offset) is int:
+            f = self._fds.peek(fd)                                  # DAX, mapped: no request
             if f is not None and f.readable and dax.uses(f.node):
                 data = dax.read_quick(f.node.nodeid, offset, n)
                 if data is not None:
                     return data
+        n, offset = c_ssize(n), c_off(offset)
         if n < 0 or offset < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
@@ -169,7 +170,7 @@ class FdCalls:
         """``os.pwrite`` at ``offset`` (at the end of the file with O_APPEND, as Linux does);
         the position does not move."""
         view = memoryview(data)
-        if offset < 0:
+        if c_off(offset) < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
             if not f.writable:
@@ -209,6 +210,7 @@ class FdCalls:
         """``os.lseek``: SEEK_SET/CUR/END locally (END asks the size), SEEK_DATA/SEEK_HOLE with
         FUSE_LSEEK (the generic answer when the server lacks it).  EINVAL for a bad ``how`` or a
         negative result, ENXIO for DATA/HOLE past the end."""
+        pos = c_off(pos)
         with self._file(fd) as f:
             if f.is_path:
                 raise oserror(errno.EBADF)
@@ -229,6 +231,8 @@ class FdCalls:
                 return new
 
     def _seek_data(self, f: OpenFile, pos: int, how: int) -> int:
+        if pos < 0:                     # (no lseek with a negative offset finds data or a hole)
+            raise oserror(errno.ENXIO)
         if not f.is_dir:
             try:
                 return self.client.lseek(f.nodeid, f.fh, pos, how)
@@ -243,7 +247,7 @@ class FdCalls:
     def ftruncate(self, fd: int, length: int) -> None:
         """``os.ftruncate``: EINVAL for a negative length (before anything else), for a file
         not open for writing or not regular."""
-        if length < 0:
+        if c_off(length) < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
             if f.is_path:

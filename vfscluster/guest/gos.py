@@ -38,7 +38,7 @@ from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
 from .locks import LockCalls
 from .namei import LastType, Node, PathWalk, check_path, oserror
-from .osargs import errors, fspath, named, process_umask, time_to_ns
+from .osargs import c_off, errors, fspath, named, process_umask, time_to_ns
 from .xattrcalls import XattrCalls
 
 __all__ = ["GuestOS"]
@@ -339,7 +339,7 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         path is walked, EISDIR for a directory, EINVAL for another non-regular file."""
         if isinstance(path, int):
             return self.ftruncate(path, length)
-        if length < 0:
+        if c_off(length) < 0:
             raise named(oserror(errno.EINVAL), os.fspath(path))
         with self._lookup(path, "truncate", fresh=True) as node:
             if node.is_dir:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import operator
 import os
 from typing import Any
 
 from ..errors import ProtocolError
 from .namei import oserror
 
-__all__ = ["process_umask", "named", "errors", "fspath", "time_to_ns"]
+__all__ = ["process_umask", "named", "errors", "fspath", "time_to_ns", "c_off", "c_ssize"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,23 @@ def process_umask() -> int:
     except (OSError, ValueError):
         pass
     return 0o022
+
+
+def c_off(value: Any) -> int:
+    """An ``off_t`` argument as CPython's ``os`` converts it: TypeError unless an integer,
+    OverflowError outside 64 bits (before any system call, before EINVAL for a negative one)."""
+    v = operator.index(value)
+    if not -(1 << 63) <= v < 1 << 63:
+        raise OverflowError("Python int too large to convert to C long")
+    return v
+
+
+def c_ssize(value: Any) -> int:
+    """A ``Py_ssize_t`` argument (a byte count) as ``os`` converts it (see :func:`c_off`)."""
+    v = operator.index(value)
+    if not -(1 << 63) <= v < 1 << 63:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return v
 
 
 def named(exc: OSError, filename: Any = None, filename2: Any = None) -> OSError:
