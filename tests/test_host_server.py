@@ -4,8 +4,11 @@ import errno
 import os
 import socket
 import struct
+import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vfscluster.fuse import abi
 from vfscluster.guest.machine import GuestMachine
@@ -138,6 +141,99 @@ def test_vhost_user_garbage_is_refused_and_the_host_keeps_serving(host, guest, s
     s.close()
     (share / "y").write_text("2")
     assert guest.mounts["vfs"].os.listdir("/") == ["y"]
+
+
+def _recv_all(s, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _in_sync(s) -> bool:
+    """GET_FEATURES, then read until its reply (skipping the replies and acks before it); False
+    if the host closed the connection.  A host that answers nothing fails on the socket timeout."""
+    s.sendall(_vhost_msg(FrontendReq.GET_FEATURES))
+    while True:
+        head = _recv_all(s, 12)
+        if head is None:
+            return False
+        req, _flags, size = struct.unpack("<III", head)
+        if _recv_all(s, size) is None:
+            return False
+        if req == FrontendReq.GET_FEATURES:
+            return True
+
+
+def _fd_kinds(kinds: list[str]) -> list[int]:
+    fds = []
+    for kind in kinds:
+        if kind == "eventfd":
+            fds.append(os.eventfd(0))
+        elif kind == "memfd":
+            fd = os.memfd_create("garbage")
+            os.ftruncate(fd, 1 << 20)
+            fds.append(fd)
+        else:
+            a, b = socket.socketpair()
+            fds.append(a.detach())
+            b.close()
+    return fds
+
+
+_WORD = st.one_of(st.sampled_from([0, 1, 2, 8, 128, 256, 0x1000, 0x7F00, 1 << 31, 0xFFFF_FFFF]),
+                  st.integers(0, 0xFFFF_FFFF))
+_MESSAGE = st.tuples(
+    st.sampled_from([*FrontendReq, 0, 99, 1000]),
+    st.lists(_WORD, max_size=18),                                   # the payload, in u32s
+    st.lists(st.sampled_from(["eventfd", "memfd", "socket"]), max_size=2),
+    st.booleans())                                                  # NEED_REPLY
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(negotiate=st.booleans(), messages=st.lists(_MESSAGE, min_size=1, max_size=40))
+def test_random_vhost_user_messages_never_hang_crash_or_leak_the_host(host, guest, share,
+                                                                     negotiate, messages):
+    """Any request (known, unknown, unsupported), payload of any size and content, fds of any
+    kind and number, with or without NEED_REPLY, negotiated first or not: the host stays in step
+    (answers a GET_FEATURES after them) or closes that connection; it keeps no fd of it once it
+    is gone; another guest is served throughout."""
+    before = len(os.listdir(f"/proc/{host.proc.pid}/fd"))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(host.socket_path)
+    try:
+        if negotiate:
+            s.sendall(_vhost_msg(FrontendReq.SET_FEATURES, struct.pack("<Q", 1 << 30 | 1 << 32)))
+            s.sendall(_vhost_msg(FrontendReq.SET_PROTOCOL_FEATURES, struct.pack("<Q", 0x3FFFF)))
+            s.sendall(_vhost_msg(FrontendReq.SET_OWNER))
+        for req, words, kinds, need in messages:
+            payload = b"".join(struct.pack("<I", w) for w in words)
+            msg = _vhost_msg(req, payload, flags=1 | (8 if need else 0))
+            fds = _fd_kinds(kinds)
+            try:
+                socket.send_fds(s, [msg], fds) if fds else s.sendall(msg)
+            except (BrokenPipeError, ConnectionResetError):
+                break                              # the host closed it (a header it cannot skip)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        else:
+            assert _in_sync(s)
+    finally:
+        s.close()
+    (share / "seen").write_text("1")
+    assert guest.mounts["vfs"].os.listdir("/") == ["seen"]
+    (share / "seen").unlink()
+    assert host.proc.is_alive()
+    deadline = time.monotonic() + 10          # the host drops the connection when it sees it go
+    while len(os.listdir(f"/proc/{host.proc.pid}/fd")) > before:
+        assert time.monotonic() < deadline, "the host kept fds of a connection that is gone"
+        time.sleep(0.01)
 
 
 def test_trace_has_one_line_per_request(host, guest):
