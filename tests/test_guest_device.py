@@ -3,10 +3,14 @@
 import errno
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vfscluster.fuse import abi
 from vfscluster.guest.device import DeviceConfig
@@ -482,3 +486,105 @@ def test_a_host_that_breaks_the_used_ring_fails_the_queue_with_eio(share, host, 
         gos.stat("f")
     assert ei.value.errno == errno.EIO
     assert dev._completer.is_alive()
+
+
+# ---------------------------------------------------------------------- a backend that lies
+
+def _recv_message(s):
+    """One vhost-user message off ``s`` (header, payload, fds), or None at EOF."""
+    head, fds = b"", []
+    while len(head) < 12:
+        data, anc, _flags, _ = s.recvmsg(12 - len(head), socket.CMSG_LEN(8 * 4))
+        if not data:
+            return None
+        head += data
+        fds += [fd for _, _, cdata in anc for fd in struct.unpack(f"{len(cdata) // 4}i", cdata)]
+    body = b""
+    while len(body) < struct.unpack_from("<I", head, 8)[0]:
+        chunk = s.recv(struct.unpack_from("<I", head, 8)[0] - len(body))
+        if not chunk:
+            return None
+        body += chunk
+    return head, body, fds
+
+
+def _relay(src, dst, plan):
+    """Carry messages from ``src`` to ``dst``, the n-th changed as ``plan[n]`` says (cycled)."""
+    n = 0
+    try:
+        while (msg := _recv_message(src)) is not None:
+            head, body, fds = msg
+            how = plan[n % len(plan)] if plan else "pass"
+            n += 1
+            if how == "hangup":
+                break
+            if how == "flip" and body:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+            elif how in ("cut", "grow"):
+                body = body[:len(body) // 2] if how == "cut" else body + b"\xa5" * 8
+                head = head[:8] + struct.pack("<I", len(body))
+            elif how == "request":
+                head = struct.pack("<I", struct.unpack_from("<I", head)[0] ^ 1) + head[4:]
+            elif how == "flags":
+                head = head[:4] + struct.pack("<I", 0x45) + head[8:]
+            elif how == "stall":                      # a header that promises more than comes
+                head = head[:8] + struct.pack("<I", len(body) + 64)
+            socket.send_fds(dst, [head + body], fds) if fds else dst.sendall(head + body)
+            for fd in fds:
+                os.close(fd)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@settings(max_examples=25, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.sampled_from(["pass", "pass", "pass", "hangup", "flip", "cut", "grow",
+                                      "request", "flags"]), max_size=12),
+       stall=st.booleans())
+def test_a_backend_that_lies_fails_the_device_with_oserror(host, share, tmp_path_factory, plan,
+                                                         stall, monkeypatch):
+    """The host's replies pass through a relay that breaks some of them (hangs up, flips, cuts
+    or lengthens a payload, changes the request code or the flags, or promises bytes that never
+    come): plugging the device either works or fails with one OSError — never another exception,
+    never a hang — and the machine closes cleanly."""
+    from vfscluster.guest import device
+    monkeypatch.setattr(device, "REPLY_TIMEOUT", 0.5)
+    if stall:
+        plan = [*plan, "stall"]
+    path = str(tmp_path_factory.mktemp("relay") / "relay.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    relays = []
+
+    def accept():
+        guest_side, _ = listener.accept()
+        host_side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        host_side.connect(host.socket_path)
+        relays.extend(threading.Thread(target=_relay, args=a, daemon=True)
+                      for a in ((guest_side, host_side, []), (host_side, guest_side, plan)))
+        for t in relays:
+            t.start()
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    m = GuestMachine("lied-to", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        try:
+            m.add_device(path, "vfs")
+            (share / "f").write_bytes(b"x")
+            assert m.mount("vfs").os.listdir("/") == ["f"]
+        except OSError:
+            pass
+    finally:
+        m.close()
+        listener.close()
+        acceptor.join(10)
+        for t in relays:
+            t.join(10)
+            assert not t.is_alive()

@@ -67,6 +67,9 @@ MAX_IO = 1 << 20
 #: (~50 µs across vCPUs here) plus its work, or both sides settle into sleeping on every request
 GUEST_SPIN_NS = 200_000
 HIPRIO = 0
+#: seconds a vhost-user reply may take: the backend answers control messages at once; one that
+#: does not answer (or sends half a message) would hold the guest forever
+REPLY_TIMEOUT = 20.0
 CONFIG_SIZE = TAG_MAX + 4                 # virtio_fs_config: tag, num_request_queues
 NOTIFY_CONFIG_SIZE = CONFIG_SIZE + 4      # + notify_buf_size (with VIRTIO_FS_F_NOTIFICATION)
 
@@ -158,11 +161,29 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
 
     # -- vhost-user set-up ---------------------------------------------------------------------
     def connect(self, socket_path: str) -> None:
-        """Connect to the vhost-user backend at ``socket_path`` and start the rings (QEMU's order)."""
+        """Connect to the vhost-user backend at ``socket_path`` and start the rings (QEMU's order).
+        A backend that breaks the protocol during set-up is an OSError (EPROTO, saying how), one
+        that hangs up ECONNRESET, one that does not answer within ``REPLY_TIMEOUT`` ETIMEDOUT, as
+        a device QEMU cannot realize; the connection is not used again (:meth:`shutdown`)."""
+        try:
+            self._connect(socket_path)
+        except BaseException as exc:
+            self.disconnected = True           # the stream is in no known state
+            if isinstance(exc, EOFError):
+                raise OSError(errno.ECONNRESET, f"vhost-user backend at {socket_path} closed the "
+                              "connection during set-up") from None
+            if isinstance(exc, TimeoutError):
+                raise OSError(errno.ETIMEDOUT, f"vhost-user backend at {socket_path} did not "
+                              f"answer within {REPLY_TIMEOUT:g} s") from None
+            if isinstance(exc, RemoteProtocolError):
+                raise OSError(errno.EPROTO, f"vhost-user backend at {socket_path}: {exc}") from exc
+            raise
+
+    def _connect(self, socket_path: str) -> None:
         from ..vhost_user import Frontend, VHOST_USER_F_PROTOCOL_FEATURES
         from ..vhost_user.message import MemoryRegion, VringAddr
 
-        fe = Frontend.connect(socket_path)
+        fe = Frontend.connect(socket_path, REPLY_TIMEOUT)
         self.frontend = fe
         offered = fe.get_features()
         if not offered & F_VERSION_1:
@@ -170,6 +191,7 @@ class VirtioFsDevice(SharedRegions, ParkedRequests):
         want_proto = ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIG
         proto = 0
         channel_sock = None
+        nq = None                       # how many queues the backend serves, if it says (MQ)
         if offered & VHOST_USER_F_PROTOCOL_FEATURES:
             backend_proto = fe.get_protocol_features()
             if backend_proto & SHMEM_FEATURES == SHMEM_FEATURES:

@@ -91,10 +91,12 @@ class Connection:
         self._recv_lock = threading.Lock()
 
     @classmethod
-    def connect(cls, path: str) -> Connection:
-        """Connect to the vhost-user socket at ``path``."""
+    def connect(cls, path: str, timeout: float | None = None) -> Connection:
+        """Connect to the vhost-user socket at ``path``; ``timeout``: seconds any one send or
+        receive may take (then ``TimeoutError``, and the stream is not to be used again)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            sock.settimeout(timeout)
             sock.connect(path)
         except BaseException:
             sock.close()

@@ -84,9 +84,10 @@ class Frontend:
         self.acked_protocol_features = 0
 
     @classmethod
-    def connect(cls, path: str) -> Frontend:
-        """Connect to the back-end's vhost-user socket at ``path``."""
-        return cls(Connection.connect(path))
+    def connect(cls, path: str, timeout: float | None = None) -> Frontend:
+        """Connect to the back-end's vhost-user socket at ``path`` (``timeout``: see
+        :meth:`Connection.connect`)."""
+        return cls(Connection.connect(path, timeout))
 
     def close(self) -> None:
         self.conn.close()
