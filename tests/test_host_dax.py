@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vfscluster.fuse.abi import SetupmappingFlags
 from vfscluster.guest.daxmap import Mapping
@@ -310,3 +312,64 @@ def test_inode_lock_excludes_per_inode_only():
 
 def test_fallocate_modes_that_shrink():
     assert shrinks(FALLOC_FL_COLLAPSE_RANGE) and not shrinks(0) and not shrinks(0x01 | 0x02)
+
+
+# ------------------------------------------------------------------------------------ a model
+
+_PAGES = W // PAGE
+_OP = st.one_of(
+    st.tuples(st.just("setup"), st.sampled_from(["A", "B"]), st.integers(0, 2 * R // PAGE + 3),
+              st.integers(-1, _PAGES // 2), st.integers(0, _PAGES + 2), st.sampled_from([RD, RW, 1 << 5])),
+    st.tuples(st.just("remove"), st.lists(st.tuples(st.integers(0, _PAGES + 2),
+                                                    st.integers(-1, _PAGES // 2)), max_size=3)))
+
+
+@given(ops=st.lists(_OP, min_size=1, max_size=25))
+@settings(max_examples=200, deadline=None)
+def test_setups_and_removes_against_a_page_model(tmp_path_factory, ops):
+    """Random SETUPMAPPINGs (files A and B of 2 MiB, ranges into and past EOF, over each other,
+    past the window, misaligned, bad flags) and REMOVEMAPPINGs (holes, several entries, bad ones):
+    after each, the table is exactly what a page-by-page model says — each window page maps a
+    file page, the zero source, or nothing — and a refused call changed nothing."""
+    path = tmp_path_factory.mktemp("model") / "f"
+    path.write_bytes(b"")
+    os.truncate(path, R)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        hd = HostDax(W)
+        model: list = [None] * _PAGES             # per window page: (file, file offset, writable)
+        for op in ops:
+            if op[0] == "setup":
+                _, key, fpage, length, mpage, flags = op
+                foffset, moffset = fpage * PAGE, mpage * PAGE
+                length = length * PAGE if length >= 0 else PAGE // 2
+                ok = flags in (RD, RW) and length > 0 and length % PAGE == 0 and moffset + length <= W
+                try:
+                    hd.setup(fd, None, key, foffset, length, flags, moffset, file_size=R)
+                    assert ok, op
+                except OSError as exc:
+                    assert not ok and exc.errno == errno.EINVAL, (op, exc)
+                    continue
+                for i in range(length // PAGE):
+                    off = foffset + i * PAGE
+                    model[mpage + i] = (key, off, flags == RW) if off < R else (None, off, False)
+            else:
+                entries = [(m * PAGE, n * PAGE if n >= 0 else PAGE // 2) for m, n in op[1]]
+                ok = bool(entries) and all(n == 0 or (n % PAGE == 0 and m + n <= W) for m, n in entries)
+                try:
+                    hd.remove(entries)
+                    assert ok, op
+                except OSError as exc:
+                    assert not ok and exc.errno == errno.EINVAL, (op, exc)
+                    continue
+                for m, n in entries:
+                    model[m // PAGE:(m + n) // PAGE] = [None] * (n // PAGE)
+            pages: list = [None] * _PAGES
+            for mp in hd.mappings():
+                for i in range(mp.length // PAGE):
+                    assert pages[mp.window_offset // PAGE + i] is None       # no overlap
+                    pages[mp.window_offset // PAGE + i] = (mp.file, mp.file_offset + i * PAGE,
+                                                           mp.writable)
+            assert pages == model
+    finally:
+        os.close(fd)
