@@ -192,6 +192,21 @@ def test_create_over_a_symlink_does_not_follow_it(fs, tree):
     _secret_untouched(tree)
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("flags", [os.O_WRONLY, os.O_RDONLY, os.O_RDWR | os.O_TRUNC])
+def test_create_over_a_fifo_or_a_directory_never_waits(fs, tree, flags):
+    """CREATE of a name that exists (no O_EXCL) opens it as OPEN would: a FIFO is ENXIO at once
+    — open(2) of a FIFO waits for its other end, which held the host for ever — a directory
+    EISDIR, as open(O_CREAT) gives."""
+    os.mkfifo(tree / "share" / "fifo")
+    (tree / "share" / "sub").mkdir()
+    assert _errno(lambda: fs.create(CTX, ROOT_ID, b"fifo", 0o644, flags, 0)) == errno.ENXIO
+    assert _errno(lambda: fs.create(CTX, ROOT_ID, b"sub", 0o644, flags, 0)) == errno.EISDIR
+    entry, fh, _ = fs.create(CTX, ROOT_ID, b"file", 0o644, flags, 0)    # a file: opened
+    fs.release(CTX, entry.nodeid, fh, 0, False, False, None)
+    fs.forget(CTX, entry.nodeid, 1)
+
+
 def test_attribute_changes_on_a_symlink_stay_on_the_symlink(fs, tree):
     e = fs.lookup(CTX, ROOT_ID, b"ln_secret")
     assert _errno(lambda: fs.setattr(CTX, e.nodeid, SetattrChanges(mode=0o600), None)) == errno.EOPNOTSUPP

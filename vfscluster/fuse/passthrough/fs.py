@@ -375,8 +375,18 @@ class PassthroughFs(LockOps, DaxHooks, FileSystem):
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
-            with self._shrinking_name(p, name, flags):
-                fd = os.open(name, base & ~os.O_EXCL, perm, dir_fd=p.fd)  # EISDIR, ELOOP...
+            # Opened as OPEN opens (reopen of an O_PATH fd): a symlink is ELOOP, a directory
+            # EISDIR, a FIFO or device ENXIO — never open(2) of a FIFO, which waits for its
+            # other end (a guest could hold the host there for ever).
+            opath = os.open(name, O_PATH_FLAGS, dir_fd=p.fd)
+            try:
+                mode = os.fstat(opath).st_mode
+                if stat.S_ISDIR(mode):
+                    raise oserror(errno.EISDIR)
+                with self._shrinking_name(p, name, flags):
+                    fd = reopen(opath, mode, base & ~os.O_EXCL)
+            finally:
+                os.close(opath)
             created = False
         try:
             st = os.fstat(fd)
