@@ -553,8 +553,8 @@ def test_a_backend_that_lies_fails_the_device_with_oserror(host, share, tmp_path
     or lengthens a payload, changes the request code or the flags, or promises bytes that never
     come): plugging the device either works or fails with one OSError — never another exception,
     never a hang — and the machine closes cleanly."""
-    from vfscluster.guest import device
-    monkeypatch.setattr(device, "REPLY_TIMEOUT", 0.5)
+    from vfscluster.guest import devsetup
+    monkeypatch.setattr(devsetup, "REPLY_TIMEOUT", 0.5)
     if stall:
         plan = [*plan, "stall"]
     path = str(tmp_path_factory.mktemp("relay") / "relay.sock")
