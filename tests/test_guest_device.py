@@ -375,6 +375,36 @@ def test_parked_setlkw_fails_with_enotconn_when_the_host_dies(share):
         h.stop()
 
 
+def test_a_broken_notification_ring_fails_the_parked_lock_waits(share, host, caplog):
+    """A host that breaks the used ring of the notification queue can deliver no grant: a parked
+    SETLKW ends with EIO instead of waiting for ever, and it says why."""
+    import fcntl
+    (ma, ga, fa), (mb, gb, fb) = _lock_pair(host)
+    try:
+        outcome = []
+
+        def wait():
+            try:
+                gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK)
+                outcome.append(0)
+            except OSError as exc:
+                outcome.append(exc.errno)
+        th = threading.Thread(target=wait)
+        th.start()
+        dev = mb.devices["vfs"]
+        assert dev.lock_waits.wait_parked(1, 10)
+        ring = dev.notify.queue
+        with ring.lock:                                  # the host's used index, jumping
+            ring.used[2:4] = ((ring.last_used + ring.size + 1) & 0xFFFF).to_bytes(2, "little")
+        dev.notify.reap()                                # what the completion thread does on a call
+        th.join(10)
+        assert outcome == [errno.EIO]
+        assert "failing its requests with EIO" in caplog.text
+    finally:
+        ma.close()
+        mb.close()
+
+
 def test_hiprio_completions_are_reaped_by_later_senders(share, host):
     """FORGETs ask for no call: the next sender reaps what the host returned, and a sender that
     finds the hiprio ring full gets room (no call comes, nobody polls) instead of hanging."""
