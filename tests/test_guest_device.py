@@ -348,23 +348,29 @@ def test_keyboard_interrupt_withdraws_a_parked_setlkw(inproc_host, monkeypatch):
         mb.close()
 
 
-def test_parked_setlkw_fails_with_enotconn_when_the_host_dies(share):
+def _parked_setlkw(machine, gos, fd):
+    """A thread whose F_SETLKW on ``fd`` the host has parked; (thread, [errno or 0 once it ends])."""
     import fcntl
+    outcome = []
+
+    def wait():
+        try:
+            gos.fcntl_lock(fd, fcntl.F_SETLKW, fcntl.F_WRLCK)
+            outcome.append(0)
+        except OSError as exc:
+            outcome.append(exc.errno)
+    th = threading.Thread(target=wait)
+    th.start()
+    assert machine.devices["vfs"].lock_waits.wait_parked(1, 10)
+    return th, outcome
+
+
+def test_parked_setlkw_fails_with_enotconn_when_the_host_dies(share):
     h = HostProcess(share)
     try:
         (ma, ga, fa), (mb, gb, fb) = _lock_pair(h)
         try:
-            outcome = []
-
-            def wait():
-                try:
-                    gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK)
-                    outcome.append(0)
-                except OSError as exc:
-                    outcome.append(exc.errno)
-            th = threading.Thread(target=wait)
-            th.start()
-            assert mb.devices["vfs"].lock_waits.wait_parked(1, 10)
+            th, outcome = _parked_setlkw(mb, gb, fb)
             os.kill(h.proc.pid, signal.SIGKILL)
             th.join(5)
             assert outcome == [errno.ENOTCONN]
@@ -378,21 +384,10 @@ def test_parked_setlkw_fails_with_enotconn_when_the_host_dies(share):
 def test_a_broken_notification_ring_fails_the_parked_lock_waits(share, host, caplog):
     """A host that breaks the used ring of the notification queue can deliver no grant: a parked
     SETLKW ends with EIO instead of waiting for ever, and it says why."""
-    import fcntl
     (ma, ga, fa), (mb, gb, fb) = _lock_pair(host)
     try:
-        outcome = []
-
-        def wait():
-            try:
-                gb.fcntl_lock(fb, fcntl.F_SETLKW, fcntl.F_WRLCK)
-                outcome.append(0)
-            except OSError as exc:
-                outcome.append(exc.errno)
-        th = threading.Thread(target=wait)
-        th.start()
+        th, outcome = _parked_setlkw(mb, gb, fb)
         dev = mb.devices["vfs"]
-        assert dev.lock_waits.wait_parked(1, 10)
         ring = dev.notify.queue
         with ring.lock:                                  # the host's used index, jumping
             ring.used[2:4] = ((ring.last_used + ring.size + 1) & 0xFFFF).to_bytes(2, "little")
