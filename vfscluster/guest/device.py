@@ -408,13 +408,13 @@ class VirtioFsDevice(DeviceSetup, SharedRegions, ParkedRequests):
         """``q.on_broken``: the host broke the ring protocol (lock held; the queue is closed)."""
         log.warning("virtio-fs <%s>: queue %d: %s: failing its requests with EIO", self.config.tag,
                     q.index, reason)
+        self._broken[q.index] = errno.EIO   # (a submitter the close woke waits for our lock)
         self._fail_pending(q, errno.EIO)
         if q is self._notify_ring:
             self.lock_waits.fail_all(errno.EIO)     # no grant can reach them now
 
     def _fail_pending(self, q: DriverQueue, err: int) -> None:
         """Fail what is in flight on closed ``q`` (lock held): its used entries are never reaped."""
-        self._broken[q.index] = err
         for p in q.pending_tokens():
             if isinstance(p, Pending) and not p.done:
                 p.error = err
