@@ -94,6 +94,31 @@ def test_init_rejects_a_bad_reply(reply):
         client.lookup(ROOT_ID, b"x")
 
 
+@pytest.mark.parametrize("alignment, refused", [(12, False), (16, False), (21, False), (22, True),
+                                                (63, True)])
+def test_init_refuses_a_map_alignment_coarser_than_the_dax_range(alignment, refused):
+    """fs/fuse/dax.c fuse_dax_check_alignment: with DAX (MAP_ALIGNMENT asked for), a server
+    alignment past 2^21 fails INIT and the connection stays in error (ECONNREFUSED); without
+    MAP_ALIGNMENT asked for, the field is not looked at."""
+    from vfscluster.fuse.abi import InitOut, split_init_flags
+    lo, hi = split_init_flags(InitFlags.MAP_ALIGNMENT)
+    reply = InitOut(7, 38, 0, lo, max_write=65536, map_alignment=alignment).pack()
+    assert FuseClient(_Recorder(reply)).init().map_alignment == alignment   # not asked for
+    client = FuseClient(_Recorder(reply))
+    if not refused:
+        assert client.init(flags=REQUESTED_INIT_FLAGS | InitFlags.MAP_ALIGNMENT).map_alignment \
+            == alignment
+        return
+    with pytest.raises(OSError) as info:
+        client.init(flags=REQUESTED_INIT_FLAGS | InitFlags.MAP_ALIGNMENT)
+    assert info.value.errno == errno.ECONNREFUSED
+    assert f"map_alignment {alignment}" in str(info.value)
+    with pytest.raises(OSError) as info:
+        client.getattr(ROOT_ID)
+    assert info.value.errno == errno.ECONNREFUSED
+    assert [s[0] for s in client.transport.sent] == [Opcode.INIT]
+
+
 def test_init_error_reply_is_oserror():
     with pytest.raises(OSError) as info:
         FuseClient(_Recorder(b"", -errno.EPROTO)).init()

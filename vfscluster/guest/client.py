@@ -41,6 +41,7 @@ from ..fuse.abi import (
 )
 from .cache import NEGATIVE, CachePolicy
 from .client_files import FileOps
+from .daxmap import FUSE_DAX_SHIFT
 from .replies import PAGE_SIZE, check_attr, oserror
 from .transport import Credentials, Transport
 
@@ -108,6 +109,7 @@ class FuseClient(FileOps):
         self.creds = creds
         self.info: InitInfo | None = None
         self._destroyed = False
+        self._refused = False               # the INIT reply was refused: fs/fuse's conn_error
         self._lock = threading.Lock()
         self._nodes: dict[int, _Node] = {}
         self._unused: OrderedDict[int, None] = OrderedDict()   # known, unpinned, kept by the cache
@@ -128,7 +130,9 @@ class FuseClient(FileOps):
         """FUSE_INIT: offer protocol 7.38 and ``flags``; record what the server granted.
 
         Raises :class:`RemoteProtocolError` if the server speaks another major version or a
-        minor older than 7.31, or its reply is shorter than that minor's fuse_init_out.
+        minor older than 7.31, or its reply is shorter than that minor's fuse_init_out;
+        ``ECONNREFUSED`` (and the connection is dead) if ``flags`` asked for MAP_ALIGNMENT (DAX)
+        and the server's map_alignment is coarser than the 2 MiB DAX range, as Linux refuses it.
         """
         if self.info is not None:
             raise LocalProtocolError("FUSE_INIT was already sent on this connection")
@@ -150,6 +154,13 @@ class FuseClient(FileOps):
                                       f"7.{abi.MIN_MINOR_VERSION} is needed")
         out = InitOut.unpack_compat(body, 0, min(abi.init_out_size(minor), InitOut.SIZE))
         granted = InitFlags(out.all_flags & int(flags))
+        if granted & InitFlags.MAP_ALIGNMENT and out.map_alignment > FUSE_DAX_SHIFT:
+            # fs/fuse/dax.c fuse_dax_check_alignment (MAP_ALIGNMENT is asked for with DAX only):
+            # the INIT reply fails and the connection is in error: every request is refused.
+            self._destroyed = self._refused = True
+            raise OSError(errno.ECONNREFUSED,
+                          f"FUSE: map_alignment {out.map_alignment} incompatible with dax mem "
+                          f"range size {1 << FUSE_DAX_SHIFT}")
         max_pages = DEFAULT_MAX_PAGES
         if granted & InitFlags.MAX_PAGES:
             max_pages = min(MAX_PAGES_LIMIT, max(out.max_pages, 1))
@@ -321,7 +332,7 @@ class FuseClient(FileOps):
 
     def _ready(self) -> InitInfo:
         if self._destroyed:
-            raise oserror(errno.ENOTCONN)
+            raise oserror(errno.ECONNREFUSED if self._refused else errno.ENOTCONN)
         if self.info is None:
             raise LocalProtocolError("FUSE_INIT has not completed on this connection")
         return self.info
