@@ -423,6 +423,40 @@ def test_hiprio_completions_are_reaped_by_later_senders(share, host):
         m.close()
 
 
+@pytest.mark.parametrize("how", ["queue broken", "host gone"])
+def test_forgets_in_flight_when_hiprio_fails_give_their_pages_back(share, host, how):
+    """FORGETs have nobody waiting for them: when their queue fails (broken, or the host gone)
+    with some in flight, their pages go back to guest RAM — which every device of the guest
+    allocates from — instead of being lost."""
+    (share / "f").write_bytes(b"x")
+    m = GuestMachine("forgets", ram_name=ram_name(), ram_size=16 << 20)
+    try:
+        dev = m.add_device(host.socket_path, "vfs", queue_size=8)
+        m.mount("vfs")
+        hiprio, pages = dev.queues[0], m.ram.pages
+        err, body = dev.request(abi.Opcode.LOOKUP, abi.ROOT_ID, _lookup_args(b"f"), abi.EntryOut.SIZE)
+        assert err == 0
+        nodeid = abi.EntryOut.unpack_from(body).nodeid
+        before = pages.used
+        for _ in range(4):     # each sender reaps what came before it; the last stays in flight
+            dev.send_noreply(abi.Opcode.FORGET, nodeid, [abi.ForgetIn(0).pack()])
+        with hiprio.lock:
+            in_flight = hiprio.in_flight()
+            assert in_flight >= 1 and pages.used == before + in_flight
+        if how == "queue broken":
+            dev._fail_queue(hiprio, errno.EIO)     # what the completion thread does on the err fd
+        else:
+            os.kill(host.proc.pid, signal.SIGKILL)
+            dev._completer.join(10)                 # it ends after failing every queue
+            assert dev.disconnected and not dev._completer.is_alive()
+        assert pages.used == before
+        with hiprio.lock:
+            assert hiprio.reap(dev._complete) == 0  # and no late entry frees them twice
+        assert pages.used == before
+    finally:
+        m.close()
+
+
 @pytest.mark.parametrize("spin_ns", [0, 2000])
 def test_short_spins_on_a_full_ring_never_strand_a_waiter(share, host, spin_ns):
     """Submitters that registered as spinners and then wait for ring room poll nothing: they must

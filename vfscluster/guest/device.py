@@ -414,13 +414,17 @@ class VirtioFsDevice(DeviceSetup, SharedRegions, ParkedRequests):
             self.lock_waits.fail_all(errno.EIO)     # no grant can reach them now
 
     def _fail_pending(self, q: DriverQueue, err: int) -> None:
-        """Fail what is in flight on closed ``q`` (lock held): its used entries are never reaped."""
+        """Fail what is in flight on closed ``q`` (lock held): its used entries are never reaped.
+        A request without a reply (FORGET) has nobody waiting for it: its pages are freed here."""
         for p in q.pending_tokens():
             if isinstance(p, Pending) and not p.done:
                 p.error = err
                 if p.out_size:
                     p.lock.release()
-                p.done = True
+                    p.done = True
+                else:
+                    p.done = True
+                    self._release(p)
 
     # -- life cycle ----------------------------------------------------------------------------
     def in_flight(self) -> int:
