@@ -9,7 +9,9 @@ nodeid in every guest.  One event loop serves the control sockets and every queu
 * poll: when a round finds no work, spin on the avail indexes for a short adaptive budget (kicks
   suppressed), then re-enable kicks, check once more, and sleep in epoll;
 * blocking work (fsync, large reads and writes, copy_file_range, fallocate) goes to a thread pool so
-  that one guest never stalls the others; the worker returns its chain itself.  A large read whose
+  that one guest never stalls the others; the worker returns its chain itself.  The pool
+  (``fairpool.py``) serves the guests round-robin and never gives one guest every worker, so a
+  guest's burst of blocking requests does not queue in front of another guest's.  A large read whose
   range the page cache holds whole (``cachestat(2)``) is served inline: it waits for no disk, and a
   worker's wake-up costs more than its copy.  SETLKW is not blocking
   work: a lock that must wait is parked in the lock table and answered "queued" at once (see
@@ -37,7 +39,6 @@ any guest has something mapped (a shrinking truncate first waits for every mappi
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import secrets
@@ -56,6 +57,7 @@ from ..virtio.spin import SpinBudget
 from ..vhost_user import BackendDispatcher, Connection
 from .daxwire import DEFAULT_WINDOW, DaxService
 from .device import FsBackendDevice
+from .fairpool import FairPool
 from .inotify import ShareWatcher
 from .notify import Notifier
 from .trace import Tracer
@@ -137,8 +139,7 @@ class HostServer:
             self.versions = VersionTable(f"/vfsc-{os.getpid()}-{secrets.token_hex(4)}-vt", version_slots,
                                          unlink_name=True)
             self.watcher = ShareWatcher(self.fs.inodes, self.versions)
-        self.pool = (concurrent.futures.ThreadPoolExecutor(thread_pool_size, thread_name_prefix="vfs-worker")
-                     if thread_pool_size > 0 else None)
+        self.pool = FairPool(thread_pool_size) if thread_pool_size > 0 else None
         self.tracer = Tracer(trace) if trace else None
         self.sessions: dict[int, GuestSession] = {}     # by control socket fd
         self._live_list: list | None = None              # _live()'s answer, None: to be made
@@ -185,7 +186,7 @@ class HostServer:
         except FileNotFoundError:
             pass
         if self.pool is not None:
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown()
         self._epoll.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
@@ -336,7 +337,7 @@ class HostServer:
             with self._pool_lock:
                 self._pool_busy += 1
             self.pooled += 1
-            self.pool.submit(self._work, s, i, q, chain)
+            self.pool.submit(s.sid, self._work, s, i, q, chain)
             return False
         written = self._handle(s, i, chain)
         with q.lock:
