@@ -2,7 +2,8 @@
 
 Every operation is the host's own ``*at`` system call relative to an inode's O_PATH fd, so the
 errnos are those Linux gives for the same local operation.  Confinement rules: :mod:`.confine`;
-nodeids and lookup counts: :mod:`.inodes`; file handles: :mod:`.handles`.
+nodeids and lookup counts: :mod:`.inodes`; file handles: :mod:`.handles`; the operations on an
+open handle (read, write, fsync, release...): :mod:`.fileio`.
 
 Decisions (where Linux or virtiofsd leave a choice):
 
@@ -34,31 +35,27 @@ from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import os
 import stat
 import threading
 from collections.abc import Iterator, Sequence
 
-from ..abi import WRITE_KILL_SUIDGID, InitFlags, OpenOutFlags
+from ..abi import InitFlags, OpenOutFlags
 from ..filesystem import Context, DirEntry, Entry, FileSystem, SetattrChanges
 from . import syscalls
 from .confine import O_PATH_FLAGS, check_name, einval, is_inside, oserror, proc_path, reopen
 from .daxhooks import DaxHooks
-from .handles import Handle, HandleTable, close_handle, snapshot
+from .fileio import HandleOps
+from .handles import Handle, HandleTable, snapshot
 from .inodes import Inode, InodeStore
-from .locks import HostLocks, LockOps, lock_key
+from .locks import HostLocks, LockOps
 
 log = logging.getLogger(__name__)
 
-_PAGE = mmap.PAGESIZE
-FALLOC_FL_COLLAPSE_RANGE = 0x08
-
 CACHE_TIMEOUTS = {"none": 0.0, "auto": 1.0, "always": 86400.0}
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-class PassthroughFs(LockOps, DaxHooks, FileSystem):
+class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
     """Serve ``shared_dir`` to any number of sessions; thread-safe.
 
     ``cache`` follows virtiofsd's ``--cache``: ``none`` (timeouts 0, FOPEN_DIRECT_IO), ``auto``
@@ -400,86 +397,6 @@ class PassthroughFs(LockOps, DaxHooks, FileSystem):
         fh = self.handles.add(ctx.session, Handle(fd, inode.nodeid))
         return self._entry(inode, st), fh, self._fopen
 
-    def read(self, ctx: Context, nodeid: int, fh: int, offset: int, size: int,
-             bufs: list[memoryview]) -> int:
-        fd = self.handles.get(ctx.session, fh).fd
-        return _vector_io(os.preadv, fd, bufs, offset)
-
-    def read_is_cached(self, session: int, fh: int, offset: int, size: int) -> bool:
-        """``cachestat(2)``: every page of the range is in the host's page cache.  False for an
-        unknown handle, a range reaching past the file's cached end, or a kernel without
-        cachestat (before 6.5: then it is not asked again)."""
-        if not self._cachestat or size <= 0 or offset < 0:
-            return False
-        try:
-            fd = self.handles.get(session, fh).fd
-            pages = syscalls.cached_pages(fd, offset, size)
-        except OSError as exc:
-            if exc.errno == errno.ENOSYS:
-                self._cachestat = False
-            return False
-        return pages >= (offset + size - 1) // _PAGE - offset // _PAGE + 1
-
-    def write(self, ctx: Context, nodeid: int, fh: int, offset: int, bufs: list[memoryview],
-              flags: int) -> int:
-        fd = self.handles.get(ctx.session, fh).fd
-        n = _vector_io(os.pwritev, fd, bufs, offset)
-        if flags & WRITE_KILL_SUIDGID:
-            self._kill_suidgid(fd)
-        return n
-
-    def flush(self, ctx: Context, nodeid: int, fh: int, lock_owner: int) -> None:
-        """The guest closed a descriptor: its process's POSIX locks on the file go."""
-        handle = self.handles.get(ctx.session, fh)
-        self.locks.release_owner(lock_key(handle.fd), ctx.session, lock_owner)
-
-    def release(self, ctx: Context, nodeid: int, fh: int, flags: int, flush: bool,
-                flock_release: bool, lock_owner: int | None) -> None:
-        """Closes ``fh``; drops its flock locks (whatever ``flock_release`` says: a closed file
-        holds nothing) and, with ``flush``, the POSIX locks of ``lock_owner``."""
-        self._release_handle(ctx, fh, lock_owner if flush else None)
-
-    def _release_handle(self, ctx: Context, fh: int, lock_owner: int | None) -> None:
-        handle = self.handles.remove(ctx.session, fh)
-        try:
-            if lock_owner is not None:
-                self.locks.release_owner(lock_key(handle.fd), ctx.session, lock_owner)
-            self.locks.release_file(ctx.session, fh)
-        finally:
-            close_handle(handle)
-
-    def fsync(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
-        fd = self.handles.get(ctx.session, fh).fd
-        (os.fdatasync if datasync else os.fsync)(fd)
-
-    def fallocate(self, ctx: Context, nodeid: int, fh: int, mode: int, offset: int,
-                  length: int) -> None:
-        fd = self.handles.get(ctx.session, fh).fd
-        if self.dax is not None and mode & FALLOC_FL_COLLAPSE_RANGE:
-            st = os.fstat(fd)
-            with self.dax.shrinking((st.st_dev, st.st_ino), lambda: os.fstat(fd).st_size - length):
-                syscalls.fallocate(fd, mode, offset, length)
-            return
-        syscalls.fallocate(fd, mode, offset, length)
-
-    def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
-        if whence not in (os.SEEK_SET, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):
-            raise einval()  # SEEK_CUR means nothing on a shared fd
-        if offset >= 1 << 63:
-            raise einval()
-        return os.lseek(self.handles.get(ctx.session, fh).fd, offset, whence)
-
-    def copy_file_range(self, ctx: Context, nodeid_in: int, fh_in: int, off_in: int,
-                        nodeid_out: int, fh_out: int, off_out: int, length: int,
-                        flags: int) -> int:
-        src = self.handles.get(ctx.session, fh_in).fd
-        dst = self.handles.get(ctx.session, fh_out).fd
-        if flags:
-            raise einval()
-        if off_in >= 1 << 63 or off_out >= 1 << 63:
-            raise einval()
-        return os.copy_file_range(src, dst, length, off_in, off_out)
-
     # ---------------------------------------------------------------- file system
 
     def statfs(self, ctx: Context, nodeid: int) -> os.statvfs_result:
@@ -581,23 +498,3 @@ def _sized(value: bytes, size: int) -> bytes | int:
     if len(value) > size:
         raise oserror(errno.ERANGE)
     return value
-
-
-def _vector_io(call, fd: int, bufs: list[memoryview], offset: int) -> int:
-    """``preadv``/``pwritev`` of all of ``bufs`` at ``offset``, resumed after a short transfer
-    until done or a transfer of 0 (end of file)."""
-    total = 0
-    want = sum(len(b) for b in bufs)
-    while bufs:
-        n = call(fd, bufs[:_IOV_MAX], offset + total)
-        total += n
-        if n == 0 or total == want:
-            break
-        while n:  # drop what was transferred
-            if n >= len(bufs[0]):
-                n -= len(bufs[0])
-                bufs = bufs[1:]
-            else:
-                bufs = [bufs[0][n:], *bufs[1:]]
-                n = 0
-    return total
