@@ -98,3 +98,12 @@ def share(tmp_path):
     d = tmp_path / "share"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def hostd(share):
+    """A real vfs-hostd process serving ``share`` (``hostproc.HostProcess``), stopped after."""
+    from hostproc import HostProcess
+    h = HostProcess(share)
+    yield h
+    h.stop()

@@ -22,13 +22,6 @@ from threads import run_threads
 
 
 @pytest.fixture
-def host(share):
-    h = HostProcess(share)
-    yield h
-    h.stop()
-
-
-@pytest.fixture
 def machine():
     m = GuestMachine("test", ram_name=ram_name(), ram_size=16 << 20)
     yield m
@@ -47,10 +40,10 @@ def test_tag_of_36_bytes_is_fine():
     assert len(DeviceConfig("t" * 36).config_space()) == 40
 
 
-def test_duplicate_tag_and_unknown_tag(host, machine):
-    machine.add_device(host.socket_path, "share")
+def test_duplicate_tag_and_unknown_tag(hostd, machine):
+    machine.add_device(hostd.socket_path, "share")
     with pytest.raises(OSError) as ei:
-        machine.add_device(host.socket_path, "share")
+        machine.add_device(hostd.socket_path, "share")
     assert ei.value.errno == errno.EEXIST and "share" in str(ei.value)
     with pytest.raises(OSError) as ei:
         machine.mount("nosuchtag")
@@ -63,14 +56,14 @@ def _lookup_args(name: bytes):
     return [name + b"\0"]
 
 
-def test_queue_of_8_with_64_in_flight_from_8_threads(share, host):
+def test_queue_of_8_with_64_in_flight_from_8_threads(share, hostd):
     """A full ring makes submitters wait for used buffers; every reply is the right one."""
     for t in range(8):
         for k in range(8):
             (share / f"f{t}-{k}").write_bytes(b"x" * (t * 8 + k))
     m = GuestMachine("q8", ram_name=ram_name(), ram_size=16 << 20)
     try:
-        dev = m.add_device(host.socket_path, "vfs", queue_size=8)
+        dev = m.add_device(hostd.socket_path, "vfs", queue_size=8)
         m.mount("vfs")
         errors, results = [], {}
         start = threading.Barrier(8)
@@ -128,13 +121,13 @@ def test_host_gone_fails_pending_and_later_requests_with_enotconn(share):
         h.stop()
 
 
-def test_four_request_queues_eight_threads(share, host):
+def test_four_request_queues_eight_threads(share, hostd):
     """Threads are spread over the request queues (affinity); the host serves them all."""
     for i in range(8):
         (share / f"t{i}").write_bytes(b"y" * i)
     m = GuestMachine("mq", ram_name=ram_name(), ram_size=16 << 20)
     try:
-        dev = m.add_device(host.socket_path, "vfs", num_request_queues=4, queue_size=16)
+        dev = m.add_device(hostd.socket_path, "vfs", num_request_queues=4, queue_size=16)
         gos = m.mount("vfs").os
         results, errors = {}, []
         start = threading.Barrier(8)
@@ -158,8 +151,8 @@ def test_four_request_queues_eight_threads(share, host):
 # ---------------------------------------------------------------------------- region 1: the version table
 
 
-def test_version_view_from_vfs_hostd(host, machine):
-    dev = machine.add_device(host.socket_path, "vfs")
+def test_version_view_from_vfs_hostd(hostd, machine):
+    dev = machine.add_device(hostd.socket_path, "vfs")
     view = dev.version_view()
     assert view.slots == 1 << 16 and dev.version_view(timeout=0) is view
     assert dev.shmem_config.sizes == (1 << 30, 32 + 8 * view.slots)   # region 0: the DAX window (1 GiB)
@@ -381,10 +374,10 @@ def test_parked_setlkw_fails_with_enotconn_when_the_host_dies(share):
         h.stop()
 
 
-def test_a_broken_notification_ring_fails_the_parked_lock_waits(share, host, caplog):
+def test_a_broken_notification_ring_fails_the_parked_lock_waits(share, hostd, caplog):
     """A host that breaks the used ring of the notification queue can deliver no grant: a parked
     SETLKW ends with EIO instead of waiting for ever, and it says why."""
-    (ma, ga, fa), (mb, gb, fb) = _lock_pair(host)
+    (ma, ga, fa), (mb, gb, fb) = _lock_pair(hostd)
     try:
         th, outcome = _parked_setlkw(mb, gb, fb)
         dev = mb.devices["vfs"]
@@ -400,13 +393,13 @@ def test_a_broken_notification_ring_fails_the_parked_lock_waits(share, host, cap
         mb.close()
 
 
-def test_hiprio_completions_are_reaped_by_later_senders(share, host):
+def test_hiprio_completions_are_reaped_by_later_senders(share, hostd):
     """FORGETs ask for no call: the next sender reaps what the host returned, and a sender that
     finds the hiprio ring full gets room (no call comes, nobody polls) instead of hanging."""
     (share / "f").write_bytes(b"x")
     m = GuestMachine("hi", ram_name=ram_name(), ram_size=16 << 20)
     try:
-        dev = m.add_device(host.socket_path, "vfs", queue_size=8)
+        dev = m.add_device(hostd.socket_path, "vfs", queue_size=8)
         m.mount("vfs")
         hiprio = dev.queues[0]
         nodeid = None
@@ -424,14 +417,14 @@ def test_hiprio_completions_are_reaped_by_later_senders(share, host):
 
 
 @pytest.mark.parametrize("how", ["queue broken", "host gone"])
-def test_forgets_in_flight_when_hiprio_fails_give_their_pages_back(share, host, how):
+def test_forgets_in_flight_when_hiprio_fails_give_their_pages_back(share, hostd, how):
     """FORGETs have nobody waiting for them: when their queue fails (broken, or the host gone)
     with some in flight, their pages go back to guest RAM — which every device of the guest
     allocates from — instead of being lost."""
     (share / "f").write_bytes(b"x")
     m = GuestMachine("forgets", ram_name=ram_name(), ram_size=16 << 20)
     try:
-        dev = m.add_device(host.socket_path, "vfs", queue_size=8)
+        dev = m.add_device(hostd.socket_path, "vfs", queue_size=8)
         m.mount("vfs")
         hiprio, pages = dev.queues[0], m.ram.pages
         err, body = dev.request(abi.Opcode.LOOKUP, abi.ROOT_ID, _lookup_args(b"f"), abi.EntryOut.SIZE)
@@ -446,7 +439,7 @@ def test_forgets_in_flight_when_hiprio_fails_give_their_pages_back(share, host, 
         if how == "queue broken":
             dev._fail_queue(hiprio, errno.EIO)     # what the completion thread does on the err fd
         else:
-            os.kill(host.proc.pid, signal.SIGKILL)
+            os.kill(hostd.proc.pid, signal.SIGKILL)
             dev._completer.join(10)                 # it ends after failing every queue
             assert dev.disconnected and not dev._completer.is_alive()
         assert pages.used == before
@@ -458,14 +451,14 @@ def test_forgets_in_flight_when_hiprio_fails_give_their_pages_back(share, host, 
 
 
 @pytest.mark.parametrize("spin_ns", [0, 2000])
-def test_short_spins_on_a_full_ring_never_strand_a_waiter(share, host, spin_ns):
+def test_short_spins_on_a_full_ring_never_strand_a_waiter(share, hostd, spin_ns):
     """Submitters that registered as spinners and then wait for ring room poll nothing: they must
     not keep calls suppressed while every in-flight request's owner sleeps (that hung: 8 threads,
     queue of 8, 2 µs spins)."""
     (share / "f").write_bytes(b"x")
     m = GuestMachine("short", ram_name=ram_name(), ram_size=16 << 20)
     try:
-        dev = m.add_device(host.socket_path, "vfs", queue_size=8)
+        dev = m.add_device(hostd.socket_path, "vfs", queue_size=8)
         for budget in dev._spin:               # short spins that stay short (no adapting to 0)
             budget.ns = budget.max_ns = spin_ns
         gos = m.mount("vfs").os
@@ -502,12 +495,12 @@ def _used_but_not_reaped(dev, q, name: bytes):
     return pending
 
 
-def test_a_used_entry_after_the_queue_broke_is_dropped(share, host, machine):
+def test_a_used_entry_after_the_queue_broke_is_dropped(share, hostd, machine):
     """The host reports a queue broken (vring error fd) after it used some of its chains: those
     requests fail with EIO with the rest, and their late used entries complete nothing twice
     (that killed the completion thread: a lock released twice)."""
     (share / "f").write_bytes(b"x")
-    dev = machine.add_device(host.socket_path, "vfs")
+    dev = machine.add_device(hostd.socket_path, "vfs")
     gos = machine.mount("vfs").os
     q = dev.request_queues[0]
     pending = _used_but_not_reaped(dev, q, b"f")
@@ -524,10 +517,10 @@ def test_a_used_entry_after_the_queue_broke_is_dropped(share, host, machine):
 
 
 @pytest.mark.parametrize("garbage", ["unknown head", "index jump"])
-def test_a_host_that_breaks_the_used_ring_fails_the_queue_with_eio(share, host, machine, caplog,
+def test_a_host_that_breaks_the_used_ring_fails_the_queue_with_eio(share, hostd, machine, caplog,
                                                                    garbage):
     (share / "f").write_bytes(b"x")
-    dev = machine.add_device(host.socket_path, "vfs")
+    dev = machine.add_device(hostd.socket_path, "vfs")
     gos = machine.mount("vfs").os
     q = dev.request_queues[0]
     pending = _used_but_not_reaped(dev, q, b"f")
@@ -606,7 +599,7 @@ def _relay(src, dst, plan):
 @given(plan=st.lists(st.sampled_from(["pass", "pass", "pass", "hangup", "flip", "cut", "grow",
                                       "request", "flags"]), max_size=12),
        stall=st.booleans())
-def test_a_backend_that_lies_fails_the_device_with_oserror(host, share, tmp_path_factory, plan,
+def test_a_backend_that_lies_fails_the_device_with_oserror(hostd, share, tmp_path_factory, plan,
                                                          stall, monkeypatch):
     """The host's replies pass through a relay that breaks some of them (hangs up, flips, cuts
     or lengthens a payload, changes the request code or the flags, or promises bytes that never
@@ -625,7 +618,7 @@ def test_a_backend_that_lies_fails_the_device_with_oserror(host, share, tmp_path
     def accept():
         guest_side, _ = listener.accept()
         host_side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        host_side.connect(host.socket_path)
+        host_side.connect(hostd.socket_path)
         relays.extend(threading.Thread(target=_relay, args=a, daemon=True)
                       for a in ((guest_side, host_side, []), (host_side, guest_side, plan)))
         for t in relays:

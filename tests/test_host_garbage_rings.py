@@ -22,7 +22,7 @@ from vfscluster.guest.pending import Pending
 from vfscluster.virtio.driver_queue import QueueClosed
 from vfscluster.virtio.ring import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 
-from hostproc import HostProcess, ram_name
+from hostproc import ram_name
 from virtio_helpers import publish_chain
 
 RAM = 16 << 20
@@ -36,17 +36,10 @@ def outside(tmp_path):
 
 
 @pytest.fixture
-def host(share):
-    h = HostProcess(share)
-    yield h
-    h.stop()
-
-
-@pytest.fixture
-def bystander(host):
+def bystander(hostd):
     m = GuestMachine("bystander", ram_name=ram_name(), ram_size=RAM)
     try:
-        m.add_device(host.socket_path, "vfs")
+        m.add_device(hostd.socket_path, "vfs")
         yield m.mount("vfs").os
     finally:
         m.close()
@@ -75,11 +68,11 @@ def _chain(draw) -> tuple[list, bytes, list]:
 @settings(max_examples=200, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(chains=st.lists(_chain(), min_size=1, max_size=4))
-def test_garbage_chains_are_used_or_break_the_queue_never_the_host(host, bystander, share,
+def test_garbage_chains_are_used_or_break_the_queue_never_the_host(hostd, bystander, share,
                                                                     outside, chains):
     rogue = GuestMachine("rogue", ram_name=ram_name(), ram_size=RAM)
     try:
-        dev = rogue.add_device(host.socket_path, "vfs")
+        dev = rogue.add_device(hostd.socket_path, "vfs")
         rogue.mount("vfs")
         q = dev.request_queues[0]
         page = dev.ram.pages.alloc(16)
@@ -116,7 +109,7 @@ def test_garbage_chains_are_used_or_break_the_queue_never_the_host(host, bystand
         dev.ram.pages.free(page, 16)
     finally:
         rogue.close()
-    assert host.proc.is_alive()
+    assert hostd.proc.is_alive()
     (share / "seen").write_bytes(b"1")
     assert "seen" in bystander.listdir("/")
     os.unlink(share / "seen")
