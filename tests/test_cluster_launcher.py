@@ -118,6 +118,46 @@ def test_kill_9_of_the_host_gives_enotconn_within_2s(share):
     assert _mine(cid) == []
 
 
+def _fsync_then_write_more(gos, name, synced, unsynced, how):
+    """Write ``synced`` and fsync it, then leave ``unsynced`` behind unsynced; the file stays open.
+    ``how``: ``write`` (write + fsync) or ``mmap`` (stores through a MAP_SHARED DAX mapping, then
+    fsync of its descriptor)."""
+    fd = gos.open(name, os.O_CREAT | os.O_RDWR, 0o644)
+    if how == "mmap":
+        gos.ftruncate(fd, len(synced) + len(unsynced))
+        m = gos.mmap(fd, len(synced) + len(unsynced))
+        m[:len(synced)] = synced
+        gos.fsync(fd)
+        m[len(synced):] = unsynced
+        return True
+    assert gos.write(fd, synced) == len(synced)
+    gos.fsync(fd)
+    gos.write(fd, unsynced)
+    return True
+
+
+@pytest.mark.parametrize("victim", ["guest", "host"])
+@pytest.mark.parametrize("guest, how", [
+    ({"cache": "none"}, "write"),
+    ({"cache": "always", "writeback": True}, "write"),          # dirty pages in the guest
+    ({"cache": "none", "dax": "always"}, "write"),              # copies into the DAX window
+    ({"cache": "none", "dax": "always"}, "mmap"),               # stores into a shared mapping
+], ids=["none", "writeback", "dax", "dax-mmap"])
+def test_fsynced_data_survives_kill_9(share, victim, guest, how):
+    """What a guest fsync'ed is in the host's file after kill -9 of the guest or of the host,
+    whatever the cache mode; what it did not fsync may or may not be."""
+    synced = bytes(range(256)) * 64                             # 16 KiB
+    with Cluster.start(Topology(share, guests=[guest])) as c:
+        assert c.guests[0].run(_fsync_then_write_more, "f", synced, b"later" * 100, how)
+        member = c.host if victim == "host" else c.guests[0]
+        member.kill(signal.SIGKILL)
+        member.process.join(10)
+        assert not member.process.is_alive()
+        assert (share / "f").read_bytes()[:len(synced)] == synced
+        cid = c.id
+    assert _mine(cid) == []
+
+
 def test_sweep_after_the_launcher_is_killed(share, tmp_path):
     """A launcher killed with kill -9: its members die with it; `sweep` removes the rest."""
     script = tmp_path / "launcher.py"
