@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.versions and a.cache == "none":
         fail("vfs-guest", "--versions needs --cache auto or --cache always")
-    if a.timeout < 0:
+    if not a.timeout >= 0:
         fail("vfs-guest", "--timeout must be >= 0")
+    if not a.name or "/" in a.name or "\0" in a.name or len(a.name.encode()) > 200:
+        fail("vfs-guest", f"--name {a.name!r}: a name of 1 to 200 bytes without '/'")
     if a.window_size < 2 or a.window_size % 2:
         fail("vfs-guest", "--window-size must be a positive multiple of 2 (MiB)")
     if a.ram_size < 4:

@@ -11,6 +11,7 @@ import sys
 
 from vfscluster.cliutil import ArgumentParser, fail
 from vfscluster.host.versions import DEFAULT_SLOTS
+from vfscluster.virtio.fs_config import check_tag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfs-hostd", "--version-slots must be 0 or a power of two")
     if a.dax_window < 0 or a.dax_window % 2:
         fail("vfs-hostd", "--dax-window must be 0 or a multiple of 2 (MiB)")
+    if a.tag is not None:
+        try:
+            check_tag(a.tag)
+        except OSError as exc:
+            fail("vfs-hostd", f"--tag: {exc.strerror}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(a.socket_path))):
+        fail("vfs-hostd", f"--socket-path {a.socket_path!r}: no such directory")
+    if a.trace is not None:
+        try:
+            open(a.trace, "a").close()
+        except OSError as exc:
+            fail("vfs-hostd", f"--trace {a.trace!r}: {exc.strerror}")
     for opt in a.options:                     # virtiofsd style: -o cache=none,other=…
         for item in opt.split(","):
             key, _, value = item.partition("=")

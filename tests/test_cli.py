@@ -18,6 +18,8 @@ def run_daemon(module, *args):
 @pytest.mark.parametrize("args", [
     [], ["frobnicate"], ["up"], ["up", "/no/such/topology.toml"], ["bench", "nothing"], ["bench", "dax", "--dax-mib", "1"],
     ["demo", "--guests", "0"], ["demo", "--guests", "x"], ["demo", "--count", "0"],
+    ["bench", "rtt", "--seconds", "-1"], ["bench", "rtt", "--seconds", "inf"],
+    ["bench", "rtt", "--plot", "/no/such/dir/rtt.png"],
 ])
 def test_mistakes_are_one_line_and_exit_2(args):
     r = run(*args)
@@ -35,11 +37,24 @@ def test_bad_topology_file_is_one_line(tmp_path):
 @pytest.mark.parametrize("module,args", [
     ("daemons.hostd", ["--socket-path", "/tmp/x.sock"]),
     ("daemons.hostd", ["--socket-path", "/tmp/x.sock", "--shared-dir", "/no/such/dir"]),
+    ("daemons.hostd", ["--socket-path", "/no/such/dir/x.sock", "--shared-dir", "."]),
+    ("daemons.hostd", ["--socket-path", "/tmp/x.sock", "--shared-dir", ".", "--tag", ""]),
+    ("daemons.hostd", ["--socket-path", "/tmp/x.sock", "--shared-dir", ".", "--tag", "t" * 37]),
+    ("daemons.hostd", ["--socket-path", "/tmp/x.sock", "--shared-dir", ".", "--trace", "/no/such/t"]),
     ("daemons.guest", ["--socket-path", "/tmp/x.sock"]),
+    ("daemons.guest", ["--socket-path", "/tmp/x.sock", "--control", "/tmp/c.sock", "--name", "a/b"]),
+    ("daemons.guest", ["--socket-path", "/tmp/x.sock", "--control", "/tmp/c.sock", "--timeout", "nan"]),
 ])
 def test_daemon_mistakes_exit_2(module, args):
     r = run_daemon(module, *args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_guest_daemon_names_the_socket_it_cannot_reach(tmp_path):
+    missing = str(tmp_path / "no-host.sock")
+    r = run_daemon("daemons.guest", "--socket-path", missing, "--control", str(tmp_path / "c.sock"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert missing in r.stderr and "No such file or directory" in r.stderr
 
 
 def test_demo_runs_and_agrees():

@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfscluster demo", "--guests must be between 1 and 16")
     if a.cmd == "bench" and a.dax_mib < 2:
         fail("vfscluster bench", "--dax-mib must be at least 2")
+    if a.cmd == "bench" and not 0 < a.seconds <= 3600:
+        fail("vfscluster bench", "--seconds must be a positive number of seconds (at most 3600)")
+    if a.cmd == "bench" and a.plot and not os.path.isdir(os.path.dirname(os.path.abspath(a.plot))):
+        fail("vfscluster bench", f"--plot {a.plot!r}: no such directory")
     if a.cmd == "demo" and a.count < 1:
         fail("vfscluster demo", "--count must be at least 1")
     try:

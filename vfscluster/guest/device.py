@@ -46,7 +46,8 @@ from ..fuse.locking import QUEUED
 from ..virtio.driver_queue import DriverQueue, QueueClosed
 from ..virtio.ring import layout
 from ..virtio.spin import SpinBudget
-from .devsetup import HIPRIO, TAG_MAX, DeviceSetup
+from ..virtio.fs_config import check_tag, config_space
+from .devsetup import HIPRIO, DeviceSetup
 from .memcopy import PIECE, read_out, write_in
 from .pending import Pending, ThreadBuffer
 from .notify import NOTIFY_BUFFERS, LockWaits, NotifyQueue, ParkedRequests
@@ -77,12 +78,7 @@ class DeviceConfig:
     notifications: bool = True
 
     def __post_init__(self) -> None:
-        raw = self.tag.encode("utf-8") if isinstance(self.tag, str) else b""
-        if not isinstance(self.tag, str) or not 1 <= len(raw) <= TAG_MAX:
-            raise OSError(errno.EINVAL, f"virtio-fs tag must be 1 to {TAG_MAX} bytes of UTF-8, "
-                                        f"got {len(raw)} bytes: {self.tag!r}")
-        if "\n" in self.tag or "\0" in self.tag:
-            raise OSError(errno.EINVAL, f"virtio-fs tag {self.tag!r} contains a newline or NUL")
+        check_tag(self.tag)
         if not isinstance(self.num_request_queues, int) or self.num_request_queues < 1:
             raise OSError(errno.EINVAL, f"virtio-fs num_request_queues must be >= 1, "
                                         f"got {self.num_request_queues!r}")
@@ -92,7 +88,7 @@ class DeviceConfig:
 
     def config_space(self) -> bytes:
         """The 40-byte ``struct virtio_fs_config``."""
-        return self.tag.encode().ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_request_queues)
+        return config_space(self.tag.encode(), self.num_request_queues)
 
 
 def _ids() -> tuple[int, int, int]:

@@ -18,6 +18,7 @@ import threading
 from ..errors import RemoteProtocolError, VhostUserError
 from ..host.notify import VIRTIO_FS_F_NOTIFICATION
 from ..vhost_user import ProtocolFeatures
+from ..virtio.fs_config import CONFIG_SIZE, NOTIFY_CONFIG_SIZE
 from ..virtio.ring import F_EVENT_IDX, F_VERSION_1
 from ..virtio.spin import SpinBudget
 from .notify import NotifyQueue
@@ -31,9 +32,6 @@ HIPRIO = 0
 #: seconds a vhost-user reply may take: the backend answers control messages at once; one that
 #: does not answer (or sends half a message) would hold the guest forever
 REPLY_TIMEOUT = 20.0
-TAG_MAX = 36
-CONFIG_SIZE = TAG_MAX + 4                 # virtio_fs_config: tag, num_request_queues
-NOTIFY_CONFIG_SIZE = CONFIG_SIZE + 4      # + notify_buf_size (with VIRTIO_FS_F_NOTIFICATION)
 
 
 class DeviceSetup:
@@ -56,6 +54,9 @@ class DeviceSetup:
                               f"answer within {REPLY_TIMEOUT:g} s") from None
             if isinstance(exc, RemoteProtocolError):
                 raise OSError(errno.EPROTO, f"vhost-user backend at {socket_path}: {exc}") from exc
+            if isinstance(exc, OSError) and self.frontend is None and exc.errno:  # connect(2)
+                raise OSError(exc.errno, f"{os.strerror(exc.errno)}: cannot connect to the "
+                                         f"vhost-user backend at {socket_path}") from None
             raise
 
     def _connect(self, socket_path: str) -> None:

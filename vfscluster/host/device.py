@@ -25,10 +25,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 
 from ..errors import QueueError, VhostUserError
 from ..virtio.device_queue import Queue, QueueState
+from ..virtio.fs_config import check_tag, config_space
 from ..virtio.memory import GuestMemory, Region
 from ..virtio.ring import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
 from ..vhost_user import (BackendChannel, BackendHandler, BackendReq, ProtocolFeatures, ShmemConfig,
@@ -38,7 +38,6 @@ from .versions import SHMID as VERSIONS_SHMID, VersionTable
 
 log = logging.getLogger(__name__)
 
-TAG_MAX = 36
 DEVICE_FEATURES = F_VERSION_1 | F_EVENT_IDX | F_INDIRECT_DESC | VHOST_USER_F_PROTOCOL_FEATURES
 PROTOCOL_FEATURES = (ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIG
                      | ProtocolFeatures.BACKEND_REQ | ProtocolFeatures.BACKEND_SEND_FD)
@@ -61,6 +60,8 @@ class FsBackendDevice(BackendHandler):
         self.num_request_queues = num_request_queues
         self.num_queues = 1 + num_request_queues + (1 if notifications else 0)
         self.notify_index: int | None = None        # NOTIFY_QUEUE once the frontend acked the bit
+        if tag is not None:
+            check_tag(tag)                          # EINVAL: as the guest would refuse it
         self.tag = tag
         self.acked_features = 0
         self.protocol_features = 0
@@ -218,11 +219,8 @@ class FsBackendDevice(BackendHandler):
     def config_space(self) -> bytes:
         """``struct virtio_fs_config``: tag, num_request_queues (+ notify_buf_size when the
         notification feature is offered)."""
-        tag = (self.tag or "").encode()[:TAG_MAX]
-        space = tag.ljust(TAG_MAX, b"\0") + struct.pack("<I", self.num_request_queues)
-        if self.notifications:
-            space += struct.pack("<I", NOTIFY_BUF_SIZE)
-        return space
+        return config_space(self.tag.encode() if self.tag is not None else b"", self.num_request_queues,
+                            NOTIFY_BUF_SIZE if self.notifications else None)
 
     def set_backend_req_fd(self, sock: socket.socket) -> None:
         if self.backend_channel is not None:

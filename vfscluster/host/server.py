@@ -53,6 +53,7 @@ from ..errors import ProtocolError, QueueError
 from ..fuse.passthrough import PassthroughFs
 from ..fuse.server import Server
 from ..virtio.chain import Reader, Writer
+from ..virtio.fs_config import check_tag
 from ..virtio.spin import SpinBudget
 from ..vhost_user import BackendDispatcher, Connection
 from .daxwire import DEFAULT_WINDOW, DaxService
@@ -120,6 +121,8 @@ class HostServer:
                  window_size: int = DEFAULT_WINDOW) -> None:
         if not os.path.isdir(shared_dir):
             raise FileNotFoundError(f"shared directory {shared_dir!r} does not exist")
+        if tag is not None:
+            check_tag(tag)
         self.shared_dir = shared_dir
         self.socket_path = socket_path
         self.tag = tag
