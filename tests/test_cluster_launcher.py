@@ -212,6 +212,13 @@ def test_topology_from_toml(tmp_path):
     (dict(guests=1, versions=True), "needs cache=auto or cache=always"),
     (dict(guests=1, dax="sometimes"), "dax must be one of"),
     (dict(guests=1, dax="always", window_size=3 << 20), "multiple of 2 MiB"),
+    (dict(guests=[{"name": "a/b"}]), "guest name"),               # it names shm objects and sockets
+    (dict(guests=[{"name": ""}]), "guest name"),
+    (dict(guests=[{"name": "n" * 33}]), "guest name"),
+    (dict(guests=1, cache="auto", timeout=float("nan")), "timeout must be"),
+    (dict(guests=1, tag=""), "tag"),
+    (dict(guests=1, tag="t" * 37), "tag"),
+    (dict(guests=1, host_queues=0), "host_queues"),
 ])
 def test_topology_mistakes_are_config_errors(tmp_path, kwargs, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -21,14 +21,17 @@ Options given at the top level are the defaults of every guest; a guest's table 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
 from ..guest.daxmap import FUSE_DAX_SZ
+from ..virtio.fs_config import check_tag
 
 CACHE_MODES = ("none", "auto", "always")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
 DAX_MODES = ("never", "always", "inode")
 
 
@@ -48,6 +51,9 @@ class GuestSpec:
     window_size: int = 1 << 30
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(f"guest name {self.name!r}: 1 to 32 letters, digits, '.', '_' or '-' "
+                              "(it names the guest's process, shared memory and sockets)")
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"guest {self.name!r}: cache must be one of {', '.join(CACHE_MODES)}, "
                               f"not {self.cache!r}")
@@ -65,7 +71,8 @@ class GuestSpec:
             raise ConfigError(f"guest {self.name!r}: queue_size must be a power of two in 2..32768, not {qs!r}")
         if not isinstance(self.ram_size, int) or self.ram_size < (4 << 20) or self.ram_size % 4096:
             raise ConfigError(f"guest {self.name!r}: ram_size must be a multiple of 4096 of at least 4 MiB")
-        if not isinstance(self.timeout, (int, float)) or self.timeout < 0:
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
+                or not self.timeout >= 0:           # (NaN is not)
             raise ConfigError(f"guest {self.name!r}: timeout must be a number >= 0")
 
 
@@ -116,6 +123,12 @@ class Topology:
             raise ConfigError(f"guest names must be unique: {names}")
         if not isinstance(thread_pool_size, int) or thread_pool_size < 0:
             raise ConfigError("thread_pool_size must be an integer >= 0")
+        if isinstance(host_queues, bool) or not isinstance(host_queues, int) or host_queues < 1:
+            raise ConfigError(f"host_queues must be an integer >= 1, not {host_queues!r}")
+        try:
+            check_tag(tag)
+        except OSError as exc:
+            raise ConfigError(f"tag: {exc.strerror}") from None
         need = max(s.num_request_queues for s in specs)
         object.__setattr__(self, "share", os.fspath(share))
         object.__setattr__(self, "guests", tuple(specs))
