@@ -158,6 +158,43 @@ def test_fsynced_data_survives_kill_9(share, victim, guest, how):
     assert _mine(cid) == []
 
 
+def _spin_for(gos, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        gos.stat("/")
+    return "ran to the end"
+
+
+def _fail(gos):
+    raise ValueError("this guest's call fails")
+
+
+def test_run_together_returns_results_in_order(share):
+    with Cluster.start(Topology(share, guests=2)) as c:
+        ticks = []
+        got = c.run_together([(g, _write, f"f{i}", b"x" * (i + 1)) for i, g in enumerate(c.guests)],
+                             tick=lambda: ticks.append(1))
+        assert got == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "a call fails"])
+def test_run_together_stops_the_cluster_instead_of_waiting_for_the_rest(share, how):
+    """Ctrl-C while guests run long calls (the demo, stress), or one call failing, stops the
+    cluster at once: the other calls end with it instead of running to their end."""
+    def tick():
+        raise KeyboardInterrupt
+    with Cluster.start(Topology(share, guests=2)) as c:
+        if how == "ctrl-c":
+            calls, expected = [(g, _spin_for, 600) for g in c.guests], KeyboardInterrupt
+        else:
+            calls, expected = [(c.guests[0], _spin_for, 600), (c.guests[1], _fail)], ValueError
+        with pytest.raises(expected):
+            c.run_together(calls, tick=tick if how == "ctrl-c" else None)
+        assert not any(g.alive() for g in c.guests) and not c.host.alive()
+        cid = c.id
+    assert _mine(cid) == []
+
+
 def test_sweep_after_the_launcher_is_killed(share, tmp_path):
     """A launcher killed with kill -9: its members die with it; `sweep` removes the rest."""
     script = tmp_path / "launcher.py"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import signal
 import socket
 import statistics
 import tempfile
@@ -90,7 +91,15 @@ def _guest_lookup_loop(gos, name: str, seconds: float):
     return res
 
 
-def _seqpacket_server(sock, path: str) -> None:
+def _quiet_child() -> None:
+    """In a baseline's child process: Ctrl-C is for the parent, which ends the child itself (a
+    KeyboardInterrupt here would only print a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _seqpacket_server(sock, other_end, path: str) -> None:
+    _quiet_child()
+    other_end.close()        # the copy fork gave us: else the parent's close would never be EOF here
     reply = bytes(REPLY)
     while True:
         data = sock.recv(4096)
@@ -107,6 +116,7 @@ _SHM_STOP = (1 << 64) - 1
 def _shm_server(mem: mmap.mmap, path: str) -> None:
     """The far end of the shared-memory ping-pong: spins on the request counter (word 0), takes the
     request out, does the ``os.stat``, writes the reply and publishes the counter (word 1)."""
+    _quiet_child()
     words = memoryview(mem).cast("Q")
     reply = bytes(REPLY)
     seen = 0
@@ -177,7 +187,7 @@ def bench_rtt(seconds: float = 2.0, console: Console | None = None) -> list[Resu
             f.write(b"x" * 100)
         ctx = _context()
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        proc = ctx.Process(target=_seqpacket_server, args=(b, path), daemon=True)
+        proc = ctx.Process(target=_seqpacket_server, args=(b, a, path), daemon=True)
         proc.start()
         b.close()
         req = bytes(REQUEST)
@@ -222,7 +232,6 @@ def _stat_counting_loop(gos, name: str, seconds: float):
 
 
 def bench_meta(seconds: float = 2.0, console: Console | None = None) -> tuple[list[Result], dict]:
-    import concurrent.futures as cf
     console = console or Console()
     results = []
     extra = {}
@@ -247,10 +256,8 @@ def bench_meta(seconds: float = 2.0, console: Console | None = None) -> tuple[li
                 results.append(Result("guest stat, cache=always (no coherency)", us, n))
                 us, n, _ = none.run(_stat_counting_loop, name, seconds)
                 results.append(Result("guest stat, cache=none", us, n))
-                with cf.ThreadPoolExecutor(2) as ex:
-                    w = ex.submit(writer.run, _chmod_loop, name, seconds * 1.2)
-                    us, n, asked = ver.run(_stat_counting_loop, name, seconds)
-                    wus, wn = w.result()
+                (wus, wn), (us, n, asked) = c.run_together(
+                    [(writer, _chmod_loop, name, seconds * 1.2), (ver, _stat_counting_loop, name, seconds)])
                 results.append(Result("versions=on stat while another guest chmods", us, n))
                 results.append(Result("  the other guest's chmod meanwhile", wus, wn))
                 extra["refreshed"] = asked / max(n, 1)
@@ -353,26 +360,37 @@ def _ops_per_second(gos, name: str, nthreads: int, seconds: float) -> float:
     start = threading.Barrier(nthreads + 1)
     end = [0.0]
 
+    failed: list[BaseException] = []
+
     def worker(i: int) -> None:
-        for _ in range(20):
-            gos.stat(name)
-        start.wait()
-        n = 0
-        while True:
+        try:
             for _ in range(20):
                 gos.stat(name)
-            n += 20
-            if time.perf_counter() >= end[0]:
-                break
-        counts[i] = n
+            start.wait()
+            n = 0
+            while True:
+                for _ in range(20):
+                    gos.stat(name)
+                n += 20
+                if time.perf_counter() >= end[0]:
+                    break
+            counts[i] = n
+        except (OSError, threading.BrokenBarrierError) as exc:   # e.g. the guest shutting down
+            failed.append(exc)
+            start.abort()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(nthreads)]
     for t in threads:
         t.start()
     end[0] = time.perf_counter() + seconds
     t0 = time.perf_counter()
-    start.wait()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        pass
     for t in threads:
         t.join()
+    if failed:
+        raise failed[0]
     return sum(counts) / (time.perf_counter() - t0)
 
 
@@ -413,6 +431,7 @@ def _guest_dance(gos, role: int, n: int) -> tuple[float, float]:
 def _local_dancer(conn, path: str, role: int, n: int) -> None:
     """A local process's side: set up on the first message, dance on the second."""
     import fcntl
+    _quiet_child()
     fd = os.open(path, os.O_RDWR)
     conn.recv()
     for r in ((0, 1) if role == 0 else (2,)):
@@ -431,7 +450,6 @@ def _handoff_us(times: list[tuple[float, float]], n: int) -> float:
 
 def bench_queues(seconds: float = 2.0, console: Console | None = None) -> tuple[list, list[Result]]:
     """((threads, ops/s with 1 queue, ops/s with WIDE queues) rows, [guest handoff, local])."""
-    import concurrent.futures as cf
     console = console or Console()
     rows = []
     with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
@@ -451,10 +469,9 @@ def bench_queues(seconds: float = 2.0, console: Console | None = None) -> tuple[
             with console.status("lock handoff between two guests…"):
                 narrow.run(_guest_dance_setup, "f", 0)
                 other.run(_guest_dance_setup, "f", 1)
-                with cf.ThreadPoolExecutor(2) as ex:
-                    sides = [ex.submit(g.run, _guest_dance, role, n_guest)
-                             for role, g in enumerate((narrow, other))]
-                    guest_us = _handoff_us([s.result() for s in sides], n_guest)
+                guest_us = _handoff_us(c.run_together([(g, _guest_dance, role, n_guest)
+                                                        for role, g in enumerate((narrow, other))]),
+                                       n_guest)
         n_local = max(200, int(seconds * 2000))
         with console.status("lock handoff between two local processes…"):
             ctx = _context()

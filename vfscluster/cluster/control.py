@@ -176,15 +176,31 @@ class ControlClient:
                 self._all.append(s)
         return s
 
+    def _drop(self, sock: socket.socket) -> None:
+        """Forget this thread's connection: the next call makes a new one."""
+        self._local.sock = None
+        with self._lock:
+            if sock in self._all:
+                self._all.remove(sock)
+        sock.close()
+
     def call(self, method: str, *args, **kwargs) -> Any:
+        """Send one request and wait for its reply.  A call interrupted on the way (Ctrl-C, an
+        error) drops the connection, so that its late reply is never taken for the next call's."""
         sock = self._sock()
         rid = next(self._ids)
         try:
             send_frame(sock, [rid, method, list(args), kwargs])
             got, status, value = recv_frame(sock)
         except (EOFError, OSError) as exc:
-            self._local.sock = None
+            self._drop(sock)
             raise ConnectionError(f"guest control channel {self.path}: {exc}") from None
+        except BaseException:
+            self._drop(sock)
+            raise
+        if got != rid:
+            self._drop(sock)
+            raise ConnectionError(f"guest control channel {self.path}: reply {got!r} to request {rid}")
         if status == OK:
             return value
         if status == OSERROR:

@@ -27,6 +27,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import multiprocess
@@ -226,6 +227,34 @@ class Cluster:
         if status != "ready":
             raise RuntimeError(f"{name} failed to start: {info}")
         return info
+
+    # -- work --------------------------------------------------------------------------------
+    def run_together(self, calls: Sequence[tuple], *, tick: Callable[[], None] | None = None,
+                     every: float = 0.1) -> list:
+        """Run each ``(guest, fn, *args)`` of ``calls`` at the same time (``guest.run(fn, *args)``,
+        a thread each) and return their results in order; ``tick()`` is called about every
+        ``every`` seconds while they run (a display refresh).  If a call fails, or the wait is
+        interrupted (Ctrl-C), the cluster is stopped at once — which ends the other calls — and
+        the exception goes on: nobody waits for the rest of a long run."""
+        import concurrent.futures as cf
+        ex = cf.ThreadPoolExecutor(max_workers=max(1, len(calls)), thread_name_prefix="run-together")
+        try:
+            futures = [ex.submit(g.run, fn, *args) for g, fn, *args in calls]
+            pending = set(futures)
+            while pending:
+                done, pending = cf.wait(pending, timeout=every if tick is not None else None,
+                                        return_when=cf.FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is not None:
+                        raise f.exception()
+                if tick is not None:
+                    tick()
+            return [f.result() for f in futures]
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            ex.shutdown(wait=True)                     # quick: the calls returned or were ended
 
     # -- stop ----------------------------------------------------------------------------------
     def stop(self) -> None:

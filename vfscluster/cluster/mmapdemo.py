@@ -13,7 +13,6 @@ File layout: 8-byte little-endian counters, slot 0 shared, slot ``1 + i`` guest 
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import mmap
 import os
 import struct
@@ -102,18 +101,14 @@ def run_mmap_demo(guests: int = 3, count: int = 500_000, console: Console | None
             slots = 1 + len(names)
             target = count * len(names)
             seen: dict[str, list[int]] = {}
-            with cf.ThreadPoolExecutor(len(names)) as ex, \
-                    Live(_table(names, seen, target), console=console, refresh_per_second=10) as live:
-                work = [ex.submit(g.run, _increment, FILE, i, count) for i, g in enumerate(c.guests)]
-                while True:
-                    finished = all(w.done() for w in work)
+            with Live(_table(names, seen, target), console=console, refresh_per_second=10) as live:
+                def refresh() -> None:
                     for g in c.guests:              # a display refresh, not synchronisation
                         seen[g.name] = g.run(_peek, FILE, slots)
                     live.update(_table(names, seen, target))
-                    if finished:
-                        break
-                    cf.wait(work, timeout=0.1)
-                took = [w.result() for w in work]
+                took = c.run_together([(g, _increment, FILE, i, count) for i, g in enumerate(c.guests)],
+                                      tick=refresh)
+                refresh()                           # what every guest sees at the end
             for g in c.guests:
                 g.run(_unpeek, FILE)
         with open(os.path.join(share, FILE), "rb") as f:

@@ -31,7 +31,6 @@ exits 1 when a mode that promises coherency (``cache=none``, or ``--versions``, 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import contextlib
 import json
 import os
@@ -228,15 +227,10 @@ def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versi
             total_ns = int(seconds * 1e9)
             begin = time.monotonic_ns()
             deadline = begin + total_ns
-            with cf.ThreadPoolExecutor(max_workers=len(c.guests), thread_name_prefix="stress") as ex:
-                futures = [ex.submit(g.run, _guest_loop, "/" + rootname, i, s, deadline)
-                           for i, (g, s) in enumerate(zip(c.guests, seeds))]
-                pending = set(futures)
-                while pending:
-                    # a display refresh, not synchronisation: the futures say when all are done
-                    _, pending = cf.wait(pending, timeout=0.1)
-                    report("run", min(seconds, (time.monotonic_ns() - begin) / 1e9), seconds)
-                logs = [f.result() for f in futures]
+            logs = c.run_together(
+                [(g, _guest_loop, "/" + rootname, i, s, deadline)
+                 for i, (g, s) in enumerate(zip(c.guests, seeds))],
+                tick=lambda: report("run", min(seconds, (time.monotonic_ns() - begin) / 1e9), seconds))
             names = [g.name for g in c.guests]
     history = [Operation(guest=name, kind=k, path=p, args=tuple(a), result=r, errno=e,
                          start_ns=s, end_ns=t)
