@@ -303,6 +303,153 @@ def test_offsets_and_counts_out_of_range_as_os_refuses_them(twin, call, args):
         twin.g.close(gfd)
 
 
+M = (1 << 63) - 1                  # the largest file offset
+
+
+class _FileNo:
+    def __init__(self, fd):
+        self.fd = fd
+
+    def fileno(self):
+        return self.fd
+
+
+def _fd_calls(o, P, fds):
+    """Calls that take descriptors or C ints, for ``o`` (``os`` or a GuestOS) with paths ``P``;
+    ``fds``: rw (a regular file, read-write), opath (O_PATH of it), dir (a directory)."""
+    rw, opath, d = fds["rw"], fds["opath"], fds["dir"]
+    return {
+        # rw_verify_area: a transfer ending past the largest offset; lseek past it
+        "pwrite at M": lambda: o.pwrite(rw, b"x", M), "pwrite 0 at M": lambda: o.pwrite(rw, b"", M),
+        "pread at M": lambda: o.pread(rw, 1, M), "pread across M": lambda: o.pread(rw, 10, M - 5),
+        "read at M": lambda: (o.lseek(rw, M, os.SEEK_SET), o.read(rw, 1)),
+        "write at M": lambda: (o.lseek(rw, M, os.SEEK_SET), o.write(rw, b"x")),
+        "lseek END past M": lambda: o.lseek(rw, M, os.SEEK_END),
+        "lseek CUR past M": lambda: (o.lseek(rw, 10, os.SEEK_SET), o.lseek(rw, M - 5, os.SEEK_CUR)),
+        "lseek whence float": lambda: o.lseek(rw, 0, 0.0), "lseek whence big": lambda: o.lseek(rw, 0, 1 << 40),
+        # descriptors as os converts them
+        "read float fd": lambda: o.read(float(rw), 1), "read str fd": lambda: o.read(str(rw), 1),
+        "read None fd": lambda: o.read(None, 1), "fstat fd 2**31": lambda: o.fstat(1 << 31),
+        "close fd -2**31-1": lambda: o.close(-(1 << 31) - 1), "fsync -1": lambda: o.fsync(-1),
+        "fsync str": lambda: o.fsync("3"), "fsync fileno()": lambda: o.fsync(_FileNo(rw)),
+        # O_PATH descriptors change nothing
+        "chmod O_PATH": lambda: o.chmod(opath, 0o600), "utime O_PATH": lambda: o.utime(opath, (1, 2)),
+        "setxattr O_PATH": lambda: o.setxattr(opath, "user.a", b"1"),
+        "getxattr O_PATH": lambda: o.getxattr(opath, "user.a"),
+        "listxattr O_PATH": lambda: o.listxattr(opath),
+        "removexattr O_PATH": lambda: o.removexattr(opath, "user.a"),
+        "stat O_PATH": lambda: o.stat(opath).st_size, "statvfs O_PATH": lambda: o.statvfs(opath).f_namemax,
+        "listdir O_PATH file": lambda: o.listdir(opath), "listdir regular fd": lambda: o.listdir(rw),
+        # the descriptor named in errors, as os names it (or not: fstat, utime, listdir's dup)
+        "stat 999": lambda: o.stat(999), "fstat 999": lambda: o.fstat(999),
+        "statvfs 999": lambda: o.statvfs(999), "chmod 999": lambda: o.chmod(999, 0o600),
+        "listdir 999": lambda: o.listdir(999), "utime 999": lambda: o.utime(999),
+        "getxattr 999": lambda: o.getxattr(999, "user.a"), "listxattr 999": lambda: o.listxattr(999),
+        "setxattr 999 bad flags": lambda: o.setxattr(999, "user.a", b"1", 8),
+        "getxattr 999 empty name": lambda: o.getxattr(999, ""),
+        # an fd with follow_symlinks=False
+        "stat fd nofollow": lambda: o.stat(rw, follow_symlinks=False),
+        "utime fd nofollow": lambda: o.utime(rw, follow_symlinks=False),
+        "getxattr fd nofollow": lambda: o.getxattr(rw, "user.a", follow_symlinks=False),
+        "chmod fd nofollow": lambda: o.chmod(rw, 0o644, follow_symlinks=False),
+        "chmod nofollow file": lambda: o.chmod(P("file"), 0o644, follow_symlinks=False),
+        "chmod nofollow dir": lambda: o.chmod(P("dir"), 0o755, follow_symlinks=False),
+        "chmod nofollow missing": lambda: o.chmod(P("missing"), 0o644, follow_symlinks=False),
+        "chmod nofollow symlink": lambda: o.chmod(P("lfile"), 0o644, follow_symlinks=False),
+        # arguments os converts before any system call
+        "setxattr int value": lambda: o.setxattr(P("file"), "user.v", 5),
+        "getxattr NUL name": lambda: o.getxattr(P("file"), "user.a\0b"),
+        "setxattr flags 2**31": lambda: o.setxattr(P("file"), "user.v", b"1", 1 << 31),
+        "utime ns past time_t": lambda: o.utime(P("file"), ns=(10 ** 30, 0)),
+        "utime s past time_t": lambda: o.utime(P("file"), (1 << 63, 0)),
+        "utime 1e20": lambda: o.utime(P("file"), (1e20, 0)),
+        "utime ns=None": lambda: o.utime(P("file"), None, ns=None),
+        "access mode 2**40": lambda: o.access(P("file"), 1 << 40),
+        "chmod mode 2**32": lambda: o.chmod(P("file"), 1 << 32),
+        "mkdir mode 2**32": lambda: o.mkdir(P("newdir"), 1 << 32),
+        "open flags 2**40": lambda: o.open(P("file"), 1 << 40),
+        "open flags 2**31": lambda: o.open(P("file"), 1 << 31),
+        # O_TMPFILE: flag checks, then the directory lookup
+        "rename from under a file to ''": lambda: o.rename(P("full/x/y"), ""),
+        "rename from nowhere to ''": lambda: o.rename(P("missing/y"), ""),
+        "O_TMPFILE read-only": lambda: o.open(P("dir"), os.O_TMPFILE | os.O_RDONLY),
+        "O_TMPFILE missing": lambda: o.open(P("missing"), os.O_TMPFILE | os.O_RDWR),
+        "O_TMPFILE on a file": lambda: o.open(P("file"), os.O_TMPFILE | os.O_RDWR),
+        "O_TMPFILE loop": lambda: o.open(P("loop1"), os.O_TMPFILE | os.O_RDWR),
+        "O_TMPFILE with O_CREAT": lambda: o.open(P("dir"), os.O_TMPFILE | os.O_CREAT | os.O_RDWR),
+    }
+
+
+def test_descriptor_and_c_int_arguments_as_os_takes_them(twin):
+    """Each call refused as ``os`` refuses it (the errno, the exception type, the file name —
+    a descriptor where os names one), with a descriptor of each kind on both sides."""
+    def open_fds(o, P):
+        return {"rw": o.open(P("file"), os.O_RDWR), "opath": o.open(P("file"), os.O_PATH),
+                "dir": o.open(P("dir"), os.O_RDONLY)}
+
+    def outcome(fn, fds):
+        try:
+            result = fn()
+            return ("ok", result if not isinstance(result, tuple) else result[-1])
+        except OSError as exc:
+            name = exc.filename
+            named_fd = next((k for k, v in fds.items() if v == name), None) if isinstance(name, int) \
+                else None
+            return ("OSError", exc.errno, named_fd or (name if not isinstance(name, str)
+                                                        else os.path.basename(name)))
+        except (OverflowError, TypeError, ValueError, NotImplementedError) as exc:
+            return (type(exc).__name__,)
+    gfds = open_fds(twin.g, lambda p: p)
+    lfds = open_fds(os, twin.lpath)
+    try:
+        guest = _fd_calls(twin.g, lambda p: p, gfds)
+        local = _fd_calls(os, twin.lpath, lfds)
+        mismatches = {}
+        for name in guest:
+            g, lo = outcome(guest[name], gfds), outcome(local[name], lfds)
+            if g != lo:
+                mismatches[name] = (g, lo)
+        assert mismatches == {}
+    finally:
+        for fd in gfds.values():
+            twin.g.close(fd)
+        for fd in lfds.values():
+            os.close(fd)
+
+
+def test_statvfs_reports_the_mount_flags_of_a_default_mount(g):
+    assert g.statvfs("dir").f_flag == os.ST_RELATIME
+
+
+def test_o_tmpfile_in_a_directory_is_eopnotsupp(g):
+    """What a virtio-fs mount answers when its server has no FUSE_TMPFILE."""
+    with pytest.raises(OSError) as ei:
+        g.open("dir", os.O_TMPFILE | os.O_RDWR)
+    assert ei.value.errno == errno.EOPNOTSUPP
+
+
+def test_writeback_cache_refuses_writes_past_the_largest_offset(twin):
+    """The page cache path makes the VFS's check itself (rw_verify_area): EINVAL, nothing
+    cached past 2^63 - 1, the position unchanged."""
+    from vfscluster.guest.cache import CacheConfig, CacheMode, CachePolicy
+    client = FuseClient(twin.transport, CachePolicy(CacheConfig(CacheMode.ALWAYS, writeback=True)))
+    client.init()
+    w = GuestOS(client)
+    fd = w.open("file", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as ei:
+            w.pwrite(fd, b"x", M)
+        assert ei.value.errno == errno.EINVAL
+        w.lseek(fd, M - 1, os.SEEK_SET)
+        with pytest.raises(OSError) as ei:
+            w.write(fd, b"xy")
+        assert ei.value.errno == errno.EINVAL
+        assert w.lseek(fd, 0, os.SEEK_CUR) == M - 1 and w.fstat(fd).st_size == 5
+    finally:
+        w.close(fd)
+        client.flush_forgets()
+
+
 def test_truncate_past_off_t_is_an_overflow_error(twin):
     with pytest.raises(OverflowError):
         twin.g.truncate("file", BIG)

@@ -22,7 +22,7 @@ from ..fuse.abi import Attr, OpenOutFlags, SetattrIn, SetattrValid
 from .client import FuseClient
 from .files import FdTable, OpenFile
 from .namei import Node, oserror
-from .osargs import c_off, c_ssize, errors, named
+from .osargs import MAX_OFF, c_int, c_off, c_ssize, check_rw, errors, fileno_of, named
 
 __all__ = ["FdCalls", "MAX_RW_COUNT"]
 
@@ -91,7 +91,7 @@ class FdCalls:
         if c_ssize(n) < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
-            self._check_readable(f)
+            self._check_readable(f, f.pos, n)
             if n == 0:
                 return b""
             with f.pos_lock:
@@ -112,7 +112,7 @@ class FdCalls:
         if n < 0 or offset < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
-            self._check_readable(f)
+            self._check_readable(f, offset, n)
             if n == 0:
                 return b""
             return self._read_at(f, offset, min(n, MAX_RW_COUNT))
@@ -145,9 +145,12 @@ class FdCalls:
         return max(attr.size, self.client.cache.pages.dirty_end(f.nodeid))
 
     @staticmethod
-    def _check_readable(f: OpenFile) -> None:
+    def _check_readable(f: OpenFile, offset: int, n: int) -> None:
+        """fs/read_write.c vfs_read: EBADF (not open for reading), EINVAL (ends past the largest
+        offset), then EISDIR (a directory)."""
         if not f.readable:
             raise oserror(errno.EBADF)
+        check_rw(offset, n)
         if f.is_dir:
             raise oserror(errno.EISDIR)
 
@@ -160,6 +163,7 @@ class FdCalls:
                 raise oserror(errno.EBADF)
             if not view.nbytes:
                 return 0
+            check_rw(f.pos, view.nbytes)
             with f.pos_lock:
                 offset = self._size(f) if f.flags & os.O_APPEND else f.pos
                 n = self._write(f, offset, view)
@@ -177,6 +181,7 @@ class FdCalls:
                 raise oserror(errno.EBADF)
             if not view.nbytes:
                 return 0
+            check_rw(offset, view.nbytes)
             if f.flags & os.O_APPEND:
                 offset = self._size(f)
             elif self.client.dax is not None and self.client.dax.uses(f.node) and view.nbytes <= MAX_RW_COUNT \
@@ -210,7 +215,7 @@ class FdCalls:
         """``os.lseek``: SEEK_SET/CUR/END locally (END asks the size), SEEK_DATA/SEEK_HOLE with
         FUSE_LSEEK (the generic answer when the server lacks it).  EINVAL for a bad ``how`` or a
         negative result, ENXIO for DATA/HOLE past the end."""
-        pos = c_off(pos)
+        pos, how = c_off(pos), c_int(how)
         with self._file(fd) as f:
             if f.is_path:
                 raise oserror(errno.EBADF)
@@ -225,7 +230,7 @@ class FdCalls:
                     new = self._seek_data(f, pos, how)
                 else:
                     raise oserror(errno.EINVAL)
-                if new < 0:
+                if not 0 <= new <= MAX_OFF:      # vfs_setpos: past s_maxbytes is EINVAL too
                     raise oserror(errno.EINVAL)
                 f.pos = new
                 return new
@@ -268,9 +273,7 @@ class FdCalls:
         self._fsync(fd, True)
 
     def _fsync(self, fd: Any, datasync: bool) -> None:
-        if not isinstance(fd, int):
-            fd = fd.fileno()
-        with self._file(fd) as f:
+        with self._file(fileno_of(fd)) as f:
             if f.is_path:
                 raise oserror(errno.EBADF)
             if f.is_dir:

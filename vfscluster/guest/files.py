@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from .namei import Node, oserror
+from .osargs import c_int
 
 __all__ = ["OpenFile", "FdTable", "FIRST_FD"]
 
@@ -95,7 +96,10 @@ class FdTable:
             return fd
 
     def get(self, fd: int) -> OpenFile:
-        """The file of ``fd`` with a reference for the caller (who puts it); EBADF."""
+        """The file of ``fd`` with a reference for the caller (who puts it); EBADF.  ``fd`` is
+        converted as ``os`` converts a descriptor (TypeError, OverflowError: :func:`c_int`)."""
+        if type(fd) is not int or not -0x80000000 <= fd <= 0x7FFFFFFF:
+            fd = c_int(fd)
         with self._lock:
             file = self._files.get(fd)
             if file is None:
@@ -106,10 +110,12 @@ class FdTable:
     def peek(self, fd: int) -> OpenFile | None:
         """The file of ``fd`` with NO reference taken (None if there is none): for the DAX fast paths,
         which use only its node and modes and stay harmless if the file is closed meanwhile."""
-        return self._files.get(fd)
+        return self._files.get(fd) if type(fd) is int else None     # (get() refuses the rest)
 
     def remove(self, fd: int) -> OpenFile:
         """Take ``fd`` out of the table; the caller inherits the table's reference.  EBADF."""
+        if type(fd) is not int or not -0x80000000 <= fd <= 0x7FFFFFFF:
+            fd = c_int(fd)
         with self._lock:
             file = self._files.pop(fd, None)
         if file is None:

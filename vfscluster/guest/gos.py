@@ -38,13 +38,16 @@ from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
 from .locks import LockCalls
 from .namei import LastType, Node, PathWalk, check_path, oserror
-from .osargs import c_off, errors, fspath, named, process_umask, time_to_ns
+from .osargs import c_int, c_off, check_time, errors, fspath, named, process_umask, time_to_ns
 from .xattrcalls import XattrCalls
 
 __all__ = ["GuestOS"]
 
 _O_PATH_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_PATH | os.O_CLOEXEC
 _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY
+#: statvfs f_flag of a virtio-fs mount with Linux's default options (relatime)
+_MOUNT_FLAGS = os.ST_RELATIME
+_NO_NS = object()          # utime's ns not given (os refuses an explicit None)
 
 
 class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
@@ -86,6 +89,24 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
 
     # ================================================================== open / close
 
+    @contextmanager
+    def _by_fd(self, fd: int, func: str, *, follow_symlinks: bool = True, o_path: bool = False,
+               filename: bool = True) -> Iterator[OpenFile]:
+        """The open file of ``fd`` given where a path may go (``os.stat(fd)``, ``os.chmod(fd)``...):
+        ValueError with ``follow_symlinks=False``; EBADF for an O_PATH descriptor unless the call
+        takes one (``o_path``: fstat, fstatfs); errors name the descriptor, as ``os`` names it,
+        unless ``filename`` is False (``os.utime``)."""
+        if not follow_symlinks:
+            raise ValueError(f"{func}: cannot use fd and follow_symlinks together")
+        with errors(fd if filename else None):
+            f = self._fds.get(fd)
+            try:
+                if f.is_path and not o_path:
+                    raise oserror(errno.EBADF)
+                yield f
+            finally:
+                f.put()
+
     def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
         """``os.open``: a new descriptor for ``path``.
 
@@ -97,6 +118,7 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         O_TRUNC) is EISDIR.  O_TRUNC truncates an existing regular file.
         """
         raw, p = fspath(path, "open")
+        flags, mode = c_int(flags), c_int(mode)
         with errors(p):
             return self._open(raw, flags, mode)
 
@@ -104,10 +126,10 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         c = self.client
         if flags & os.O_PATH:
             flags &= _O_PATH_FLAGS
+        if flags & _O_TMPFILE_ONLY:
+            return self._tmpfile(raw, flags)
         if flags & os.O_CREAT and flags & os.O_DIRECTORY:
             raise oserror(errno.EINVAL)
-        if flags & _O_TMPFILE_ONLY:
-            raise oserror(errno.EOPNOTSUPP)
         flags &= ~os.O_CLOEXEC
         is_path = bool(flags & os.O_PATH)
         creat = bool(flags & os.O_CREAT) and not is_path
@@ -218,7 +240,8 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         RCU walk) while every dentry and attribute it used is still valid and this guest changed
         nothing since: no request, a few memory loads."""
         if isinstance(path, int):
-            return self.fstat(path)
+            with self._by_fd(path, "stat", follow_symlinks=follow_symlinks, o_path=True) as f:
+                return self._stat_of(f.node, fresh=True)
         cache = self.client.cache
         fast = cache.fast
         if fast is None:                    # _lookup() written out: this is the hot path
@@ -267,7 +290,7 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
     def access(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> bool:
         """``os.access``, decided the way virtio-fs (``default_permissions``) decides it: by the
         VFS from the attributes (fs/namei.c generic_permission), for :attr:`uid`/:attr:`gid`."""
-        if mode & ~(os.R_OK | os.W_OK | os.X_OK):
+        if c_int(mode) & ~(os.R_OK | os.W_OK | os.X_OK):
             return False
         try:
             with self._lookup(path, "access", follow=follow_symlinks) as node:
@@ -291,44 +314,46 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
 
     def chmod(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> None:
         """``os.chmod`` (SETATTR of the mode; the kernel keeps the file type bits).  As on
-        Linux, ``follow_symlinks=False`` is NotImplementedError."""
-        if not follow_symlinks:
-            raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
-        if isinstance(path, int):
-            with self._file(path) as f:
+        Linux (glibc 2.32+), ``follow_symlinks=False`` changes a file that is not a symlink and
+        is NotImplementedError for a symlink, whose mode Linux cannot change."""
+        mode = c_int(mode)
+        if isinstance(path, int):                 # (os takes follow_symlinks=False with an fd)
+            with self._by_fd(path, "chmod") as f:
                 self._chmod(f.node, mode)
             return
-        with self._lookup(path, "chmod", fresh=True) as node:
+        with self._lookup(path, "chmod", follow=follow_symlinks, fresh=True) as node:
+            if node.is_symlink:     # glibc's fchmodat(AT_SYMLINK_NOFOLLOW): EOPNOTSUPP on a link
+                raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
             self._chmod(node, mode)
 
     def _chmod(self, node: Node, mode: int) -> None:
         fmt = node.fmt
         self._setattr(node.nodeid, SetattrValid.MODE, mode=(mode & 0o7777) | fmt)
 
-    def utime(self, path: Any, times: Any = None, *, ns: Any = None,
+    def utime(self, path: Any, times: Any = None, *, ns: Any = _NO_NS,
               follow_symlinks: bool = True) -> None:
         """``os.utime``: ``times`` (seconds, int or float) or ``ns``; neither means now.  As
-        CPython's, its errors carry no file name."""
-        if times is not None and ns is not None:
+        CPython's, its errors carry no file name; seconds past a ``time_t`` are OverflowError."""
+        if times is not None and ns is not _NO_NS:
             raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
         now = time.time_ns()
         if times is not None:
             if not isinstance(times, tuple) or len(times) != 2:
                 raise TypeError("utime: 'times' must be either a tuple of two ints or None")
-            a_ns, m_ns = (time_to_ns(t, "utime") for t in times)
+            a_ns, m_ns = (check_time(time_to_ns(t, "utime")) for t in times)
             valid = SetattrValid.ATIME | SetattrValid.MTIME
-        elif ns is not None:
+        elif ns is not _NO_NS:
             if not isinstance(ns, tuple) or len(ns) != 2 or \
                     not all(isinstance(v, int) for v in ns):
                 raise TypeError("utime: 'ns' must be a tuple of two ints")
-            a_ns, m_ns = ns
+            a_ns, m_ns = (check_time(v) for v in ns)
             valid = SetattrValid.ATIME | SetattrValid.MTIME
         else:
             a_ns = m_ns = now
             valid = (SetattrValid.ATIME | SetattrValid.MTIME | SetattrValid.ATIME_NOW
                      | SetattrValid.MTIME_NOW)
         if isinstance(path, int):
-            with self._file(path) as f:
+            with self._by_fd(path, "utime", follow_symlinks=follow_symlinks, filename=False) as f:
                 self._setattr(f.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
             return
         with self._lookup(path, "utime", follow=follow_symlinks, filename=None, fresh=True) as node:
@@ -351,10 +376,10 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
     def statvfs(self, path: Any) -> os.statvfs_result:
         """``os.statvfs`` (an int is a descriptor)."""
         if isinstance(path, int):
-            with self._file(path) as f:
-                return self.client.statfs(f.nodeid).to_statvfs_result()
+            with self._by_fd(path, "statvfs", o_path=True) as f:
+                return self.client.statfs(f.nodeid).to_statvfs_result(_MOUNT_FLAGS)
         with self._lookup(path, "statvfs") as node:
-            return self.client.statfs(node.nodeid).to_statvfs_result()
+            return self.client.statfs(node.nodeid).to_statvfs_result(_MOUNT_FLAGS)
 
     def readlink(self, path: Any) -> Any:
         """``os.readlink``: the target, as str for a str path.  EINVAL for a non-symlink."""
@@ -371,11 +396,16 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         bytes.  An int is a directory descriptor."""
         if path is None:
             path = "."
-        if isinstance(path, int):
-            with self._file(path) as f:
-                if f.is_path or not f.is_dir:
-                    raise oserror(errno.EBADF if f.is_path else errno.ENOTDIR)
-                records = read_directory(self.client, f.nodeid, f.fh, plus=False)
+        if isinstance(path, int):                 # os: dup() (EBADF, unnamed), fdopendir()
+            with errors():
+                f = self._fds.get(path)
+            try:
+                with errors(path):
+                    if not f.is_dir or f.is_path:
+                        raise oserror(errno.ENOTDIR if not f.is_dir else errno.EBADF)
+                    records = read_directory(self.client, f.nodeid, f.fh, plus=False)
+            finally:
+                f.put()
             return [os.fsdecode(r.name) for r in records]
         raw, p = fspath(path, "listdir")
         records = self._list_dir(p, raw, plus=False)
@@ -416,10 +446,25 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
             finally:
                 c.put(node.nodeid)
 
+    def _tmpfile(self, raw: bytes, flags: int) -> int:
+        """O_TMPFILE (fs/open.c build_open_flags, fs/namei.c do_tmpfile): EINVAL without
+        O_DIRECTORY, with O_CREAT or without write access; then the directory is looked up
+        (ENOENT, ENOTDIR, ELOOP...); then EOPNOTSUPP, as a virtio-fs mount whose server has no
+        FUSE_TMPFILE answers (this emulation sends none)."""
+        if flags & (os.O_TMPFILE | os.O_CREAT) != os.O_TMPFILE \
+                or flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
+            raise oserror(errno.EINVAL)
+        check_path(raw)
+        with PathWalk(self.client) as w:
+            node = w.resolve(raw, follow=not flags & os.O_NOFOLLOW, must_dir=True)
+        self.client.put(node.nodeid)
+        raise oserror(errno.EOPNOTSUPP)
+
     def mkdir(self, path: Any, mode: int = 0o777) -> None:
         """``os.mkdir``: EEXIST for an existing name (also ``.``, ``..``, ``/`` and a dangling
         symlink)."""
         raw, p = fspath(path, "mkdir")
+        mode = c_int(mode)
         with errors(p), self._creating(raw, want_dir=True) as (w, name):
             entry = self.client.mkdir(w.dir.nodeid, name, mode & 0o1777 & ~self._umask,
                                       self._umask)
@@ -492,10 +537,10 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         raw_src, ps = fspath(src, "rename")
         raw_dst, pd = fspath(dst, "rename")
         with errors(ps, pd):
-            check_path(raw_src)
-            check_path(raw_dst)
             with PathWalk(self.client) as wo, PathWalk(self.client) as wn:
+                check_path(raw_src)         # getname()'s errors come with each name's walk
                 lo = wo.parent(raw_src)
+                check_path(raw_dst)
                 ln = wn.parent(raw_dst)
                 if lo.type is not LastType.NORM or ln.type is not LastType.NORM:
                     raise oserror(errno.EBUSY)

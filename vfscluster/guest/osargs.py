@@ -18,7 +18,11 @@ from typing import Any
 from ..errors import ProtocolError
 from .namei import oserror
 
-__all__ = ["process_umask", "named", "errors", "fspath", "time_to_ns", "c_off", "c_ssize"]
+__all__ = ["process_umask", "named", "errors", "fspath", "time_to_ns", "check_time", "c_off",
+           "c_ssize", "c_int", "fileno_of", "check_rw", "bytes_like", "MAX_OFF"]
+
+#: the largest file offset (``MAX_LFS_FILESIZE``, a FUSE super block's ``s_maxbytes``)
+MAX_OFF = (1 << 63) - 1
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,48 @@ def c_ssize(value: Any) -> int:
     if not -(1 << 63) <= v < 1 << 63:
         raise OverflowError("Python int too large to convert to C ssize_t")
     return v
+
+
+def c_int(value: Any) -> int:
+    """A C ``int`` argument (a descriptor, flags, a mode, ``whence``) as ``os`` converts it:
+    TypeError unless an integer, OverflowError outside 32 bits."""
+    v = operator.index(value)
+    if not -(1 << 31) <= v < 1 << 31:
+        raise OverflowError("Python int too large to convert to C int")
+    return v
+
+
+def fileno_of(value: Any) -> int:
+    """The descriptor ``os.fsync`` and ``os.fdatasync`` take: an int, or an object with a
+    ``fileno()`` method; ValueError for a negative one."""
+    if isinstance(value, int):
+        fd = c_int(value)
+    else:
+        method = getattr(value, "fileno", None)
+        if method is None:
+            raise TypeError("argument must be an int, or have a fileno() method.")
+        fd = c_int(method())
+    if fd < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    return fd
+
+
+def check_rw(offset: int, count: int) -> None:
+    """fs/read_write.c ``rw_verify_area``: a transfer that would end past the largest offset is
+    EINVAL (before the descriptor's modes are looked at)."""
+    if count > 0 and offset + count > MAX_OFF:
+        raise oserror(errno.EINVAL)
+
+
+def bytes_like(value: Any) -> bytes:
+    """A bytes-like argument (``os.setxattr``'s value) as bytes; TypeError for anything else
+    (``bytes(5)`` would make five NULs)."""
+    if type(value) is bytes:
+        return value
+    try:
+        return memoryview(value).tobytes()
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not '{type(value).__name__}'") from None
 
 
 def named(exc: OSError, filename: Any = None, filename2: Any = None) -> OSError:
@@ -97,6 +143,13 @@ def fspath(path: Any, func: str) -> tuple[bytes, Any]:
     if b"\0" in raw:
         raise ValueError(f"{func}: embedded null character in path")
     return raw, p
+
+
+def check_time(ns: int) -> int:
+    """A time in nanoseconds whose seconds must fit a ``time_t`` (OverflowError, as ``os.utime``)."""
+    if not -(1 << 63) <= ns // 1_000_000_000 < 1 << 63:
+        raise OverflowError("timestamp out of range for platform time_t")
+    return ns
 
 
 def time_to_ns(value: Any, func: str) -> int:

@@ -38,10 +38,11 @@ class Kstatfs(WireStruct):
             st.f_frsize,
         )
 
-    def to_statvfs_result(self) -> os.statvfs_result:
-        """A real ``os.statvfs_result`` (f_favail = f_ffree as glibc reports it; flag, fsid 0)."""
+    def to_statvfs_result(self, flag: int = 0) -> os.statvfs_result:
+        """A real ``os.statvfs_result`` (f_favail = f_ffree as glibc reports it; ``flag``: the
+        mount's ST_* flags, which the kernel adds; fsid 0)."""
         seq = (self.bsize, self.frsize, self.blocks, self.bfree, self.bavail,
-               self.files, self.ffree, self.ffree, 0, self.namelen, 0)  # fmt: skip
+               self.files, self.ffree, self.ffree, flag, self.namelen, 0)  # fmt: skip
         return os.statvfs_result(seq[: os.statvfs_result.n_fields])
 
 
