@@ -151,6 +151,80 @@ def test_getlk_reports_the_conflicting_lock(cluster):
     assert (info.type, info.start, info.len, info.pid) == (RD, 30, 0, b.pid)
 
 
+def test_getlk_reports_the_first_owners_lock_as_linux_does(cluster):
+    """Of several conflicting locks F_GETLK reports posix_test_lock's: the first in the inode's
+    list, where owners come in the order they locked — not the lowest-starting one."""
+    a, b, c = cluster.guests
+    fa, fb, fc = (g.run(g_open, "f") for g in (a, b, c))
+    b.run(g_lock, fb, SETLK, RD, 10, 10)
+    c.run(g_lock, fc, SETLK, RD, 0, 10)
+    info = a.run(g_lock, fa, GETLK, WR, 0, 0)
+    assert (info.type, info.start, info.len, info.pid) == (RD, 10, 10, b.pid)
+    b.run(g_lock, fb, SETLK, UN, 0, 0)                  # b holds nothing now: it comes last
+    b.run(g_lock, fb, SETLK, RD, 30, 1)
+    info = a.run(g_lock, fa, GETLK, WR, 0, 0)
+    assert (info.type, info.start, info.len, info.pid) == (RD, 0, 10, c.pid)
+
+
+def _setlkw_then_close(gos, name):
+    """SETLKW on a fresh fd from one thread while another thread closes that fd once the
+    request is parked; the SETLKW's outcome (errno or 0)."""
+    import threading
+    fd = gos.open(name, os.O_RDWR)
+    out = []
+
+    def take():
+        try:
+            gos.fcntl_lock(fd, SETLKW, WR, 0, 1)
+            out.append(0)
+        except OSError as exc:
+            out.append(exc.errno)
+    t = threading.Thread(target=take)
+    t.start()
+    assert g_parked(gos, 1)
+    gos.close(fd)
+    return t, out
+
+
+def test_closing_the_fd_of_a_waiting_setlkw_gives_ebadf_and_no_lock(cluster):
+    """fs/locks.c fcntl_setlk: a lock granted to a descriptor closed while it waited is dropped
+    and the call is EBADF — else the process would hold a lock no close can ever drop."""
+    a, b, c = cluster.guests
+    fa = a.run(g_open, "f")
+    a.run(g_lock, fa, SETLK, WR, 0, 1)
+
+    def scenario(gos):
+        t, out = _setlkw_then_close(gos, "f")
+        gos._scenario = (t, out)
+
+    def outcome(gos):
+        t, out = gos._scenario
+        t.join(20)
+        return out
+    b.run(scenario)
+    a.run(g_lock, fa, SETLK, UN, 0, 0)                  # the grant goes to b's closed fd
+    assert b.run(outcome) == [errno.EBADF]
+    fc = c.run(g_open, "f")
+    assert c.run(g_lock, fc, GETLK, WR, 0, 0).type == UN    # b holds nothing
+    assert c.run(g_errno, g_lock, fc, SETLK, WR, 0, 1) == 0
+
+
+def test_flock_checks_the_operation_before_the_descriptor(cluster):
+    """sys_flock: LOCK_MAND is ignored (0), an unknown operation is EINVAL even on a bad fd."""
+    a = cluster.guests[0]
+    fa = a.run(g_open, "f")
+    assert a.run(g_errno, g_flock, 999, 0) == errno.EINVAL
+    assert a.run(g_errno, g_flock, 999, 77) == errno.EINVAL
+    assert a.run(g_errno, g_flock, 999, fcntl.LOCK_EX) == errno.EBADF
+    assert a.run(g_errno, g_flock, fa, 32 | fcntl.LOCK_SH) == 0           # LOCK_MAND | LOCK_READ
+    with open(os.devnull) as f:                                         # the same on Linux
+        fcntl.flock(f, 32 | fcntl.LOCK_SH)
+        for op in (0, 77):
+            with pytest.raises(OSError) as ei:
+                fcntl.flock(999, op)
+            assert ei.value.errno == errno.EINVAL
+
+
 def _two_fds_close_one(gos, name):
     fd1, fd2 = gos.open(name, os.O_RDWR), gos.open(name, os.O_RDONLY)
     gos.fcntl_lock(fd1, SETLK, WR, 0, 1)

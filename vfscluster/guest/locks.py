@@ -58,6 +58,7 @@ __all__ = ["LockInfo", "LockCalls", "LocalLocks", "OFFSET_MAX"]
 OFFSET_MAX = (1 << 63) - 1
 F_RDLCK, F_WRLCK, F_UNLCK = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
 _FLOCK_TYPES = {fcntl.LOCK_SH: F_RDLCK, fcntl.LOCK_EX: F_WRLCK, fcntl.LOCK_UN: F_UNLCK}
+_LOCK_MAND = getattr(fcntl, "LOCK_MAND", 32)
 _LOCAL = "local"          # the LockTable session of guest-local locks
 
 
@@ -173,6 +174,12 @@ class LockCalls:
                 raise oserror(errno.EBADF)
             pid = 0 if type == F_UNLCK else self._lock_pid()
             self._setlk(f, FileLock(first, last, type, pid), cmd == fcntl.F_SETLKW, timeout)
+            if type != F_UNLCK and self._fds.peek(fd) is not f:
+                # fs/locks.c fcntl_setlk: the descriptor was closed while the lock was being
+                # taken (a F_SETLKW waiting, another thread closing): its close could not drop
+                # a lock granted after it, so drop this process's locks on the file here
+                self._setlk(f, FileLock(0, OFFSET_MAX, F_UNLCK, 0), False, None)
+                raise oserror(errno.EBADF)
             return None
 
     def lockf(self, fd: int, cmd: int, len: int = 0, *, timeout: float | None = None) -> None:
@@ -193,13 +200,16 @@ class LockCalls:
 
     def flock(self, fd: int, op: int, *, timeout: float | None = None) -> None:
         """``fcntl.flock``: LOCK_SH, LOCK_EX or LOCK_UN, with LOCK_NB not to wait (EWOULDBLOCK).
-        Converting a held lock is not atomic (Linux drops it first).  EBADF, EINVAL."""
+        Converting a held lock is not atomic (Linux drops it first).  EINVAL for an unknown
+        operation (before the descriptor), then EBADF; LOCK_MAND is ignored, as Linux ignores it."""
+        if op & _LOCK_MAND:           # fs/locks.c: "support has been removed and the request ignored"
+            return None
+        ltype = _FLOCK_TYPES.get(op & ~fcntl.LOCK_NB)
+        if ltype is None:
+            raise oserror(errno.EINVAL)             # before the descriptor is looked at
         with self._file(fd) as f:
             if f.is_path:
                 raise oserror(errno.EBADF)
-            ltype = _FLOCK_TYPES.get(op & ~fcntl.LOCK_NB)
-            if ltype is None:
-                raise oserror(errno.EINVAL)
             nonblock = bool(op & fcntl.LOCK_NB)
             c = self.client
             with self._lock_state:

@@ -171,13 +171,14 @@ class LockTable:
 
     def getlk(self, key: Hashable, owner: Owner, ltype: int, start: int,
               end: int) -> PosixLock | None:
-        """F_GETLK: a lock of another owner that would block ``ltype`` over [start, end] (the
-        lowest-starting one), or None if the request could be granted now.  EINVAL for F_UNLCK,
-        an unknown type or a bad range, like Linux."""
+        """F_GETLK: a lock of another owner that would block ``ltype`` over [start, end], or
+        None if the request could be granted now.  Of several, the one ``posix_test_lock``
+        reports: the first in the inode's list, where each owner's locks sit together (in order
+        of start) and owners in the order they came (an owner that held nothing comes last).
+        EINVAL for F_UNLCK, an unknown type or a bad range, like Linux."""
         _check_range(ltype, start, end, (F_RDLCK, F_WRLCK))
         with self._mutex:
-            return min(self._conflicts(key, owner, ltype, start, end),
-                       key=lambda lk: (lk.start, lk.end), default=None)
+            return next(self._conflicts(key, owner, ltype, start, end), None)
 
     def setlk(self, key: Hashable, owner: Owner, ltype: int, start: int, end: int,
               pid: int = 0) -> None:
