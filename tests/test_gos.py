@@ -417,6 +417,26 @@ def test_descriptor_and_c_int_arguments_as_os_takes_them(twin):
             os.close(fd)
 
 
+def test_access_needs_search_permission_on_every_directory_walked(twin):
+    """fs/namei.c may_lookup: for another user, a file in a directory without x for them is not
+    accessible, whatever its own mode; x alone on the directory is enough."""
+    g = twin.g
+    for d, mode in (("p700", 0o700), ("p711", 0o711)):
+        g.mkdir(d)
+        fd = g.open(f"{d}/f", os.O_CREAT | os.O_WRONLY, 0o666)
+        g.close(fd)
+        g.chmod(f"{d}/f", 0o666)
+        g.chmod(d, mode)
+    nobody = GuestOS(twin.client, uid=65534, gid=65534, groups=())
+    assert os.getuid() != 65534
+    assert nobody.access("p700", os.F_OK) and nobody.access("p711", os.X_OK)
+    assert not nobody.access("p700/f", os.F_OK) and not nobody.access("p700/f", os.R_OK)
+    assert not nobody.access("p700/../p700/f", os.R_OK)
+    assert nobody.access("p711/f", os.R_OK | os.W_OK)
+    assert not nobody.access("p711/../p700/f", os.R_OK)
+    assert GuestOS(twin.client, uid=0, gid=0, groups=()).access("p700/f", os.R_OK)
+
+
 def test_statvfs_reports_the_mount_flags_of_a_default_mount(g):
     assert g.statvfs("dir").f_flag == os.ST_RELATIME
 

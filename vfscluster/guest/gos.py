@@ -292,13 +292,27 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
         VFS from the attributes (fs/namei.c generic_permission), for :attr:`uid`/:attr:`gid`."""
         if c_int(mode) & ~(os.R_OK | os.W_OK | os.X_OK):
             return False
+        raw, p = fspath(path, "access")
         try:
-            with self._lookup(path, "access", follow=follow_symlinks) as node:
-                attr = node.attr if node.attr is not None else \
-                    self.client.getattr(node.nodeid).attr
+            with errors(p), PathWalk(self.client) as w:
+                if self.uid != 0:           # every directory walked through must be searchable
+                    w.search = self._may_search
+                node = w.resolve(raw, follow=follow_symlinks)
+            with errors(p):
+                try:
+                    attr = self._attr(node)
+                finally:
+                    self.client.put(node.nodeid)
         except OSError:
             return False
         return self._permitted(attr, mode)
+
+    def _attr(self, node: Node) -> Attr:
+        return node.attr if node.attr is not None else self.client.getattr(node.nodeid).attr
+
+    def _may_search(self, directory: Node) -> None:
+        if not self._permitted(self._attr(directory), os.X_OK):
+            raise oserror(errno.EACCES)
 
     def _permitted(self, attr: Attr, mask: int) -> bool:
         is_dir = stat.S_ISDIR(attr.mode)

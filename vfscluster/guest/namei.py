@@ -28,6 +28,7 @@ import errno
 import os
 import stat
 from enum import Enum
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ..fuse.abi import ROOT_ID, Attr
@@ -119,6 +120,9 @@ class PathWalk:
         self.links = 0
         #: with a cache: the ``(nodeid, stamp)`` pairs the walk's answers depend on
         self.trace = trace
+        #: called with each directory before a name is looked up in it (fs/namei.c
+        #: ``may_lookup``: search permission); raises to refuse.  None: no check.
+        self.search: Callable[[Node], None] | None = None
 
     def __enter__(self) -> PathWalk:
         return self
@@ -160,6 +164,8 @@ class PathWalk:
     def lookup(self, name: bytes, fresh: bool = False) -> Node:
         """LOOKUP ``name`` in :attr:`dir`: a pinned node.  ENAMETOOLONG, ENOENT.  ``fresh``:
         not from a timed dentry (the name is about to be changed or written through)."""
+        if self.search is not None:
+            self.search(self.dir)
         if len(name) > NAME_MAX:
             raise oserror(errno.ENAMETOOLONG)
         entry = self.client.lookup(self.dir.nodeid, name, self.trace, fresh=fresh)
@@ -201,6 +207,9 @@ class PathWalk:
             name = work.pop()
             if not self.dir.is_dir:
                 raise oserror(errno.ENOTDIR)
+            if name == b"." or name == b"..":
+                if self.search is not None:
+                    self.search(self.dir)
             if name == b".":
                 continue
             if name == b"..":
