@@ -300,13 +300,14 @@ class FdCalls:
         return attr.to_stat_result(self.st_dev)
 
     def _setattr(self, nodeid: int, valid: int, *, fh: int | None = None, size: int = 0,
-                 mode: int = 0, atime_ns: int = 0, mtime_ns: int = 0) -> Attr:
+                 mode: int = 0, atime_ns: int = 0, mtime_ns: int = 0, uid: int = 0,
+                 gid: int = 0) -> Attr:
         a_s, a_n = divmod(atime_ns, 1_000_000_000)
         m_s, m_n = divmod(mtime_ns, 1_000_000_000)
         arg = SetattrIn(valid=int(valid), fh=fh or 0, size=size,
                         lock_owner=self.lock_owner if valid & SetattrValid.LOCKOWNER else 0,
                         atime=a_s & 0xFFFF_FFFF_FFFF_FFFF, mtime=m_s & 0xFFFF_FFFF_FFFF_FFFF,
-                        atimensec=a_n, mtimensec=m_n, mode=mode)
+                        atimensec=a_n, mtimensec=m_n, mode=mode, uid=uid, gid=gid)
         attr = self.client.setattr(nodeid, arg).attr
         if valid & SetattrValid.SIZE and self.client.dax is not None:
             self.client.dax.truncated(nodeid, size)

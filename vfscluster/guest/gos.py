@@ -23,34 +23,33 @@ What is kept between calls (dentries, attributes, directory listings, file data)
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import stat
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..fuse.abi import Attr, InitFlags, SetattrValid
+from ..fuse.abi import InitFlags, SetattrValid, encode_dev
 from .client import FuseClient
 from .daxfiles import DaxCalls
 from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
 from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
 from .locks import LockCalls
+from .metacalls import MetaCalls
 from .namei import LastType, Node, PathWalk, check_path, oserror
-from .osargs import c_int, c_off, check_time, errors, fspath, named, process_umask, time_to_ns
+from .osargs import c_int, errors, fspath, process_umask
 from .xattrcalls import XattrCalls
 
 __all__ = ["GuestOS"]
 
 _O_PATH_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_PATH | os.O_CLOEXEC
 _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY
-#: statvfs f_flag of a virtio-fs mount with Linux's default options (relatime)
-_MOUNT_FLAGS = os.ST_RELATIME
-_NO_NS = object()          # utime's ns not given (os refuses an explicit None)
+_MKNOD_TYPES = (0, stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
-class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
+class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
     """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
 
     ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
@@ -211,6 +210,20 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
             raise
         return self._fds.install(file)
 
+    def _tmpfile(self, raw: bytes, flags: int) -> int:
+        """O_TMPFILE (fs/open.c build_open_flags, fs/namei.c do_tmpfile): EINVAL without
+        O_DIRECTORY, with O_CREAT or without write access; then the directory is looked up
+        (ENOENT, ENOTDIR, ELOOP...); then EOPNOTSUPP, as a virtio-fs mount whose server has no
+        FUSE_TMPFILE answers (this emulation sends none)."""
+        if flags & (os.O_TMPFILE | os.O_CREAT) != os.O_TMPFILE \
+                or flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
+            raise oserror(errno.EINVAL)
+        check_path(raw)
+        with PathWalk(self.client) as w:
+            node = w.resolve(raw, follow=not flags & os.O_NOFOLLOW, must_dir=True)
+        self.client.put(node.nodeid)
+        raise oserror(errno.EOPNOTSUPP)
+
     # ================================================================== metadata by path
 
     def _lookup(self, path: Any, func: str, *, follow: bool = True, must_dir: bool = False,
@@ -287,114 +300,6 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
             return False
         return True
 
-    def access(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> bool:
-        """``os.access``, decided the way virtio-fs (``default_permissions``) decides it: by the
-        VFS from the attributes (fs/namei.c generic_permission), for :attr:`uid`/:attr:`gid`."""
-        if c_int(mode) & ~(os.R_OK | os.W_OK | os.X_OK):
-            return False
-        raw, p = fspath(path, "access")
-        try:
-            with errors(p), PathWalk(self.client) as w:
-                if self.uid != 0:           # every directory walked through must be searchable
-                    w.search = self._may_search
-                node = w.resolve(raw, follow=follow_symlinks)
-            with errors(p):
-                try:
-                    attr = self._attr(node)
-                finally:
-                    self.client.put(node.nodeid)
-        except OSError:
-            return False
-        return self._permitted(attr, mode)
-
-    def _attr(self, node: Node) -> Attr:
-        return node.attr if node.attr is not None else self.client.getattr(node.nodeid).attr
-
-    def _may_search(self, directory: Node) -> None:
-        if not self._permitted(self._attr(directory), os.X_OK):
-            raise oserror(errno.EACCES)
-
-    def _permitted(self, attr: Attr, mask: int) -> bool:
-        is_dir = stat.S_ISDIR(attr.mode)
-        if self.uid == 0:               # CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH
-            return is_dir or not mask & os.X_OK or bool(attr.mode & 0o111)
-        if attr.uid == self.uid:
-            bits = attr.mode >> 6
-        elif attr.gid == self.gid or attr.gid in self.groups:
-            bits = attr.mode >> 3
-        else:
-            bits = attr.mode
-        return not mask & ~bits & 7
-
-    def chmod(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> None:
-        """``os.chmod`` (SETATTR of the mode; the kernel keeps the file type bits).  As on
-        Linux (glibc 2.32+), ``follow_symlinks=False`` changes a file that is not a symlink and
-        is NotImplementedError for a symlink, whose mode Linux cannot change."""
-        mode = c_int(mode)
-        if isinstance(path, int):                 # (os takes follow_symlinks=False with an fd)
-            with self._by_fd(path, "chmod") as f:
-                self._chmod(f.node, mode)
-            return
-        with self._lookup(path, "chmod", follow=follow_symlinks, fresh=True) as node:
-            if node.is_symlink:     # glibc's fchmodat(AT_SYMLINK_NOFOLLOW): EOPNOTSUPP on a link
-                raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
-            self._chmod(node, mode)
-
-    def _chmod(self, node: Node, mode: int) -> None:
-        fmt = node.fmt
-        self._setattr(node.nodeid, SetattrValid.MODE, mode=(mode & 0o7777) | fmt)
-
-    def utime(self, path: Any, times: Any = None, *, ns: Any = _NO_NS,
-              follow_symlinks: bool = True) -> None:
-        """``os.utime``: ``times`` (seconds, int or float) or ``ns``; neither means now.  As
-        CPython's, its errors carry no file name; seconds past a ``time_t`` are OverflowError."""
-        if times is not None and ns is not _NO_NS:
-            raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
-        now = time.time_ns()
-        if times is not None:
-            if not isinstance(times, tuple) or len(times) != 2:
-                raise TypeError("utime: 'times' must be either a tuple of two ints or None")
-            a_ns, m_ns = (check_time(time_to_ns(t, "utime")) for t in times)
-            valid = SetattrValid.ATIME | SetattrValid.MTIME
-        elif ns is not _NO_NS:
-            if not isinstance(ns, tuple) or len(ns) != 2 or \
-                    not all(isinstance(v, int) for v in ns):
-                raise TypeError("utime: 'ns' must be a tuple of two ints")
-            a_ns, m_ns = (check_time(v) for v in ns)
-            valid = SetattrValid.ATIME | SetattrValid.MTIME
-        else:
-            a_ns = m_ns = now
-            valid = (SetattrValid.ATIME | SetattrValid.MTIME | SetattrValid.ATIME_NOW
-                     | SetattrValid.MTIME_NOW)
-        if isinstance(path, int):
-            with self._by_fd(path, "utime", follow_symlinks=follow_symlinks, filename=False) as f:
-                self._setattr(f.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
-            return
-        with self._lookup(path, "utime", follow=follow_symlinks, filename=None, fresh=True) as node:
-            self._setattr(node.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
-
-    def truncate(self, path: Any, length: int) -> None:
-        """``os.truncate`` (an int is a descriptor): EINVAL for a negative length before the
-        path is walked, EISDIR for a directory, EINVAL for another non-regular file."""
-        if isinstance(path, int):
-            return self.ftruncate(path, length)
-        if c_off(length) < 0:
-            raise named(oserror(errno.EINVAL), os.fspath(path))
-        with self._lookup(path, "truncate", fresh=True) as node:
-            if node.is_dir:
-                raise oserror(errno.EISDIR)
-            if not node.is_reg:
-                raise oserror(errno.EINVAL)
-            self._setattr(node.nodeid, SetattrValid.SIZE | SetattrValid.LOCKOWNER, size=length)
-
-    def statvfs(self, path: Any) -> os.statvfs_result:
-        """``os.statvfs`` (an int is a descriptor)."""
-        if isinstance(path, int):
-            with self._by_fd(path, "statvfs", o_path=True) as f:
-                return self.client.statfs(f.nodeid).to_statvfs_result(_MOUNT_FLAGS)
-        with self._lookup(path, "statvfs") as node:
-            return self.client.statfs(node.nodeid).to_statvfs_result(_MOUNT_FLAGS)
-
     def readlink(self, path: Any) -> Any:
         """``os.readlink``: the target, as str for a str path.  EINVAL for a non-symlink."""
         with self._lookup(path, "readlink", follow=False) as node:
@@ -460,20 +365,6 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
             finally:
                 c.put(node.nodeid)
 
-    def _tmpfile(self, raw: bytes, flags: int) -> int:
-        """O_TMPFILE (fs/open.c build_open_flags, fs/namei.c do_tmpfile): EINVAL without
-        O_DIRECTORY, with O_CREAT or without write access; then the directory is looked up
-        (ENOENT, ENOTDIR, ELOOP...); then EOPNOTSUPP, as a virtio-fs mount whose server has no
-        FUSE_TMPFILE answers (this emulation sends none)."""
-        if flags & (os.O_TMPFILE | os.O_CREAT) != os.O_TMPFILE \
-                or flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
-            raise oserror(errno.EINVAL)
-        check_path(raw)
-        with PathWalk(self.client) as w:
-            node = w.resolve(raw, follow=not flags & os.O_NOFOLLOW, must_dir=True)
-        self.client.put(node.nodeid)
-        raise oserror(errno.EOPNOTSUPP)
-
     def mkdir(self, path: Any, mode: int = 0o777) -> None:
         """``os.mkdir``: EEXIST for an existing name (also ``.``, ``..``, ``/`` and a dangling
         symlink)."""
@@ -483,6 +374,33 @@ class GuestOS(FdCalls, XattrCalls, LockCalls, DaxCalls):
             entry = self.client.mkdir(w.dir.nodeid, name, mode & 0o1777 & ~self._umask,
                                       self._umask)
             self.client.put(entry.nodeid)
+
+    def mknod(self, path: Any, mode: int = 0o600, device: int = 0) -> None:
+        """``os.mknod`` (MKNOD): a regular file (type 0 too), FIFO, socket, or — for root — a
+        character or block device.  fs/namei.c ``may_mknod``: EPERM for a directory type, EINVAL
+        for an unknown one, both before the path is walked; EEXIST for an existing name.  As
+        CPython's, its errors carry no file name."""
+        raw, _ = fspath(path, "mknod")
+        mode, device = c_int(mode), operator.index(device)
+        fmt = stat.S_IFMT(mode)
+        with errors():
+            if fmt == stat.S_IFDIR:
+                raise oserror(errno.EPERM)
+            if fmt not in _MKNOD_TYPES:
+                raise oserror(errno.EINVAL)
+            with self._creating(raw) as (w, name):
+                if fmt in (stat.S_IFCHR, stat.S_IFBLK) and self.uid != 0:
+                    raise oserror(errno.EPERM)              # CAP_MKNOD
+                entry = self.client.mknod(w.dir.nodeid, name,
+                                          (fmt or stat.S_IFREG) | mode & 0o7777 & ~self._umask,
+                                          encode_dev(device) if fmt in (stat.S_IFCHR, stat.S_IFBLK)
+                                          else 0, self._umask)
+                self.client.put(entry.nodeid)
+
+    def mkfifo(self, path: Any, mode: int = 0o666) -> None:
+        """``os.mkfifo``: :meth:`mknod` of a FIFO.  (Opening it is ENXIO here: the guest kernel,
+        not the host, would give a FIFO its pipe.)"""
+        self.mknod(path, stat.S_IFIFO | stat.S_IMODE(c_int(mode)))
 
     @contextmanager
     def _creating(self, raw: bytes, *, want_dir: bool = False):
