@@ -463,6 +463,27 @@ def test_access_needs_search_permission_on_every_directory_walked(twin):
     assert GuestOS(twin.client, uid=0, gid=0, groups=()).access("p700/f", os.R_OK)
 
 
+def test_dup_shares_the_open_file(twin):
+    """The position is shared; FLUSH at each close, RELEASE at the last one only."""
+    g = twin.g
+    fd = g.open("file", os.O_RDWR)
+    fd2 = g.dup(fd)
+    assert fd2 == fd + 1
+    assert g.read(fd, 2) == b"he" and g.read(fd2, 2) == b"ll"
+    released = twin.transport.counts[Opcode.RELEASE]
+    g.close(fd)
+    assert twin.transport.counts[Opcode.RELEASE] == released
+    assert g.read(fd2, 10) == b"o" and g.lseek(fd2, 0, os.SEEK_CUR) == 5
+    g.close(fd2)
+    assert twin.transport.counts[Opcode.RELEASE] == released + 1
+    for bad in (fd2, 999):
+        with pytest.raises(OSError) as ei:
+            g.dup(bad)
+        assert ei.value.errno == errno.EBADF and ei.value.filename is None
+    with pytest.raises(TypeError):
+        g.dup(1.0)
+
+
 def test_statvfs_reports_the_mount_flags_of_a_default_mount(g):
     assert g.statvfs("dir").f_flag == os.ST_RELATIME
 

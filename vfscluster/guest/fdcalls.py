@@ -56,6 +56,13 @@ class FdCalls:
         finally:
             c.put(file.nodeid)
 
+    def dup(self, fd: int) -> int:
+        """``os.dup``: the lowest free descriptor, for the same open file (one position, one
+        set of flock locks; RELEASE only when the last of them is closed).  EBADF."""
+        with errors():
+            file = self._fds.get(fd)            # its reference becomes the new descriptor's
+            return self._fds.install(file)
+
     def close(self, fd: int) -> None:
         """``os.close``: FLUSH (regular files, unless the server said FOPEN_NOFLUSH) — which
         drops this process's POSIX locks on the file (``lock_owner``) —, then release the file
