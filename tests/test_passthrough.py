@@ -450,7 +450,9 @@ def test_umask_is_the_guests_not_the_hosts(fs, tree):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
 def test_new_inodes_belong_to_the_caller(fs, tree):
+    """Created with the caller's fsuid/fsgid (virtiofsd's lo_change_cred)."""
     ctx = Context(uid=1234, gid=2345)
+    os.chmod(tree / "share", 0o777)
     d = fs.mkdir(ctx, ROOT_ID, b"d", 0o755, 0)
     s = fs.symlink(ctx, ROOT_ID, b"s", b"target")
     e, _, _ = fs.create(ctx, ROOT_ID, b"c", 0o640, os.O_RDWR, 0)
@@ -458,10 +460,32 @@ def test_new_inodes_belong_to_the_caller(fs, tree):
         st = os.lstat(tree / "share" / name)
         assert (st.st_uid, st.st_gid) == (1234, 2345) == (entry.attr.st_uid, entry.attr.st_gid)
     assert stat.S_IMODE(os.stat(tree / "share" / "c").st_mode) == 0o640
-    os.chmod(tree / "share" / "d", 0o2755)
+    os.chmod(tree / "share" / "d", 0o2777)
     sub = fs.mkdir(Context(uid=7, gid=8), d.nodeid, b"sub", 0o755, 0)
     assert (sub.attr.st_uid, sub.attr.st_gid) == (7, 2345)  # set-group-ID directory
     assert sub.attr.st_mode & stat.S_ISGID
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_the_kernel_checks_the_callers_permission_to_create(fs, tree):
+    """A root server creates as the caller: no creating in a directory the caller cannot write,
+    no device nodes (CAP_MKNOD), no set-group-ID file in a group the caller is not in."""
+    nobody = Context(uid=1234, gid=2345)
+    root_dir = fs.lookup(CTX, ROOT_ID, b"dir")                 # root's, 0755
+    for make in (lambda: fs.create(nobody, root_dir.nodeid, b"x", 0o644, os.O_RDWR, 0),
+                 lambda: fs.mkdir(nobody, root_dir.nodeid, b"x", 0o755, 0),
+                 lambda: fs.mknod(nobody, root_dir.nodeid, b"x", stat.S_IFIFO | 0o644, 0, 0),
+                 lambda: fs.symlink(nobody, root_dir.nodeid, b"x", b"t")):
+        assert _errno(make) == errno.EACCES
+    assert not os.path.lexists(tree / "share" / "dir" / "x")
+    os.chmod(tree / "share", 0o2777)                          # root's group, set-group-ID
+    assert _errno(lambda: fs.mknod(nobody, ROOT_ID, b"null", stat.S_IFCHR | 0o600,
+                                   os.makedev(1, 3), 0)) == errno.EPERM
+    e, fh, _ = fs.create(nobody, ROOT_ID, b"g", 0o2755, os.O_RDWR, 0)
+    st = os.stat(tree / "share" / "g")
+    assert (st.st_uid, st.st_gid) == (1234, os.stat(tree / "share").st_gid)
+    assert stat.S_IMODE(st.st_mode) == 0o755 == stat.S_IMODE(e.attr.st_mode)   # no S_ISGID
+    fs.release(nobody, e.nodeid, fh, 0, False, False, None)
 
 
 def test_symlink_mknod_link_unlink_rmdir(fs, tree):

@@ -13,9 +13,10 @@ Decisions (where Linux or virtiofsd leave a choice):
   (else ENOENT: the directory was moved out of the share by someone on the host);
 * new inodes get the permission bits ``mode & ~umask`` the guest asked for.  The host process's
   own umask is left alone (it is process-wide); when it removed bits, they are put back with
-  ``fchmod`` on the new inode.  When the server runs as root, new inodes are then given to the
-  caller (``ctx.uid``, and ``ctx.gid`` unless the directory is set-group-ID), as virtiofsd's
-  fsuid switching does;
+  ``fchmod`` on the new inode.  When the server runs as root, CREATE, MKDIR, MKNOD and SYMLINK
+  run with the caller's fsuid/fsgid (virtiofsd's ``lo_change_cred``): the kernel checks the
+  caller's permissions (EACCES in a directory it cannot write, EPERM for a device node) and the
+  new inode gets the caller's ids, or a set-group-ID directory's group;
 * xattr operations on a symlink act on the symlink itself (``lgetxattr`` semantics: Linux
   refuses ``user.`` attributes there with EPERM);
 * OPEN of a FIFO, socket or device node: ENXIO (the guest kernel handles special files itself;
@@ -33,6 +34,7 @@ Decisions (where Linux or virtiofsd leave a choice):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -143,29 +145,33 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
             raise
         return self._entry(self.inodes.acquire(ctx.session, fd, st), st)
 
-    def _adopt(self, ctx: Context, parent: Inode, path_or_fd: str | int, st: os.stat_result,
-               perm: int | None) -> os.stat_result:
-        """Give a new inode the caller's ids and the permission bits ``perm``; its new stat."""
-        changed = False
-        if self._as_root and (ctx.uid != st.st_uid or ctx.gid != st.st_gid):
-            gid = ctx.gid
-            if gid != st.st_gid and os.fstat(parent.fd).st_mode & stat.S_ISGID:
-                gid = -1  # inherited from a set-group-ID directory, as Linux does
-            os.chown(path_or_fd, ctx.uid, gid)
-            changed = True
+    def _caller(self, ctx: Context):
+        """Context manager: the creating calls inside run with the caller's fsuid/fsgid when the
+        server is root (:func:`.syscalls.fs_creds`), so the kernel checks the caller's
+        permissions and gives the new inode the caller's ids (or a set-group-ID directory's
+        group), as virtiofsd does."""
+        if self._as_root and (ctx.uid or ctx.gid):
+            return syscalls.fs_creds(ctx.uid, ctx.gid)
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _adopt(path_or_fd: str | int, st: os.stat_result, perm: int | None) -> os.stat_result:
+        """Give a new inode the permission bits ``perm`` the host's own umask may have taken
+        away; its new stat.  Called inside :meth:`_caller`: a chmod by a caller outside the
+        file's group drops set-group-ID, as Linux's does."""
         if perm is not None:
             if stat.S_ISDIR(st.st_mode):
                 perm |= st.st_mode & stat.S_ISGID  # inherited, keep it
-            if changed or stat.S_IMODE(st.st_mode) != perm:
+            if stat.S_IMODE(st.st_mode) != perm:
                 os.chmod(path_or_fd, perm)
-                changed = True
-        return os.stat(path_or_fd) if changed else st
+                return os.stat(path_or_fd)
+        return st
 
     def _new_entry(self, ctx: Context, parent: Inode, name: bytes, perm: int | None) -> Entry:
-        """Look up what a creating call just made and adopt it."""
+        """Look up what a creating call just made and adopt it (inside :meth:`_caller`)."""
         fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
         try:
-            st = self._adopt(ctx, parent, proc_path(fd), os.fstat(fd), perm)
+            st = self._adopt(proc_path(fd), os.fstat(fd), perm)
         except BaseException:
             os.close(fd)
             raise
@@ -294,23 +300,26 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
     def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
         p = self._inode(ctx, parent)
         check_name(name)
-        os.symlink(target, name, dir_fd=p.fd)
-        return self._new_entry(ctx, p, name, None)
+        with self._caller(ctx):
+            os.symlink(target, name, dir_fd=p.fd)
+            return self._new_entry(ctx, p, name, None)
 
     def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int,
               umask: int) -> Entry:
         p = self._inode(ctx, parent)
         check_name(name)
         perm = mode & ~umask & 0o7777
-        os.mknod(name, stat.S_IFMT(mode) | perm, rdev, dir_fd=p.fd)
-        return self._new_entry(ctx, p, name, perm)
+        with self._caller(ctx):
+            os.mknod(name, stat.S_IFMT(mode) | perm, rdev, dir_fd=p.fd)
+            return self._new_entry(ctx, p, name, perm)
 
     def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
         p = self._inode(ctx, parent)
         check_name(name)
         perm = mode & ~umask & 0o7777
-        os.mkdir(name, perm, dir_fd=p.fd)
-        return self._new_entry(ctx, p, name, perm)
+        with self._caller(ctx):
+            os.mkdir(name, perm, dir_fd=p.fd)
+            return self._new_entry(ctx, p, name, perm)
 
     def unlink(self, ctx: Context, parent: int, name: bytes) -> Sequence[int]:
         p = self._inode(ctx, parent)
@@ -366,33 +375,34 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
         perm = mode & ~umask & 0o7777
         base = (self._open_flags(ctx.session, flags) & ~(os.O_PATH | os.O_NOCTTY | os.O_DIRECTORY)
                 | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            fd = os.open(name, base | os.O_EXCL, perm, dir_fd=p.fd)
-            created = True
-        except FileExistsError:
-            if flags & os.O_EXCL:
-                raise
-            # Opened as OPEN opens (reopen of an O_PATH fd): a symlink is ELOOP, a directory
-            # EISDIR, a FIFO or device ENXIO — never open(2) of a FIFO, which waits for its
-            # other end (a guest could hold the host there for ever).
-            opath = os.open(name, O_PATH_FLAGS, dir_fd=p.fd)
+        with self._caller(ctx):          # virtiofsd's lo_create: the whole open as the caller
             try:
-                mode = os.fstat(opath).st_mode
-                if stat.S_ISDIR(mode):
-                    raise oserror(errno.EISDIR)
-                with self._shrinking_name(p, name, flags):
-                    fd = reopen(opath, mode, base & ~os.O_EXCL)
-            finally:
-                os.close(opath)
-            created = False
-        try:
-            st = os.fstat(fd)
-            if created:
-                st = self._adopt(ctx, p, fd, st, perm)
-            opath = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
-        except BaseException:
-            os.close(fd)
-            raise
+                fd = os.open(name, base | os.O_EXCL, perm, dir_fd=p.fd)
+                created = True
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                # Opened as OPEN opens (reopen of an O_PATH fd): a symlink is ELOOP, a directory
+                # EISDIR, a FIFO or device ENXIO — never open(2) of a FIFO, which waits for its
+                # other end (a guest could hold the host there for ever).
+                opath = os.open(name, O_PATH_FLAGS, dir_fd=p.fd)
+                try:
+                    mode = os.fstat(opath).st_mode
+                    if stat.S_ISDIR(mode):
+                        raise oserror(errno.EISDIR)
+                    with self._shrinking_name(p, name, flags):
+                        fd = reopen(opath, mode, base & ~os.O_EXCL)
+                finally:
+                    os.close(opath)
+                created = False
+            try:
+                st = os.fstat(fd)
+                if created:
+                    st = self._adopt(fd, st, perm)
+                opath = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
+            except BaseException:
+                os.close(fd)
+                raise
         inode = self.inodes.acquire(ctx.session, opath, st)
         fh = self.handles.add(ctx.session, Handle(fd, inode.nodeid))
         return self._entry(inode, st), fh, self._fopen

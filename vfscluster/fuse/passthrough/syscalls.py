@@ -1,6 +1,6 @@
 """The few Linux calls ``os`` does not offer, through ctypes: ``renameat2`` with flags,
-``fallocate`` with a mode, ``syncfs``, ``utimensat`` with ``UTIME_NOW``/``UTIME_OMIT`` and
-``cachestat``.
+``fallocate`` with a mode, ``syncfs``, ``utimensat`` with ``UTIME_NOW``/``UTIME_OMIT``,
+``cachestat`` and the per-thread ``setfsuid``/``setfsgid`` (:func:`fs_creds`).
 
 Each raises ``OSError`` with the call's errno, like the ``os`` functions do.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -120,3 +122,30 @@ def cached_pages(fd: int, offset: int, length: int) -> int:
     _check(_syscall(_SYS_CACHESTAT, ctypes.c_int(fd), ctypes.byref(rng), ctypes.byref(out),
                     ctypes.c_uint(0)))
     return out.nr_cache
+
+
+_setfsuid = _libc.setfsuid
+_setfsuid.argtypes = (ctypes.c_uint,)
+_setfsuid.restype = ctypes.c_int
+_setfsgid = _libc.setfsgid
+_setfsgid.argtypes = (ctypes.c_uint,)
+_setfsgid.restype = ctypes.c_int
+
+
+@contextmanager
+def fs_creds(uid: int, gid: int) -> Iterator[None]:
+    """The calling thread's file-system uid and gid set to ``uid``/``gid`` for the calls inside,
+    then restored (``setfsuid(2)``/``setfsgid(2)`` act on the calling thread only; other threads
+    of the process keep theirs).  With a non-zero fsuid the kernel also drops the thread's
+    file-system capabilities (CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_MKNOD...): what it
+    does inside is checked as that user's — virtiofsd's ``lo_change_cred``.  Needs
+    CAP_SETUID/CAP_SETGID; PermissionError if a switch did not take."""
+    old_gid = _setfsgid(gid)
+    old_uid = _setfsuid(uid)
+    try:
+        if _setfsuid(uid) != uid or _setfsgid(gid) != gid:     # (each returns the current id)
+            raise PermissionError(f"setfsuid/setfsgid to {uid}:{gid} did not take")
+        yield
+    finally:
+        _setfsuid(old_uid)
+        _setfsgid(old_gid)
