@@ -13,7 +13,7 @@ import pytest
 from vfscluster.fuse.abi import ROOT_ID, FileLock, InitFlags, OpenOutFlags, WRITE_KILL_SUIDGID
 from vfscluster.fuse.filesystem import Context, Entry, SetattrChanges
 from vfscluster.fuse.passthrough import PassthroughFs
-from vfscluster.fuse.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE
+from vfscluster.fuse.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT
 
 CTX = Context(session=0)
 CTX1 = Context(session=1)
@@ -385,6 +385,53 @@ def test_rename2_flags_give_the_errnos_of_renameat2(fs, tree):
     assert (tree / "share" / "file" / "a").exists() and (tree / "share" / "dir").is_file()
     fs.rename(CTX, root, b"dir", root, b"moved", RENAME_NOREPLACE)
     assert (tree / "share" / "moved").read_bytes() == b"0123456789"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a whiteout is a device node: CAP_MKNOD")
+def test_rename_whiteout_leaves_a_whiteout_as_virtiofsd_does(fs, tree):
+    """overlayfs with its upper layer on virtio-fs renames with RENAME_WHITEOUT."""
+    fs.rename(CTX, ROOT_ID, b"file", ROOT_ID, b"moved", RENAME_WHITEOUT)
+    st = os.lstat(tree / "share" / "file")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert (tree / "share" / "moved").read_bytes() == b"0123456789"
+
+
+def test_o_direct_stays_in_the_guest(fs, tree):
+    """An unaligned write and read on a file the guest opened O_DIRECT (its page cache is
+    bypassed, the host's need not be): no EINVAL, as with virtiofsd."""
+    e, fh, _ = fs.create(CTX, ROOT_ID, b"d", 0o644, os.O_RDWR | os.O_DIRECT, 0)
+    assert fs.write(CTX, e.nodeid, fh, 3, [memoryview(b"x" * 100)], 0) == 100
+    buf = bytearray(50)
+    assert fs.read(CTX, e.nodeid, fh, 1, 50, [memoryview(buf)]) == 50
+    fs.release(CTX, e.nodeid, fh, 0, False, False, None)
+    f = fs.lookup(CTX, ROOT_ID, b"file")
+    fh, _ = fs.open(CTX, f.nodeid, os.O_RDONLY | os.O_DIRECT)
+    buf = bytearray(7)
+    assert fs.read(CTX, f.nodeid, fh, 1, 7, [memoryview(buf)]) == 7 and bytes(buf) == b"1234567"
+    fs.release(CTX, f.nodeid, fh, 0, False, False, None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* attributes need CAP_SYS_ADMIN")
+def test_trusted_xattrs_are_the_hosts(fs, tree):
+    """A guest can neither see nor plant trusted.* attributes (overlayfs's, the host's)."""
+    os.setxattr(tree / "share" / "file", "trusted.overlay.origin", b"host")
+    os.setxattr(tree / "share" / "file", "user.u", b"1")
+    f = fs.lookup(CTX, ROOT_ID, b"file")
+    assert _errno(lambda: fs.getxattr(CTX, f.nodeid, b"trusted.overlay.origin", 100)) == errno.ENODATA
+    assert _errno(lambda: fs.setxattr(CTX, f.nodeid, b"trusted.x", b"1", 0)) == errno.EPERM
+    assert _errno(lambda: fs.removexattr(CTX, f.nodeid, b"trusted.overlay.origin")) == errno.EPERM
+    assert b"trusted" not in fs.listxattr(CTX, f.nodeid, 1000) and b"user.u\0" in fs.listxattr(CTX, f.nodeid, 1000)
+    assert os.getxattr(tree / "share" / "file", "trusted.overlay.origin") == b"host"
+    assert "trusted.x" not in os.listxattr(tree / "share" / "file")
+
+
+def test_a_removed_directory_lists_nothing(fs, tree):
+    d = fs.lookup(CTX, ROOT_ID, b"dir")
+    fh, _ = fs.opendir(CTX, d.nodeid, os.O_RDONLY)
+    os.unlink(tree / "share" / "dir" / "a")
+    os.rmdir(tree / "share" / "dir")
+    assert list(fs.readdir(CTX, d.nodeid, fh, 0)) == []
+    fs.releasedir(CTX, d.nodeid, fh, 0)
 
 
 # ---------------------------------------------------------------------------- operations

@@ -19,6 +19,11 @@ Decisions (where Linux or virtiofsd leave a choice):
   new inode gets the caller's ids, or a set-group-ID directory's group;
 * xattr operations on a symlink act on the symlink itself (``lgetxattr`` semantics: Linux
   refuses ``user.`` attributes there with EPERM);
+* ``trusted.*`` attributes are the host's (overlayfs keeps its metadata there): setting or
+  removing one is EPERM, reading one ENODATA, and LISTXATTR leaves them out — what virtiofsd,
+  which drops CAP_SYS_ADMIN, answers;
+* O_DIRECT is dropped from OPEN and CREATE flags (the guest keeps its meaning; on the host it
+  would make unaligned I/O EINVAL), as virtiofsd does without ``allow_direct_io``;
 * OPEN of a FIFO, socket or device node: ENXIO (the guest kernel handles special files itself;
   opening a FIFO on the host could block); of a symlink: ELOOP;
 * locks (GETLK / SETLK / SETLKW, POSIX and flock) are kept by :class:`~.locks.HostLocks`, shared
@@ -55,6 +60,8 @@ from .locks import HostLocks, LockOps
 log = logging.getLogger(__name__)
 
 CACHE_TIMEOUTS = {"none": 0.0, "auto": 1.0, "always": 86400.0}
+_RENAME_FLAGS = syscalls.RENAME_NOREPLACE | syscalls.RENAME_EXCHANGE | syscalls.RENAME_WHITEOUT
+_TRUSTED = b"trusted."     # the host's own namespace (CAP_SYS_ADMIN): not the guests' business
 
 
 class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
@@ -187,6 +194,9 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
         return [] if nodeid is None else [nodeid]
 
     def _open_flags(self, session: int, flags: int) -> int:
+        # O_DIRECT is the guest's business (its page cache); on the host it would make every
+        # unaligned read and write EINVAL — virtiofsd drops it too (allow_direct_io is off).
+        flags &= ~os.O_DIRECT
         if session in self._writeback_sessions:
             # With a writeback cache the guest reads to fill pages of write-only files and
             # computes appends itself (virtiofsd does the same).
@@ -341,7 +351,7 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
         np = self._inode(ctx, newparent)
         check_name(name)
         check_name(newname)
-        if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_EXCHANGE):
+        if flags & ~_RENAME_FLAGS:
             raise einval()
         touched = self._known(p, name) + self._known(np, newname)
         if flags:
@@ -442,18 +452,28 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
     # ---------------------------------------------------------------- extended attributes
 
     def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
-        os.setxattr(proc_path(self._inode(ctx, nodeid).fd), name, value, flags)
+        inode = self._inode(ctx, nodeid)
+        if name.startswith(_TRUSTED):
+            raise oserror(errno.EPERM)
+        os.setxattr(proc_path(inode.fd), name, value, flags)
 
     def getxattr(self, ctx: Context, nodeid: int, name: bytes, size: int) -> bytes | int:
-        value = os.getxattr(proc_path(self._inode(ctx, nodeid).fd), name)
+        inode = self._inode(ctx, nodeid)
+        if name.startswith(_TRUSTED):
+            raise oserror(errno.ENODATA)
+        value = os.getxattr(proc_path(inode.fd), name)
         return _sized(value, size)
 
     def listxattr(self, ctx: Context, nodeid: int, size: int) -> bytes | int:
-        names = os.listxattr(proc_path(self._inode(ctx, nodeid).fd))
+        names = [n for n in os.listxattr(proc_path(self._inode(ctx, nodeid).fd))
+                 if not n.startswith("trusted.")]
         return _sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
 
     def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:
-        os.removexattr(proc_path(self._inode(ctx, nodeid).fd), name)
+        inode = self._inode(ctx, nodeid)
+        if name.startswith(_TRUSTED):
+            raise oserror(errno.EPERM)
+        os.removexattr(proc_path(inode.fd), name)
 
     # ---------------------------------------------------------------- directories
 

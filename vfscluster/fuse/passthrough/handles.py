@@ -107,8 +107,11 @@ _DT_DIR = stat.S_IFDIR >> 12
 
 def snapshot(fd: int, is_root: bool) -> list[tuple[int, int, bytes]]:
     """The listing of open directory ``fd``: ``.``, ``..`` then every entry, as
-    ``(st_ino, DT_* type, name)``.  ``..`` of the share root is reported as the root itself."""
+    ``(st_ino, DT_* type, name)``.  ``..`` of the share root is reported as the root itself.
+    A directory removed while open lists nothing, not even ``.`` and ``..`` (as getdents)."""
     st = os.fstat(fd)
+    if st.st_nlink == 0:
+        return []
     up = st if is_root else os.stat("..", dir_fd=fd, follow_symlinks=False)
     out = [(st.st_ino, _DT_DIR, b"."), (up.st_ino, _DT_DIR, b"..")]
     with os.scandir(fd) as it:  # on a dup of fd; rewound when closed
