@@ -402,6 +402,32 @@ def test_invalidate_and_forget_remove_unpinned_ranges(tmp_path, host):
         assert g.invalidate(12345) == 0 and g.truncated(12345, 0) == 0
 
 
+def test_a_collected_mmap_buffer_unpins_without_taking_a_lock_in_the_collecting_thread(tmp_path, host):
+    """The collector may run a buffer's finalizer inside the allocator, in a thread that holds
+    the allocator's lock (it deadlocked there): the finalizer only queues the unpin."""
+    import threading
+    random_file(tmp_path / "f", 2 * MiB)
+    host.add_file(8, tmp_path / "f")
+    with DaxWindow(16 * MiB) as w:
+        g = host.guest(1, w)
+        buf = g.mmap(8, NO_FH, 0, PAGE, False)
+        (c,) = g.chunks(8)
+        assert g.ranges.pins(c.slot) == 1
+        with g.ranges._cond:                      # as inside RangeAllocator.reclaim_candidates
+            t = threading.Thread(target=buf._dax_release)   # what the collector calls
+            t.start()
+            t.join(5)
+            assert not t.is_alive(), "the finalizer waits for a lock its thread holds"
+        assert g.slots.flush_later()
+        assert g.ranges.pins(c.slot) == 0
+        buf.close()                               # after the finalizer ran: nothing twice
+        assert g.ranges.pins(c.slot) == 0
+        buf2 = g.mmap(8, NO_FH, 0, PAGE, False)
+        assert g.ranges.pins(g.chunks(8)[0].slot) == 1
+        buf2.close()                              # close unpins at once, itself
+        assert g.ranges.pins(g.chunks(8)[0].slot) == 0
+
+
 def test_host_unmap_of_a_live_chunk_zeroes_it_and_the_next_read_maps_again(tmp_path, host):
     data = random_file(tmp_path / "f", 3 * MiB)
     host.add_file(1, tmp_path / "f")

@@ -29,8 +29,8 @@ class DaxMmap(MappedBuffer):
     def close(self) -> None:
         MappedBuffer.close(self)
         release = getattr(self, "_dax_release", None)
-        if release is not None:
-            release()
+        if release is not None and release.detach() is not None:    # not yet: unpin now
+            self._dax_unpin()
 
 
 def alias_spans(window: DaxWindow, spans: Sequence[tuple[int, int]], length: int,

@@ -299,7 +299,9 @@ class GuestDax:
             for c in chunks:
                 self.slots.unpin(c.slot)
             raise
-        buf._dax_release = weakref.finalize(buf, self.slots.unpin_all, [c.slot for c in chunks])
+        slots = [c.slot for c in chunks]
+        buf._dax_release = weakref.finalize(buf, self.slots.unpin_later, slots)   # if collected
+        buf._dax_unpin = lambda: self.slots.unpin_all(slots)                       # at close()
         return buf
 
     # -- inode events --------------------------------------------------------------------------

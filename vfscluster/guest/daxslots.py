@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,34 @@ from collections.abc import Callable
 from .daxmap import RangeAllocator
 
 log = logging.getLogger(__name__)
+
+# Unpins asked for by the finalizers of garbage-collected mmap buffers.  A finalizer runs wherever
+# the collector happens to run — possibly inside this module, in a thread that holds the very lock
+# an unpin takes — so it only queues (SimpleQueue.put is reentrant, made for weakref callbacks)
+# and one thread of the process unpins.
+_later: queue.SimpleQueue = queue.SimpleQueue()
+_reaper_lock = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def _start_reaper() -> None:
+    global _reaper
+    with _reaper_lock:
+        if _reaper is None or not _reaper.is_alive():       # (a forked child has none)
+            _reaper = threading.Thread(target=_reap, name="dax-unpin", daemon=True)
+            _reaper.start()
+
+
+def _reap() -> None:
+    while True:
+        pool, item = _later.get()
+        if pool is None:
+            item.set()                                       # a flush marker
+            continue
+        try:
+            pool.unpin_all(item)
+        except OSError as exc:
+            log.warning("DAX: unpinning the ranges of a collected mmap buffer: %s", exc)
 
 
 class SlotPool:
@@ -36,6 +65,7 @@ class SlotPool:
         self._cond = threading.Condition()
         self._gen = 0
         self._waiters = 0
+        _start_reaper()
 
     def take(self) -> int:
         """A free range, pinned (module docstring)."""
@@ -72,6 +102,18 @@ class SlotPool:
     def unpin_all(self, slots: list[int]) -> None:
         for slot in slots:
             self.unpin(slot)
+
+    def unpin_later(self, slots: list[int]) -> None:
+        """:meth:`unpin_all` soon, in another thread: for finalizers, which may run while this
+        thread holds any lock (module comment).  Takes no lock."""
+        _later.put((self, slots))
+
+    @staticmethod
+    def flush_later(timeout: float = 10.0) -> bool:
+        """Wait until every unpin queued before this call is done."""
+        done = threading.Event()
+        _later.put((None, done))
+        return done.wait(timeout)
 
     def give_back(self, slot: int) -> None:
         """Free a range taken but not used (it must be unpinned)."""
