@@ -209,6 +209,45 @@ def test_read_only_mappings_refuse_writes_cleanly(cluster):
                    "unaligned offset": errno.EINVAL, "zero length": errno.EINVAL, "past EOF": "ValueError"}
 
 
+MMAP_CASES = {"to the end": (4097, 0), "one past the end": (4098, 0), "the whole last page": (8192, 0),
+              "past the end from page 1": (2, PAGE), "float offset": (1, 1.0), "offset 2**64": (1, 1 << 64)}
+
+
+def g_mmap_arguments(gos, name):
+    """Outcomes of GuestOS.mmap for MMAP_CASES on a 4097-byte file."""
+    import mmap as _m
+    fd = gos.open(name, os.O_RDWR)
+    out = {}
+    try:
+        for what, (length, offset) in MMAP_CASES.items():
+            try:
+                with gos.mmap(fd, length, offset, _m.PROT_READ | _m.PROT_EXEC) as buf:
+                    out[what] = len(buf)
+            except (ValueError, TypeError, OverflowError) as exc:
+                out[what] = type(exc).__name__
+    finally:
+        gos.close(fd)
+    return out
+
+
+def test_mmap_takes_its_arguments_as_mmap_mmap(cluster, share):
+    """ValueError past the end of the file (not of its last page), TypeError, OverflowError; and
+    PROT_EXEC is taken — each as mmap.mmap on the same file."""
+    import mmap as _m
+    (share / "odd").write_bytes(b"o" * 4097)
+    got = cluster.guests[0].run(g_mmap_arguments, "odd")
+    expected = {}
+    with open(share / "odd", "rb") as f:
+        for what, (length, offset) in MMAP_CASES.items():
+            try:
+                with _m.mmap(f.fileno(), length, _m.MAP_SHARED, _m.PROT_READ | _m.PROT_EXEC,
+                             offset=offset) as m:
+                    expected[what] = len(m)
+            except (ValueError, TypeError, OverflowError) as exc:
+                expected[what] = type(exc).__name__
+    assert got == expected
+
+
 def test_host_files_equal_what_guests_wrote(share):
     (share / "f").write_bytes(b"x" * 5000)
     with Cluster.start(Topology(share, guests=2, dax="always", window_size=8 << 20)) as c:

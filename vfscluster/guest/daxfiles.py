@@ -41,6 +41,7 @@ from ..fuse.abi import AttrFlags, InitFlags, Opcode, RemovemappingIn, Removemapp
 from .dax import DaxWindow
 from .daxclient import NO_FH, GuestDax
 from .daxmap import FUSE_DAX_SZ
+from .osargs import c_int, c_off, c_ssize
 
 log = logging.getLogger(__name__)
 
@@ -196,21 +197,26 @@ class DaxCalls:
         multiple of the page size): an object with the buffer protocol (``memoryview``, slicing,
         ``len``, ``close``, context manager) whose bytes *are* the DAX window's pages — stores are
         seen at once by every guest mapping the file.  ``prot`` without PROT_WRITE gives a read-only
-        buffer (writing raises TypeError).  Errors as Linux: ENODEV without DAX (the mount has no
+        buffer (writing raises TypeError); PROT_EXEC is accepted and changes nothing.  Arguments
+        are converted as ``mmap.mmap`` converts them (TypeError, OverflowError).  Errors as Linux: ENODEV without DAX (the mount has no
         window; also, unlike Linux, which maps through the page cache, a file of a dax=inode mount
         without FUSE_ATTR_DAX), EACCES for a file not open for reading, or PROT_WRITE on a file not
         open for writing; EINVAL for a bad length or offset; ENODEV for a non-regular file;
         ValueError when the mapping would reach past the end of the file (as ``mmap.mmap``)."""
         dax = self.client.dax
+        length, offset, prot = c_ssize(length), c_off(offset), c_int(prot)
         if length <= 0 or offset < 0 or offset % _mmap.PAGESIZE:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        if prot & ~(_mmap.PROT_READ | _mmap.PROT_WRITE):
+        if prot & ~(_mmap.PROT_READ | _mmap.PROT_WRITE | _mmap.PROT_EXEC):
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         with self._file(fd) as f:
             if f.is_path:
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             if dax is None or not dax.uses(f.node):     # (dax=inode: a file without FUSE_ATTR_DAX)
                 raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+            size = self.client.getattr(f.nodeid, f.fh).attr.size     # mmap.mmap's fstat
+            if offset > size or size - offset < length:
+                raise ValueError("mmap length is greater than file size")
             if not f.readable or (prot & _mmap.PROT_WRITE and not f.writable):
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))
             return dax.mmap(f.nodeid, offset, length, bool(prot & _mmap.PROT_WRITE))
