@@ -337,6 +337,32 @@ def test_kill_9_of_a_mapping_guest_does_not_hold_up_truncation(cluster, share):
     b.run(g_unmap_all)
 
 
+def g_pread(gos, name, n, offset):
+    fd = gos.open(name, os.O_RDONLY)
+    try:
+        return gos.pread(fd, n, offset)
+    finally:
+        gos.close(fd)
+
+
+def test_a_guest_stalled_past_the_ack_timeout_goes_on_through_fuse(cluster, share):
+    """A guest stopped while another truncates a file it maps loses its back-end channel (the
+    host waits ``ack_timeout`` for it, then goes on).  Resumed, it still reads and writes: its
+    SETUPMAPPINGs are EOPNOTSUPP and its DAX falls back to FUSE_READ/FUSE_WRITE (every access
+    that needed a new range was EIO)."""
+    import signal
+    a, _, c = cluster.guests
+    a.run(g_map, "f", 3 * PAGE, False)
+    a.kill(signal.SIGSTOP)
+    try:
+        c.run(lambda gos: gos.truncate("f", 0))              # waits for a's ack, then goes on
+    finally:
+        a.kill(signal.SIGCONT)
+    a.run(g_unmap_all)
+    (share / "f").write_bytes(b"z" * (3 << 20))
+    assert a.run(g_pread, "f", 10, (2 << 20) + 5) == b"z" * 10           # a range never mapped
+
+
 def test_an_unanswered_ack_is_bounded_and_closes_the_channel():
     """DaxService._send: a guest that never answers costs ``ack_timeout``, not a hang."""
     import socket

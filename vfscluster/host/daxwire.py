@@ -13,7 +13,9 @@ SHMEM_MAP past a guest's window is refused by that guest (ack != 0) and the SETU
 
 Acks are waited for with a bound (``ack_timeout`` seconds, a socket timeout under the channel's lock): a
 guest that does not answer has its back-end channel closed (logged) and the host goes on — a truncation is
-never held up for long by a dead or stuck guest.
+never held up for long by a dead or stuck guest.  A session without a channel gets EOPNOTSUPP for
+SETUPMAPPING: a guest that was only stalled reads and writes through FUSE_READ / FUSE_WRITE from then
+on (its DAX falls back on EOPNOTSUPP) instead of failing every access that needs a new range.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class DaxService:
                     if ack != 0:
                         for u in hd.remove([(moffset, length)]):
                             self._send(ctx.session, BackendReq.SHMEM_UNMAP, u)
+                        if ack < 0:     # no channel (any more): DAX is over for this session
+                            raise _err(errno.EOPNOTSUPP, f"session {ctx.session} has no back-end "
+                                                         "channel for SHMEM_MAP")
                         raise _err(errno.EIO, f"the guest refused SHMEM_MAP {moffset:#x}+{length:#x} (ack {ack})")
         finally:
             if opened is not None:
