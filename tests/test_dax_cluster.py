@@ -337,14 +337,6 @@ def test_kill_9_of_a_mapping_guest_does_not_hold_up_truncation(cluster, share):
     b.run(g_unmap_all)
 
 
-def g_pread(gos, name, n, offset):
-    fd = gos.open(name, os.O_RDONLY)
-    try:
-        return gos.pread(fd, n, offset)
-    finally:
-        gos.close(fd)
-
-
 def test_a_guest_stalled_past_the_ack_timeout_goes_on_through_fuse(cluster, share):
     """A guest stopped while another truncates a file it maps loses its back-end channel (the
     host waits ``ack_timeout`` for it, then goes on).  Resumed, it still reads and writes: its
