@@ -428,6 +428,24 @@ def test_a_collected_mmap_buffer_unpins_without_taking_a_lock_in_the_collecting_
         assert g.ranges.pins(g.chunks(8)[0].slot) == 0
 
 
+def test_a_mapping_larger_than_the_window_is_enomem_without_waiting(tmp_path, host):
+    random_file(tmp_path / "f", 12 * MiB)
+    host.add_file(8, tmp_path / "f")
+    with DaxWindow(8 * MiB) as w:
+        g = host.guest(1, w)
+
+        def no_wait():
+            raise AssertionError("the mapping waited for ranges that can never all be free")
+        g.slots.on_wait = no_wait
+        with pytest.raises(OSError) as ei:
+            g.mmap(8, NO_FH, 0, 10 * MiB, False)   # 5 ranges, the window has 4
+        assert ei.value.errno == errno.ENOMEM and g.ranges.nfree == 4
+        with pytest.raises(OSError):
+            g.mmap(8, NO_FH, R - PAGE, 3 * R + 2 * PAGE, False)   # 5 ranges, unaligned to them
+        with g.mmap(8, NO_FH, 0, 4 * R, False) as buf:           # exactly the window
+            assert len(buf) == 4 * R
+
+
 def test_host_unmap_of_a_live_chunk_zeroes_it_and_the_next_read_maps_again(tmp_path, host):
     data = random_file(tmp_path / "f", 3 * MiB)
     host.add_file(1, tmp_path / "f")

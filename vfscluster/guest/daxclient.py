@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -276,10 +277,14 @@ class GuestDax:
         window's pages (MAP_SHARED with the host's page cache and every other guest); its chunks stay
         pinned until it is closed.  ValueError if the file (as the host has it) is shorter than
         ``offset + length`` rounded up to a page (``mmap.mmap`` says the same); EINVAL for a bad offset
-        or length."""
+        or length; ENOMEM at once for a mapping of more ranges than the window has."""
         if offset < 0 or offset % PAGE or length <= 0:
             raise einval(f"DAX mmap of {length} bytes at {offset}")
         stop = offset + _round_up(length)
+        need = (stop - 1) // self.R - offset // self.R + 1
+        if need > self.ranges.nranges:    # it could never be pinned whole: say so now, not in 30 s
+            raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)}: a DAX mapping of {need} "
+                                        f"ranges in a window of {self.ranges.nranges}")
         chunks: list[Chunk] = []
         spans = []
         try:
