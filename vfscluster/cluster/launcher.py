@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import multiprocess
