@@ -82,7 +82,7 @@ def fileno_of(value: Any) -> int:
 
 def check_rw(offset: int, count: int) -> None:
     """fs/read_write.c ``rw_verify_area``: a transfer that would end past the largest offset is
-    EINVAL (before the descriptor's modes are looked at)."""
+    EINVAL (checked after the descriptor's access mode, as vfs_read / vfs_write order them)."""
     if count > 0 and offset + count > MAX_OFF:
         raise oserror(errno.EINVAL)
 
