@@ -355,6 +355,30 @@ def test_a_guest_stalled_past_the_ack_timeout_goes_on_through_fuse(cluster, shar
     assert a.run(g_pread, "f", 10, (2 << 20) + 5) == b"z" * 10           # a range never mapped
 
 
+def g_fsync_map(gos, index):
+    gos.fsync(gos._test_maps[index][0])
+
+
+def test_versions_guests_see_dax_stores_after_the_writers_close_or_fsync(share):
+    """DAX stores pass no host: the writer's FLUSH (close) and FSYNC of a file it maps writable
+    count as the change, so a cache=always,versions=on guest drops its cached data then (it
+    kept reading the old data for ever)."""
+    (share / "f").write_bytes(b"t" * (2 * PAGE))
+    topo = Topology(share, [{"name": "dax", "dax": "always", "window_size": 16 << 20},
+                            {"name": "ver", "cache": "always", "versions": True}])
+    with Cluster.start(topo) as c:
+        dax, ver = c.guests
+        assert ver.run(g_pread, "f", 4, 0) == b"tttt"
+        dax.run(g_pwrite, "f", b"AAAA", 0)                  # inside the file: a window store
+        assert dax.run(g_stats)["setups"] >= 1
+        assert ver.run(g_pread, "f", 4, 0) == b"AAAA"
+        dax.run(g_map, "f", 2 * PAGE, True)
+        assert dax.run(g_store, 0, PAGE, b"BBBB") == 0
+        dax.run(g_fsync_map, 0)
+        assert ver.run(g_pread, "f", 4, PAGE) == b"BBBB"
+        dax.run(g_unmap_all)
+
+
 def test_an_unanswered_ack_is_bounded_and_closes_the_channel():
     """DaxService._send: a guest that never answers costs ``ack_timeout``, not a hang."""
     import socket

@@ -17,7 +17,7 @@ NOT_FS_OPS = {"INTERRUPT", "NOTIFY_REPLY", "CUSE_INIT", "COPY_FILE_RANGE_64"}
 # Opcodes served by a method with a flag: SETLKW is setlk(sleep=True), RENAME2 rename(flags).
 SHARED = {"SETLKW": "setlk", "RENAME2": "rename"}
 # Methods that are not FUSE operations: hooks for the server that hosts the file system.
-HOOKS = {"drop_session", "read_is_cached"}
+HOOKS = {"drop_session", "read_is_cached", "maps_writable"}
 
 
 def _operations() -> list[str]:
@@ -54,6 +54,10 @@ def test_every_operation_documents_its_contract(name):
 
 def test_drop_session_is_a_no_op():
     assert FileSystem().drop_session(3) is None
+
+
+def test_maps_writable_says_no_without_dax():
+    assert FileSystem().maps_writable(Context(), 5) is False
 
 
 def test_read_is_cached_plays_safe():

@@ -97,6 +97,7 @@ class FileRequests:
     def _fsync(self, ctx, nodeid, body, writer) -> int:
         fh, fflags = self._exact(abi.FsyncIn, body)
         self.fs.fsync(ctx, nodeid, fh, bool(fflags & abi.FSYNC_FDATASYNC))
+        self._dax_stores(ctx, nodeid)
         return self._reply(writer, ctx.unique)
 
     def _fsyncdir(self, ctx, nodeid, body, writer) -> int:
@@ -107,7 +108,14 @@ class FileRequests:
     def _flush(self, ctx, nodeid, body, writer) -> int:
         fh, owner = self._exact(abi.FlushIn, body)
         self.fs.flush(ctx, nodeid, fh, owner)
+        self._dax_stores(ctx, nodeid)
         return self._reply(writer, ctx.unique)
+
+    def _dax_stores(self, ctx, nodeid: int) -> None:
+        """A session that maps the file writable through DAX changed it with no request: its
+        close and fsync count as the change (close-to-open for ``versions=on`` readers)."""
+        if self.versions is not None and self.fs.maps_writable(ctx, nodeid):
+            self._changed((nodeid,))
 
     def _fallocate(self, ctx, nodeid, body, writer) -> int:
         fh, offset, length, mode = self._exact(abi.FallocateIn, body)

@@ -451,6 +451,13 @@ class FileSystem:
         (ENOSYS here) leaves the flag unset."""
         raise enosys()
 
+    def maps_writable(self, ctx: Context, nodeid: int) -> bool:
+        """Does the session hold a writable DAX mapping of ``nodeid``?  Its stores then reach the
+        file with no request, so the server counts its FLUSH and FSYNC of the file as a change
+        (the metadata-version table moves, and ``versions=on`` guests drop their cached data).
+        False here (no DAX)."""
+        return False
+
     # ---------------------------------------------------------------- not served yet
 
     def statx(

@@ -315,6 +315,11 @@ class HostDax:
         or a later truncation would not reach that guest.)"""
         return self.ranges_past(inode_key, 0)
 
+    def maps_writable(self, inode_key: InodeKey) -> bool:
+        """Whether a writable file-backed piece of the inode is in the window."""
+        with self._lock:
+            return any(m.file == inode_key and m.writable for m in self._table)
+
     def inodes(self) -> set:
         """Inode keys with at least one file-backed piece."""
         with self._lock:

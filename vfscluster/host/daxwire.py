@@ -64,6 +64,11 @@ class DaxService:
         """Whether any session has mapped anything (truncations then must revoke first)."""
         return bool(self.registry.sessions())
 
+    def maps_writable(self, sid: int, inode_key) -> bool:
+        """Does session ``sid`` map any page of the inode writable?"""
+        hd = self.registry.sessions().get(sid)
+        return hd is not None and hd.maps_writable(inode_key)
+
     # -- sending -------------------------------------------------------------------------------
 
     def _send(self, sid: int, req: BackendReq, msg, fds: Sequence[int] = ()) -> int:

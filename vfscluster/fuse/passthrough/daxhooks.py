@@ -85,6 +85,11 @@ class DaxHooks:
         inode = self._inode(ctx, nodeid)
         return inode.fmt == stat.S_IFREG and has_dax_flag(inode.fd)
 
+    def maps_writable(self, ctx: Context, nodeid: int) -> bool:
+        if self.dax is None or not self.dax.active:
+            return False
+        return self.dax.maps_writable(ctx.session, self._inode(ctx, nodeid).key)
+
     def setupmapping(self, ctx: Context, nodeid: int, fh: int, foffset: int, length: int,
                      flags: int, moffset: int) -> None:
         if self.dax is None:
