@@ -7,8 +7,9 @@ open handle (read, write, fsync, release...): :mod:`.fileio`.
 
 Decisions (where Linux or virtiofsd leave a choice):
 
-* bad names (empty, containing ``/`` or NUL) are EINVAL; unknown nodeids and nodeids the session
-  holds no lookup count for are EBADF, unknown fhs EBADF (virtiofsd's choices);
+* bad names (empty, containing ``/`` or NUL) are EINVAL (ours: virtiofsd answers ENOENT for an
+  empty LOOKUP; no kernel sends one); unknown nodeids and nodeids the session holds no lookup count
+  for are EBADF, unknown fhs EBADF (virtiofsd's choices);
 * ``..`` of the share root is the root; ``..`` of any other directory must lead back to the root
   (else ENOENT: the directory was moved out of the share by someone on the host);
 * new inodes get the permission bits ``mode & ~umask`` the guest asked for.  The host process's
