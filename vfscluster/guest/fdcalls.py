@@ -132,6 +132,8 @@ class FdCalls:
             if data is not None:
                 return data
         cache = c.cache
+        if f.flags & os.O_DIRECT and cache.writeback:
+            cache.pages.flush(c, f.nodeid)   # mm/filemap.c: direct I/O writes back the cache first
         if cache.keep_data and not f.flags & os.O_DIRECT:
             if not cache.uses_versions:
                 return cache.pages.read(c, f.nodeid, f.fh, offset, n, self._cached_size(f),
@@ -208,8 +210,13 @@ class FdCalls:
             return n
         if c.cache.writeback and not f.flags & os.O_DIRECT:
             return c.cache.pages.write(c, f.nodeid, f.fh, offset, view)
-        return self.client.write(f.nodeid, f.fh, offset, view, flags=f.flags,
-                                 lock_owner=self.lock_owner)
+        direct = bool(f.flags & os.O_DIRECT) and c.cache.keep_data
+        if direct and c.cache.writeback:
+            c.cache.pages.flush(c, f.nodeid)   # older dirty data must not land after this write
+        n = self.client.write(f.nodeid, f.fh, offset, view, flags=f.flags, lock_owner=self.lock_owner)
+        if direct:
+            c.cache.pages.drop(f.nodeid)       # and no cached page may hide it
+        return n
 
     def _size(self, f: OpenFile) -> int:
         """The file's current size, asked through its handle (FUSE_GETATTR_FH); with
