@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import pytest
 
@@ -145,6 +146,53 @@ def test_own_changes_are_seen_at_once(guest_factory):
     assert g.os.listdir("dir") == []
     with pytest.raises(FileNotFoundError):
         g.os.stat("dir/g")
+
+
+def _overtake_once(g, opcode, change):
+    """Arrange that the next ``opcode`` reply reaches the client only after another thread has
+    run ``change(g.os)`` to its end (the reply was built before the change: it is now stale)."""
+    def hook(op, err, body):
+        if op != opcode:
+            return err, body
+        g.t.reply_hook = None
+        t = threading.Thread(target=change, args=(g.os,))
+        t.start()
+        t.join()
+        return err, body
+    g.t.reply_hook = hook
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+@pytest.mark.parametrize("opcode", [Opcode.LOOKUP, Opcode.GETATTR])
+def test_a_reply_overtaken_by_this_guests_change_is_not_kept(guest_factory, mode, opcode):
+    """The kernel's attr_version check: attributes fetched before another thread's chmod and
+    delivered after it must not be cached (with always they would stay for ever)."""
+    g = guest_factory(mode)
+    g.os.stat("dir")
+    fd = None
+    if opcode == Opcode.GETATTR:
+        fd = g.os.open("dir/f", os.O_RDONLY)
+        g.os.chmod("dir/f", 0o640)          # drops the attributes
+    _overtake_once(g, opcode, lambda gos: gos.chmod("dir/f", 0o600))
+    before = g.count(opcode)
+    if fd is None:
+        g.os.stat("dir/f")                  # may answer either mode: it raced the chmod
+    else:
+        g.os.fstat(fd)
+    assert g.count(opcode) > before and g.t.reply_hook is None
+    assert g.os.stat("dir/f").st_mode & 0o777 == 0o600
+    if fd is not None:
+        assert g.os.fstat(fd).st_mode & 0o777 == 0o600
+        g.os.close(fd)
+
+
+def test_a_listing_overtaken_by_this_guests_change_is_not_kept(guest_factory):
+    g = guest_factory("always")
+    g.os.listdir("dir")
+    g.os.mkdir("dir/sub")                   # drops the listing
+    _overtake_once(g, Opcode.READDIR, lambda gos: gos.mkdir("dir/new"))
+    g.os.listdir("dir")
+    assert sorted(g.os.listdir("dir")) == ["f", "new", "sub"]
 
 
 def test_negative_dentries(guest_factory, share, clock):

@@ -27,6 +27,14 @@ A dentry ``(parent, name)`` is stamped with the *parent's* slot (the host bumps 
 slot whenever a name in it changes); attributes and data with the node's own slot.  Changes this
 guest makes invalidate what they touch at once (:meth:`CachePolicy.changed`), and move
 :attr:`CachePolicy.local_gen`, which guards the path fast cache of ``GuestOS.stat``.
+
+A reply can also be overtaken by this guest's own change: a GETATTR sent before another thread's
+chmod, answered before the chmod reached the host, arrives after the chmod dropped the cached
+attributes.  Storing it would keep the old mode (for ever with ``always``).  So a fetch notes
+``local_gen`` before it sends (``since``), every change records the generation at which it
+touched each node, and a store is skipped when a node it depends on was touched after ``since``
+(the kernel's ``fi->attr_version`` check in ``fuse_change_attributes``).  With versions the host's
+slot already tells (the change moved it), so the check is only for ``auto`` and ``always``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ __all__ = ["CacheMode", "CacheConfig", "CachePolicy", "NEGATIVE"]
 #: the nodeid of a negative dentry (the name does not exist)
 NEGATIVE = 0
 _FAST_MAX = 1 << 16
+_TOUCHED_MAX = 1 << 12      # nodes whose last local change is remembered one by one
 _NS = 1_000_000_000
 
 
@@ -141,8 +150,10 @@ class CachePolicy:
         self._by_node: dict[int, set[tuple[int, bytes]]] = {}
         self._attrs: dict[int, tuple[Attr, int]] = {}
         self._listings: dict[int, tuple[Any, int]] = {}
-        #: moves at every change this guest makes (guards the path fast cache)
+        #: moves at every change this guest makes (guards the path fast cache and the stores)
         self.local_gen = 0
+        self._touched: dict[int, int] = {}      # nodeid -> local_gen of its last local change
+        self._touched_floor = 0                 # ...or of any change, for nodes no longer listed
         #: ``GuestOS.stat`` fast cache: ``(path, follow) -> (local_gen, checks, stat_result)``
         self.fast: dict[Any, tuple] | None = {} if self.enabled else None
         self.pages = PageCache(self)
@@ -244,7 +255,26 @@ class CachePolicy:
             self._attrs.pop(nodeid, None)
             self._listings.pop(nodeid, None)
             self.local_gen += 1
+            self._touch((nodeid,))
         self.pages.drop(nodeid)
+
+    # ------------------------------------------------------------------ overtaken replies
+
+    def _touch(self, nodeids) -> None:
+        """Record that ``nodeids`` changed at the current ``local_gen`` (caller holds the lock)."""
+        touched, gen = self._touched, self.local_gen
+        if len(touched) >= _TOUCHED_MAX:
+            touched.clear()
+            self._touched_floor = gen
+        for n in nodeids:
+            touched[n] = gen
+
+    def _overtaken(self, nodeid: int, since: "int | None") -> bool:
+        """Did this guest change ``nodeid`` after ``since`` (``local_gen`` before the fetch was
+        sent; None: the reply is of this guest's own change, nothing overtook it)?"""
+        if since is None or self.uses_versions:
+            return False
+        return self._touched.get(nodeid, self._touched_floor) > since
 
     # ------------------------------------------------------------------ dentries
 
@@ -262,13 +292,17 @@ class CachePolicy:
         return hit
 
     def store_dentry(self, parent: int, name: bytes, nodeid: int, stamp: int,
-                     attr: Attr | None = None) -> None:
+                     attr: Attr | None = None, since: int | None = None) -> None:
         """Remember ``parent/name -> nodeid`` (NEGATIVE for a missing name), stamped with the
-        parent's stamp taken before the LOOKUP was sent, with the attributes it returned."""
+        parent's stamp taken before the LOOKUP was sent, with the attributes it returned; not if
+        this guest changed the parent or the node after ``since`` (see the module docstring)."""
         if not self.enabled:
             return
         key = (parent, name)
         with self._lock:
+            if self._overtaken(parent, since) or (nodeid != NEGATIVE
+                                                  and self._overtaken(nodeid, since)):
+                return
             old = self._dentries.get(key)
             if old is not None and old[0] != nodeid:
                 self._unlink_key(old[0], key)
@@ -294,10 +328,13 @@ class CachePolicy:
             return None
         return hit
 
-    def store_attr(self, nodeid: int, attr: Attr, stamp: int) -> None:
-        """Remember ``attr`` of ``nodeid`` with the stamp taken before it was read."""
+    def store_attr(self, nodeid: int, attr: Attr, stamp: int, since: int | None = None) -> None:
+        """Remember ``attr`` of ``nodeid`` with the stamp taken before it was read; not if this
+        guest changed ``nodeid`` after ``since``."""
         if self.enabled:
-            self._attrs[nodeid] = (attr, stamp)
+            with self._lock:
+                if not self._overtaken(nodeid, since):
+                    self._attrs[nodeid] = (attr, stamp)
 
     # ------------------------------------------------------------------ directory listings
 
@@ -310,9 +347,13 @@ class CachePolicy:
             return None
         return hit[0]
 
-    def store_listing(self, nodeid: int, listing: Any, stamp: int) -> None:
+    def store_listing(self, nodeid: int, listing: Any, stamp: int, since: int | None = None) -> None:
+        """Remember the listing of directory ``nodeid``; not if this guest changed it after
+        ``since``."""
         if self.keep_listings:
-            self._listings[nodeid] = (listing, stamp)
+            with self._lock:
+                if not self._overtaken(nodeid, since):
+                    self._listings[nodeid] = (listing, stamp)
 
     # ------------------------------------------------------------------ local changes
 
@@ -336,6 +377,8 @@ class CachePolicy:
                     for key in self._by_node.pop(n, ()):
                         self._dentries.pop(key, None)
             self.local_gen += 1
+            self._touch(touched)
+            self._touch(parent for parent, _ in names)
         if data:
             for n in nodeids:
                 self.pages.drop(n)
@@ -350,6 +393,8 @@ class CachePolicy:
             if self.fast is not None:
                 self.fast.clear()
             self.local_gen += 1
+            self._touched.clear()
+            self._touched_floor = self.local_gen       # what was in flight is stale too
         self.pages.clear()
 
     def stats(self) -> dict:

@@ -392,22 +392,23 @@ class FuseClient(FileOps):
                         trace += ((parent, dstamp), (nodeid, astamp))
                     return EntryOut(nodeid=nodeid, attr=attr)
             pstamp = cache.stamp(parent)
+        since = cache.local_gen
         try:
             body = self._call(Opcode.LOOKUP, parent, [encode_name(name)], EntryOut.SIZE
                               + (EntryVerOut.SIZE if self._entryver else 0))
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                cache.store_dentry(parent, name, NEGATIVE, pstamp)
+                cache.store_dentry(parent, name, NEGATIVE, pstamp, since=since)
             raise
         entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
         if entry.nodeid == 0:
-            cache.store_dentry(parent, name, NEGATIVE, pstamp)
+            cache.store_dentry(parent, name, NEGATIVE, pstamp, since=since)
             raise oserror(errno.ENOENT)
         astamp = self._entry_stamp(body, EntryOut.SIZE, entry.nodeid, pstamp)
         entry = self._entry(body, entry=entry)
         if cache.enabled:
-            cache.store_dentry(parent, name, entry.nodeid, pstamp, entry.attr)
-            cache.store_attr(entry.nodeid, entry.attr, astamp)
+            cache.store_dentry(parent, name, entry.nodeid, pstamp, entry.attr, since)
+            cache.store_attr(entry.nodeid, entry.attr, astamp, since)
             if trace is not None:
                 trace += ((parent, pstamp), (entry.nodeid, astamp))
         return entry
@@ -455,9 +456,10 @@ class FuseClient(FileOps):
         hit = self.cache.get_attr(nodeid)
         if hit is not None:
             return hit
-        stamp = self.cache.stamp(nodeid)
+        cache = self.cache
+        stamp, since = cache.stamp(nodeid), cache.local_gen
         attr = self._getattr(nodeid, fh).attr
-        self.cache.store_attr(nodeid, attr, stamp)
+        cache.store_attr(nodeid, attr, stamp, since)
         return attr, stamp
 
     def getattr(self, nodeid: int, fh: int | None = None) -> AttrOut:
@@ -465,8 +467,9 @@ class FuseClient(FileOps):
         refreshes the attribute cache."""
         cache = self.cache
         stamp = cache.stamp(nodeid) if cache.enabled else 0
+        since = cache.local_gen
         out = self._getattr(nodeid, fh)
-        cache.store_attr(nodeid, out.attr, stamp)
+        cache.store_attr(nodeid, out.attr, stamp, since)
         return out
 
     def _getattr(self, nodeid: int, fh: int | None) -> AttrOut:

@@ -354,13 +354,14 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
                     if listing is not None:
                         return listing
                 stamp = cache.stamp(node.nodeid) if cache.enabled else 0
+                since = cache.local_gen
                 opened = c.opendir(node.nodeid, flags)
                 try:
                     records = read_directory(c, node.nodeid, opened.fh, plus=plus)
                 finally:
                     c.releasedir(node.nodeid, opened.fh, flags)
                 if not plus:
-                    cache.store_listing(node.nodeid, records, stamp)
+                    cache.store_listing(node.nodeid, records, stamp, since)
                 return records
             finally:
                 c.put(node.nodeid)
