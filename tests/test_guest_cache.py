@@ -245,6 +245,30 @@ def test_auto_expires_after_the_timeout(guest_factory, share, clock):
     assert g.os.stat("dir/f").st_size == 10       # after it: fresh
 
 
+@pytest.mark.parametrize("change", ["mtime", "size"])
+def test_auto_reads_of_an_open_file_drop_its_pages_when_its_attributes_moved(
+        guest_factory, share, clock, change):
+    """fuse_cache_read_iter with AUTO_INVAL_DATA: a read refreshes timed-out attributes, and a new
+    mtime or size drops the pages (the file is not reopened: close-to-open does not help)."""
+    g = guest_factory(CacheConfig(CacheMode.AUTO, timeout=1.0))
+    assert g.client.cache.auto_inval
+    path = share / "dir" / "f"
+    fd = g.os.open("dir/f", os.O_RDONLY)
+    assert g.os.pread(fd, 100, 0) == b"hello"
+    st = path.stat()
+    new = b"HELLO" if change == "mtime" else b"HELLO, longer"
+    path.write_bytes(new)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert g.os.pread(fd, 100, 0) == b"hello"    # within the timeout: the cached pages
+    reads = g.count(Opcode.READ)
+    clock.advance(1.1)
+    assert g.os.pread(fd, 100, 0) == new         # GETATTR saw the change: pages dropped
+    assert g.count(Opcode.READ) == reads + 1
+    assert g.os.pread(fd, 100, 0) == new
+    assert g.count(Opcode.READ) == reads + 1     # and the new ones kept
+    g.os.close(fd)
+
+
 def test_auto_data_is_close_to_open(guest_factory, share, clock):
     g = guest_factory(CacheConfig(CacheMode.AUTO, timeout=1.0))
     fd = g.os.open("dir/f", os.O_RDONLY)

@@ -7,7 +7,9 @@ cache and a page cache.  virtio-fs mounts choose among the v6 patch's modes (DES
   from the host;
 * ``cache=auto``: dentries (positive and negative) and attributes for ``timeout`` seconds
   (default 1); data close-to-open (the page cache is dropped at every open, as the kernel does
-  when the server does not answer FOPEN_KEEP_CACHE);
+  when the server does not answer FOPEN_KEEP_CACHE), and while a file stays open its pages go
+  when a read finds the attributes timed out and the new ones show another size or mtime
+  (AUTO_INVAL_DATA, which virtiofsd grants: ``fuse_cache_read_iter``);
 * ``cache=always``: dentries, attributes and data never expire (FOPEN_KEEP_CACHE, infinite
   timeouts);
 * ``versions=on`` (with ``auto`` or ``always``): validity is decided by the host's
@@ -40,6 +42,7 @@ slot already tells (the change moved it), so the check is only for ``auto`` and 
 from __future__ import annotations
 
 import enum
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -139,6 +142,8 @@ class CachePolicy:
         self.keep_listings = self.enabled and (self.config.mode is CacheMode.ALWAYS
                                                or self.config.versions)
         self.writeback = self.config.writeback
+        #: the host granted AUTO_INVAL_DATA: an mtime change seen in new attributes drops pages
+        self.auto_inval = False
         # cache=auto by time: a path's answer comes from one LOOKUP at most ``timeout`` old (the
         # dentry keeps the attributes that came with it), and every open asks the host
         # (close-to-open), so no read returns what the path held more than ``timeout`` ago
@@ -330,11 +335,26 @@ class CachePolicy:
 
     def store_attr(self, nodeid: int, attr: Attr, stamp: int, since: int | None = None) -> None:
         """Remember ``attr`` of ``nodeid`` with the stamp taken before it was read; not if this
-        guest changed ``nodeid`` after ``since``."""
-        if self.enabled:
-            with self._lock:
-                if not self._overtaken(nodeid, since):
-                    self._attrs[nodeid] = (attr, stamp)
+        guest changed ``nodeid`` after ``since``.
+
+        New attributes of a regular file whose size differs from the ones known before (or, when
+        the host granted AUTO_INVAL_DATA, whose mtime differs) drop its clean pages, as
+        ``fuse_change_attributes`` does (not with write-back, where this guest's size and mtime
+        are the ones that count, nor with versions, whose slot already tells)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._overtaken(nodeid, since):
+                return
+            old = self._attrs.get(nodeid)
+            self._attrs[nodeid] = (attr, stamp)
+        if old is not None and not self.writeback and not self.uses_versions \
+                and stat.S_ISREG(attr.mode) and self._data_moved(old[0], attr):
+            self.pages.drop(nodeid)
+
+    def _data_moved(self, old: Attr, new: Attr) -> bool:
+        return old.size != new.size or (self.auto_inval and (old.mtime != new.mtime
+                                                             or old.mtimensec != new.mtimensec))
 
     # ------------------------------------------------------------------ directory listings
 

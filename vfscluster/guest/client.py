@@ -54,11 +54,13 @@ MAX_PAGES_LIMIT = 256
 DEFAULT_MAX_READAHEAD = 32 * PAGE_SIZE
 
 #: The subset of what a Linux 6.1 virtio-fs guest offers in FUSE_INIT that this client handles.
-#: Left out: locks (POSIX_LOCKS, FLOCK_LOCKS: a later issue), caching (WRITEBACK_CACHE,
-#: AUTO_INVAL_DATA, EXPLICIT_INVAL_DATA, CACHE_SYMLINKS: cache=none), request extensions
-#: (SECURITY_CTX, CREATE_SUPP_GROUP), POSIX_ACL, EXPORT_SUPPORT, ioctl, splice, submounts, DAX.
+#: Left out: WRITEBACK_CACHE (write-back is this guest's own choice, the host need not know),
+#: EXPLICIT_INVAL_DATA, CACHE_SYMLINKS, request extensions (SECURITY_CTX, CREATE_SUPP_GROUP),
+#: POSIX_ACL, EXPORT_SUPPORT, ioctl, splice, submounts.  Locks and DAX flags are added by the
+#: mount when it uses them.
 REQUESTED_INIT_FLAGS = (
-    InitFlags.ASYNC_READ | InitFlags.ATOMIC_O_TRUNC | InitFlags.BIG_WRITES | InitFlags.DONT_MASK
+    InitFlags.ASYNC_READ | InitFlags.ATOMIC_O_TRUNC | InitFlags.AUTO_INVAL_DATA
+    | InitFlags.BIG_WRITES | InitFlags.DONT_MASK
     | InitFlags.DO_READDIRPLUS | InitFlags.READDIRPLUS_AUTO | InitFlags.ASYNC_DIO
     | InitFlags.NO_OPEN_SUPPORT | InitFlags.PARALLEL_DIROPS | InitFlags.MAX_PAGES
     | InitFlags.NO_OPENDIR_SUPPORT | InitFlags.SETXATTR_EXT | InitFlags.INIT_EXT
@@ -171,6 +173,7 @@ class FuseClient(FileOps):
             map_alignment=out.map_alignment, max_background=out.max_background,
             congestion_threshold=out.congestion_threshold)
         self._entryver = bool(granted & InitFlags.ENTRY_VERSION)
+        self.cache.auto_inval = bool(granted & InitFlags.AUTO_INVAL_DATA)
         if self.cache.uses_versions and not self._entryver:
             raise OSError(errno.EOPNOTSUPP, "versions=on: the host does not send entry versions "
                                             "(InitFlags.ENTRY_VERSION)")
