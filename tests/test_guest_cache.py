@@ -283,6 +283,36 @@ def test_auto_data_is_close_to_open(guest_factory, share, clock):
 
 # ----------------------------------------------------------------------------- write-back
 
+def test_writeback_writes_move_mtime_at_once_and_the_host_gets_it_at_close(guest_factory, share):
+    """file_update_time, then fuse_flush_times: the writer sees the time of its write before the
+    write-back, and the host file keeps that time after it (not the time of write-back)."""
+    import time
+    g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
+    path = share / "dir" / "f"
+    os.utime(path, ns=(10**9, 10**9))
+    fd = g.os.open("dir/f", os.O_WRONLY)
+    t0 = time.time_ns()
+    g.os.pwrite(fd, b"HELLO", 0)
+    st = g.os.fstat(fd)
+    assert st.st_mtime_ns >= t0 and st.st_ctime_ns == st.st_mtime_ns
+    assert g.os.stat("dir/f").st_mtime_ns == st.st_mtime_ns
+    assert path.stat().st_mtime_ns == 10**9          # nothing reached the host yet
+    g.os.close(fd)
+    assert path.read_bytes() == b"HELLO"
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
+    assert g.os.stat("dir/f").st_mtime_ns == st.st_mtime_ns
+
+
+def test_writeback_keeps_a_utime_made_after_the_writes(guest_factory, share):
+    g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
+    fd = g.os.open("dir/f", os.O_WRONLY)
+    g.os.pwrite(fd, b"HELLO", 0)
+    g.os.utime(fd, ns=(5 * 10**9, 7 * 10**9))
+    assert g.os.fstat(fd).st_mtime_ns == 7 * 10**9
+    g.os.close(fd)
+    assert (share / "dir" / "f").stat().st_mtime_ns == 7 * 10**9
+
+
 def test_writeback_holds_writes_until_close(guest_factory, share):
     g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
     fd = g.os.open("dir/f", os.O_WRONLY)

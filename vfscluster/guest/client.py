@@ -494,6 +494,10 @@ class FuseClient(FileOps):
         finally:
             self.cache.changed(nodeid, data=resize)
         check_attr(out.attr)
+        if arg.valid & (SetattrValid.MTIME | SetattrValid.MTIME_NOW):
+            # a utime while data waits: the write-back must not set the older time of the writes
+            seconds = out.attr.mtime - (1 << 64 if out.attr.mtime >> 63 else 0)
+            self.cache.pages.set_dirty_mtime(nodeid, seconds * 1_000_000_000 + out.attr.mtimensec)
         return out
 
     def readlink(self, nodeid: int) -> bytes:

@@ -304,13 +304,17 @@ class FdCalls:
     def _stat_of(self, node: Node, fresh: bool = False) -> os.stat_result:
         """The node's attributes as a stat result: those it was found with, or (``fresh``) the
         attribute cache's while valid, else GETATTR.  This guest's dirty data counts in the
-        size."""
+        size, and its time of write is the mtime and ctime."""
         attr = node.attr
         if attr is None or fresh:
             attr, _ = self.client.attr_of(node.nodeid)
-        dirty_end = self.client.cache.pages.dirty_end(node.nodeid)
-        if dirty_end > attr.size:
-            attr = dataclasses.replace(attr, size=dirty_end)
+        pages = self.client.cache.pages
+        dirty_end = pages.dirty_end(node.nodeid)
+        if dirty_end:
+            m_s, m_ns = divmod(pages.dirty_mtime(node.nodeid) or 0, 1_000_000_000)
+            m_s &= 0xFFFF_FFFF_FFFF_FFFF          # fuse_attr's two's complement
+            attr = dataclasses.replace(attr, size=max(attr.size, dirty_end), mtime=m_s,
+                                       mtimensec=m_ns, ctime=m_s, ctimensec=m_ns)
         return attr.to_stat_result(self.st_dev)
 
     def _setattr(self, nodeid: int, valid: int, *, fh: int | None = None, size: int = 0,

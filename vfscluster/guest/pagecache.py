@@ -13,17 +13,27 @@ and go to the host with WRITE at close (FLUSH time), fsync, truncate, unmount, o
 :data:`DIRTY_LIMIT` bytes wait.  Reads of this guest see them (laid over the clean data), and the
 file size this guest sees is at least the end of the last dirty byte.  Other guests see nothing
 until the data is written back: that is what write-back caching means.
+
+As in Linux (``file_update_time`` on a write-back mount, then ``fuse_flush_times``), a write sets
+the file's mtime and ctime in the guest at once, and the write-back ends with a SETATTR that gives
+the host the guest's mtime (the WRITEs themselves leave the host's time of write-back).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
+
+from ..fuse.abi import SetattrIn, SetattrValid
 
 if TYPE_CHECKING:
     from .client import FuseClient
 
 __all__ = ["PageCache", "PageSet", "PAGE", "READAHEAD", "DIRTY_LIMIT"]
+
+log = logging.getLogger(__name__)
 
 PAGE = 4096
 #: fs/fuse: the read-ahead window of a virtio-fs guest (VM_READAHEAD_PAGES = 32 pages)
@@ -45,14 +55,16 @@ class PageSet:
 
 
 class _Dirty:
-    """Dirty extents of one inode, oldest first: ``(offset, data, fh)``."""
+    """Dirty extents of one inode, oldest first: ``(offset, data, fh)``; ``mtime_ns``: the
+    file's mtime (and ctime) in this guest since the first of them."""
 
-    __slots__ = ("extents", "end", "nbytes")
+    __slots__ = ("extents", "end", "nbytes", "mtime_ns")
 
     def __init__(self) -> None:
         self.extents: list[tuple[int, bytes, int]] = []
         self.end = 0
         self.nbytes = 0
+        self.mtime_ns = 0
 
 
 class PageCache:
@@ -178,6 +190,18 @@ class PageCache:
         d = self._dirty.get(nodeid)
         return d.end if d is not None else 0
 
+    def dirty_mtime(self, nodeid: int) -> int | None:
+        """The mtime (ns) this guest's unwritten writes gave ``nodeid``, or None."""
+        d = self._dirty.get(nodeid)
+        return d.mtime_ns if d is not None else None
+
+    def set_dirty_mtime(self, nodeid: int, mtime_ns: int) -> None:
+        """An explicit mtime was set (utime) while data is dirty: the write-back keeps it."""
+        with self._lock:
+            d = self._dirty.get(nodeid)
+            if d is not None:
+                d.mtime_ns = mtime_ns
+
     def write(self, client: FuseClient, nodeid: int, fh: int, offset: int, data: Any) -> int:
         """Keep ``data`` at ``offset`` dirty (write-back); written back once more than
         :data:`DIRTY_LIMIT` bytes wait.  Returns the bytes taken (all of them)."""
@@ -189,6 +213,7 @@ class PageCache:
             d.extents.append((offset, chunk, fh))
             d.end = max(d.end, offset + len(chunk))
             d.nbytes += len(chunk)
+            d.mtime_ns = time.time_ns()
             full = d.nbytes > DIRTY_LIMIT
         self.policy.local_gen += 1
         if full:
@@ -217,6 +242,19 @@ class PageCache:
         self.policy.changed(nodeid, data=True)
         if error is not None:
             raise error
+        self._flush_times(client, nodeid, d.mtime_ns)
+
+    @staticmethod
+    def _flush_times(client: FuseClient, nodeid: int, mtime_ns: int) -> None:
+        """fs/fuse/dir.c fuse_flush_times: the guest's mtime to the host.  Its failure is not the
+        writer's (the data is written; the kernel's write_inode error reaches no close), so it
+        is logged, not raised."""
+        seconds, ns = divmod(mtime_ns, 1_000_000_000)
+        try:
+            client.setattr(nodeid, SetattrIn(valid=int(SetattrValid.MTIME),
+                                             mtime=seconds & 0xFFFF_FFFF_FFFF_FFFF, mtimensec=ns))
+        except OSError as exc:
+            log.info("nodeid %d: the mtime of written-back data was not set: %s", nodeid, exc)
 
     def flush_all(self, client: FuseClient) -> None:
         """Write back every inode's dirty data (unmount, syncfs)."""
