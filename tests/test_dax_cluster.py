@@ -201,6 +201,29 @@ def test_truncate_under_a_mapping_leaves_zeros_not_sigbus(cluster, share):
     b.run(g_unmap_all)
 
 
+@pytest.mark.parametrize("grow", ["truncate", "write"])
+def test_a_file_shrunk_and_grown_back_is_seen_again_through_live_mappings(cluster, share, grow):
+    """As a MAP_SHARED mapping in Linux: after the shrink the pages past the end read zeros, and once
+    the file grows back (a SETATTR size, or a WRITE past the end) the same live mappings show the
+    file again — another guest's writes, and their own stores reach the file."""
+    a, b, c = cluster.guests
+    a.run(g_map, "f", 3 * PAGE, False)
+    b.run(g_map, "f", 3 * PAGE, True)
+    c.run(lambda gos: gos.truncate("f", 10))
+    assert a.run(g_load, 0, 2 * PAGE, 4) == (b"\0\0\0\0", 0)
+    if grow == "truncate":
+        c.run(lambda gos: gos.truncate("f", 3 * PAGE))
+    assert c.run(g_pwrite, "f", b"back", 2 * PAGE) == 4
+    assert (share / "f").stat().st_size == 2 * PAGE + (PAGE if grow == "truncate" else 4)
+    assert a.run(g_load, 0, 2 * PAGE, 4) == (b"back", 0)
+    assert b.run(g_load, 0, 2 * PAGE, 4) == (b"back", 0)
+    assert b.run(g_store, 0, 2 * PAGE, b"BACK") == 0
+    assert a.run(g_load, 0, 2 * PAGE, 4) == (b"BACK", 0)
+    a.run(g_unmap_all)
+    b.run(g_unmap_all)
+    assert (share / "f").read_bytes()[2 * PAGE:2 * PAGE + 4] == b"BACK"
+
+
 def test_read_only_mappings_refuse_writes_cleanly(cluster):
     a = cluster.guests[0]
     out = a.run(g_errors, "f")

@@ -581,6 +581,53 @@ def test_zero_file_tail_reaches_buffers_whose_window_range_is_gone(tmp_path):
     os.close(fd)
 
 
+@pytest.mark.parametrize("writable", [True, False])
+def test_buffers_zeroed_for_a_truncation_see_the_file_again_when_its_range_is_mapped_again(
+        tmp_path, writable):
+    """Shrink, then grow back: a MAP_SHARED mapping sees the file again (Linux refaults the pages);
+    here the range mapped again into the window (the host's SHMEM_MAP once the file grew) gives the
+    buffers' zeroed pieces of that file range back their file pages."""
+    path = stamped_file(tmp_path / "f", 16)
+    fd = open_fd(path)
+    fid = file_id(fd)
+    with DaxWindow(2 * MiB) as w:
+        w.map(fd, 0, 0, 16 * PAGE, True)
+        buf = w.mapped_buffer(0, 16 * PAGE, writable)
+        w.zero_file_tail(fid, 4 * PAGE)
+        os.ftruncate(fd, 4 * PAGE)
+        assert buf[8 * PAGE:8 * PAGE + 4] == bytes(4)
+        os.ftruncate(fd, 16 * PAGE)
+        os.pwrite(fd, (99).to_bytes(4, "little"), 8 * PAGE)
+        w.map(fd, 6 * PAGE, 6 * PAGE, 4 * PAGE, True)     # part of the zeroed range, mapped again
+        assert stamp(buf[8 * PAGE:]) == 99                 # the file's page, not the zeros
+        assert buf[12 * PAGE:12 * PAGE + 4] == bytes(4)    # outside the range mapped again: zeros
+        assert [(m.window_offset, m.length, m.zeroed) for m in buf.mappings()] == [
+            (0, 4 * PAGE, False), (4 * PAGE, 2 * PAGE, True), (6 * PAGE, 4 * PAGE, False),
+            (10 * PAGE, 6 * PAGE, True)]
+        if writable:
+            buf[9 * PAGE:9 * PAGE + 4] = (7).to_bytes(4, "little")
+            assert stamp(os.pread(fd, 4, 9 * PAGE)) == 7   # stores reach the file again
+        else:
+            with pytest.raises(TypeError):
+                memoryview(buf)[8 * PAGE] = 1
+        buf.close()
+    os.close(fd)
+
+
+def test_a_writable_buffer_keeps_its_zeros_when_the_range_comes_back_read_only(tmp_path):
+    path = stamped_file(tmp_path / "f", 4)
+    fd = open_fd(path)
+    with DaxWindow(2 * MiB) as w:
+        w.map(fd, 0, 0, 4 * PAGE, True)
+        buf = w.mapped_buffer(0, 4 * PAGE, True)
+        w.zero_file_tail(file_id(fd), 0)
+        w.map(fd, 0, 0, 4 * PAGE, False)
+        assert buf[:4] == bytes(4) and all(m.zeroed for m in buf.mappings())
+        buf[0:4] = b"safe"                                  # its own zero page: no fault
+        buf.close()
+    os.close(fd)
+
+
 ATOMICS_CHILD = """
     import os, sys, time
     import atomics

@@ -250,7 +250,7 @@ def test_ranges_past_and_revoke_past(big, fds):
         (PAGE, R - PAGE, 0, True), (5 * R, R, 0, True)]
     assert all(is_zero_source(r.fd) and r.msg.fd_offset + r.msg.len <= os.fstat(r.fd).st_size for r in reqs)
     assert hd.ranges_past("A", new) == []                  # recorded as zeros
-    assert Mapping(PAGE, R - PAGE, None, R + PAGE, False) in hd.mappings()
+    assert Mapping(PAGE, R - PAGE, None, R + PAGE, False, "A") in hd.mappings()   # remembers its file
     assert hd.ranges_of("B") == [(R, R)] and hd.stats["revoked"] == 2
     with pytest.raises(OSError) as ei:
         hd.ranges_past("A", -1)
@@ -274,6 +274,33 @@ def test_registry_plans_a_shrink_over_every_session(big, fds):
     assert reg.drop_session(2) == [ShmemUnmap(DAX_SHMID, 0, 0, W, 0)]
     assert reg.drop_session(2) == [] and set(reg.sessions()) == {1, 3}
     assert HostDax(W).reset() == []
+
+
+def test_restore_gives_back_the_revoked_pieces_inside_the_grown_file(big, fds):
+    fd = fds(big)
+    reg = DaxRegistry(W)
+    s1, s2 = reg.session(1), reg.session(2)
+    s1.setup(fd, None, "A", 0, R, RW, 0)                 # file [0, 2M) writable at window 0
+    s2.setup(fd, None, "A", 0, R, RD, 4 * R)             # read-only in the other session
+    s2.setup(fd, None, "B", 0, R, RD, 0)
+    reg.plan_shrink("A", PAGE)
+    assert reg.revoked_keys == {"A"} and s1.revoked("A") and not s1.revoked("B")
+    plan = reg.plan_grow("A", 3 * PAGE + 1, fd, True)    # up to 4 pages come back
+    assert {sid: [(r.msg.fd_offset, r.msg.shm_offset, r.msg.len, r.msg.flags, r.zero, r.fd)
+                  for r in reqs] for sid, reqs in plan.items()} == {
+        1: [(PAGE, PAGE, 3 * PAGE, 1, False, fd)], 2: [(PAGE, 4 * R + PAGE, 3 * PAGE, 0, False, fd)]}
+    assert Mapping(0, PAGE, "A", 0, True) in s1.mappings() and Mapping(PAGE, 3 * PAGE, "A", PAGE, True) \
+        in s1.mappings()
+    assert reg.revoked_keys == {"A"}                         # the rest of the range is still revoked
+    assert reg.plan_grow("A", 3 * PAGE, fd, True) == {}       # nothing more inside that size
+    plan = reg.plan_grow("A", 10 * R, fd, False)             # fd read-only: no writable piece
+    assert [(r.msg.shm_offset, r.msg.len, r.msg.flags) for r in plan[1]] == [(4 * PAGE, R - 4 * PAGE, 0)]
+    assert reg.revoked_keys == set() and not s1.revoked("A") and not s2.revoked("A")
+    # a revoked range the guest removed (or set up again for something else) is not restored
+    reg.plan_shrink("A", 0)
+    s1.remove([(0, R)])
+    s2.setup(fd, None, "B", 0, R, RD, 4 * R)
+    assert reg.plan_grow("A", R, fd, True) == {} and reg.revoked_keys == set()
 
 
 def test_inode_lock_excludes_per_inode_only():

@@ -111,7 +111,7 @@ def _zero_pieces(table: MappingTable, base: int, pieces: list[Mapping], prot_of)
             continue
         _anon_fixed(base + p.window_offset, p.length, prot_of(p))
         table.carve(p.window_offset, p.end)
-        table.insert(Mapping(p.window_offset, p.length, None, p.file_offset, p.writable))
+        table.insert(Mapping(p.window_offset, p.length, None, p.file_offset, p.writable, p.file))
         done.append(p)
     return done
 
@@ -264,6 +264,7 @@ class DaxWindow:
             self._table.carve(window_offset, window_offset + length)
             m = Mapping(window_offset, length, ident, fd_offset, writable)
             self._table.insert(m)
+            self._restore_buffers(m)
             return m
 
     def unmap(self, window_offset: int, length: int) -> list[Mapping]:
@@ -314,6 +315,24 @@ class DaxWindow:
                 continue
             prot = _prot(buf.writable)
             _zero_pieces(buf._table, buf._addr, buf._table.file_pieces(file, fstart, fend), lambda p: prot)
+
+    def _restore_buffers(self, m: Mapping) -> None:
+        """Under the lock, after the window piece ``m`` was mapped: live buffers whose pages of that
+        file range were zeroed for a truncation alias the file again — the file grew back, and a
+        MAP_SHARED mapping sees it again, as in Linux (not a writable buffer over a read-only piece:
+        a store would fault; it keeps its zeros)."""
+        for buf in list(self._buffers):
+            if buf.closed or (buf.writable and not m.writable):
+                continue
+            for z in buf._table.file_pieces(m.file, m.file_offset, m.file_offset + m.length, zeroed=True):
+                src = self.base + m.window_offset + (z.file_offset - m.file_offset)
+                if _mremap(src, 0, z.length, MREMAP_MAYMOVE | MREMAP_FIXED,
+                           buf._addr + z.window_offset) == MAP_FAILED:
+                    raise _oserror(f"mremap alias of DAX range {z.file_offset:#x}+{z.length:#x}")
+                if not buf.writable and _mprotect(buf._addr + z.window_offset, z.length, PROT_READ) != 0:
+                    raise _oserror("mprotect(PROT_READ) of a restored buffer piece")
+                buf._table.carve(z.window_offset, z.end)
+                buf._table.insert(Mapping(z.window_offset, z.length, m.file, z.file_offset, buf.writable))
 
     # -- the table -----------------------------------------------------------------------------
 
@@ -402,7 +421,7 @@ class DaxWindow:
                                       MREMAP_MAYMOVE | MREMAP_FIXED, buf._addr + rel)
                         if res == MAP_FAILED:
                             raise _oserror(f"mremap alias of DAX range {p.window_offset:#x}+{p.length:#x}")
-                    buf._table.insert(Mapping(rel, p.length, p.file, p.file_offset, writable))
+                    buf._table.insert(Mapping(rel, p.length, p.file, p.file_offset, writable, p.was))
                 if not writable and _mprotect(buf._addr, span, PROT_READ) != 0:
                     raise _oserror("mprotect(PROT_READ) of a mapped buffer")
             except OSError:

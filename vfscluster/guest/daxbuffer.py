@@ -59,7 +59,7 @@ def alias_spans(window: DaxWindow, spans: Sequence[tuple[int, int]], length: int
                                            _dax.MREMAP_MAYMOVE | _dax.MREMAP_FIXED, buf._addr + rel)
                         if res == _dax.MAP_FAILED:
                             raise _dax._oserror(f"mremap alias of DAX range {p.window_offset:#x}+{p.length:#x}")
-                    buf._table.insert(Mapping(rel, p.length, p.file, p.file_offset, writable))
+                    buf._table.insert(Mapping(rel, p.length, p.file, p.file_offset, writable, p.was))
                 pos += n
             if not writable and _dax._mprotect(buf._addr, pos, _dax.PROT_READ) != 0:
                 raise _dax._oserror("mprotect(PROT_READ) of a mapped buffer")

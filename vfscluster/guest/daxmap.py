@@ -47,7 +47,8 @@ class Mapping:
     ``file`` from ``file_offset`` (``writable``: mapped ``PROT_READ|PROT_WRITE``, else ``PROT_READ``).
 
     ``file is None`` means the piece holds anonymous zero pages that replaced file pages before a
-    truncation (``DaxWindow.zero``); ``file_offset`` then still tells which file range it was.
+    truncation (``DaxWindow.zero``); ``file_offset`` then still tells which file range it was, and
+    ``was`` which file (so that the pages can be given back when the file grows again).
     """
 
     window_offset: int
@@ -55,6 +56,7 @@ class Mapping:
     file: FileId | None
     file_offset: int
     writable: bool
+    was: FileId | None = None
 
     @property
     def end(self) -> int:
@@ -69,7 +71,8 @@ class Mapping:
         lo, hi = max(start, self.window_offset), min(end, self.window_offset + self.length)
         if lo == self.window_offset and hi - lo == self.length:
             return self
-        return Mapping(lo, hi - lo, self.file, self.file_offset + (lo - self.window_offset), self.writable)
+        return Mapping(lo, hi - lo, self.file, self.file_offset + (lo - self.window_offset), self.writable,
+                       self.was)
 
 
 class MappingTable:
@@ -156,11 +159,12 @@ class MappingTable:
         self._starts.insert(i, m.window_offset)
         self._items.insert(i, m)
 
-    def file_pieces(self, file: FileId, fstart: int, fend: int) -> list[Mapping]:
-        """The pieces mapping bytes ``[fstart, fend)`` of ``file``, clipped to that file range."""
+    def file_pieces(self, file: FileId, fstart: int, fend: int, *, zeroed: bool = False) -> list[Mapping]:
+        """The pieces mapping bytes ``[fstart, fend)`` of ``file``, clipped to that file range
+        (``zeroed``: instead, the zero pieces that replaced such bytes)."""
         out = []
         for m in self._items:
-            if m.file != file:
+            if (m.was if zeroed else m.file) != file or (zeroed and m.file is not None):
                 continue
             lo, hi = max(fstart, m.file_offset), min(fend, m.file_offset + m.length)
             if lo < hi:

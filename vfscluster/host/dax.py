@@ -32,6 +32,12 @@ the zeros, which is just as safe.  SETUPMAPPING holds the same inode lock from i
 acks of its own ``SHMEM_MAP`` requests, so no mapping can slip in between the revocation and the
 truncate.  What this does not cover: a process other than the host server shrinking a file of the share
 (the host learns of it afterwards, by inotify at best).
+
+**Growing back restores.**  A revoked range stays in the table as a zero piece that remembers its file
+(``Mapping.was``, and whether it was writable).  When the file grows again through the host (SETATTR
+size, WRITE, FALLOCATE), :meth:`DaxRegistry.plan_grow` turns the revoked pieces now inside the file back
+into ``SHMEM_MAP`` requests of the file, so a guest's live ``mmap`` buffers see the file again, as a
+``MAP_SHARED`` mapping in Linux does (the guest re-aliases them, ``DaxWindow.map``).
 """
 
 from __future__ import annotations
@@ -284,10 +290,31 @@ class HostDax:
             for p in self._table.file_pieces(inode_key, _round_up(new_size), 1 << 64):
                 zfd = zfd if zfd is not None else zero_source(self.window_size)
                 self._table.carve(p.window_offset, p.end)
-                self._table.insert(Mapping(p.window_offset, p.length, None, p.file_offset, False))
+                self._table.insert(Mapping(p.window_offset, p.length, None, p.file_offset, p.writable,
+                                           inode_key))
                 out.append(MapRequest(_map_msg(0, p.window_offset, p.length, False), zfd, True))
             self.stats["revoked"] += len(out)
         return out
+
+    def restore_upto(self, inode_key: InodeKey, size: int, fd: int, fd_writable: bool) -> list[MapRequest]:
+        """The file grew to ``size``: the revoked pieces of ``inode_key`` now inside it (up to ``size``
+        rounded up to a page) as ``SHMEM_MAP`` requests of ``fd`` (writable where they were and
+        ``fd_writable`` allows); the table records them as file-backed at once.  Hold
+        :meth:`DaxRegistry.inode_lock`."""
+        out = []
+        with self._lock:
+            for p in self._table.file_pieces(inode_key, 0, _round_up(max(0, size)), zeroed=True):
+                write = p.writable and fd_writable
+                self._table.carve(p.window_offset, p.end)
+                self._table.insert(Mapping(p.window_offset, p.length, inode_key, p.file_offset, write))
+                out.append(MapRequest(_map_msg(p.file_offset, p.window_offset, p.length, write), fd, False))
+            self.stats["restored"] = self.stats.get("restored", 0) + len(out)
+        return out
+
+    def revoked(self, inode_key: InodeKey) -> bool:
+        """Whether pieces of the inode revoked by a shrink are still in the window."""
+        with self._lock:
+            return any(m.was == inode_key and m.file is None for m in self._table)
 
     # -- session -------------------------------------------------------------------------------
 
@@ -351,6 +378,8 @@ class DaxRegistry:
         self._sessions: dict[int, HostDax] = {}
         self._lock = threading.Lock()
         self._inode_locks: dict[InodeKey, list] = {}      # key -> [lock, users]
+        #: inode keys some session may still hold revoked pieces of (checked on every WRITE: a set)
+        self.revoked_keys: set[InodeKey] = set()
 
     def session(self, sid: int) -> HostDax:
         """The session's HostDax, made on first use."""
@@ -406,6 +435,22 @@ class DaxRegistry:
             reqs = hd.revoke_past(inode_key, new_size)
             if reqs:
                 out[sid] = reqs
+        if out:
+            self.revoked_keys.add(inode_key)
+        return out
+
+    def plan_grow(self, inode_key: InodeKey, size: int, fd: int, fd_writable: bool) -> dict[int, list[MapRequest]]:
+        """Per session id, the ``SHMEM_MAP`` requests that give back the revoked pieces now inside a
+        file grown to ``size`` (:meth:`HostDax.restore_upto`; tables updated)."""
+        out = {}
+        left = False
+        for sid, hd in self.sessions().items():
+            reqs = hd.restore_upto(inode_key, size, fd, fd_writable)
+            if reqs:
+                out[sid] = reqs
+            left = left or hd.revoked(inode_key)
+        if not left:
+            self.revoked_keys.discard(inode_key)
         return out
 
     def holders(self, inode_key: InodeKey) -> list[int]:

@@ -57,7 +57,7 @@ class DaxService:
         self.channel_of = channel_of
         self.ack_timeout = ack_timeout
         self._lock = threading.Lock()
-        self.stats = dict.fromkeys(("setups", "removes", "revoked", "ack_failures"), 0)
+        self.stats = dict.fromkeys(("setups", "removes", "revoked", "restored", "ack_failures"), 0)
 
     @property
     def active(self) -> bool:
@@ -160,6 +160,30 @@ class DaxService:
                     with self._lock:
                         self.stats["revoked"] += len(reqs)
             yield
+
+    def grown(self, key, path_fd: int) -> None:
+        """After a call that may have grown the file (``path_fd``: its inode's O_PATH fd): every
+        session whose pages of it a shrink revoked gets those now inside the file mapped again
+        (acked, bounded), so its live mmap buffers see the file again.  Cheap when nothing of the
+        file is revoked (a set lookup)."""
+        if key not in self.registry.revoked_keys:
+            return
+        with self.registry.inode_lock(key):
+            try:
+                fd, writable = os.open(f"/proc/self/fd/{path_fd}", os.O_RDWR | os.O_CLOEXEC), True
+            except OSError:
+                fd, writable = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC), False
+            try:
+                plan = self.registry.plan_grow(key, os.fstat(fd).st_size, fd, writable)
+                for sid, reqs in plan.items():
+                    for r in reqs:
+                        ack = self._send(sid, BackendReq.SHMEM_MAP, r.msg, [r.fd])
+                        if ack != 0:    # its buffers keep their zeros; its reads map again anyway
+                            log.info("session %d: restoring a DAX range after growth: ack %d", sid, ack)
+                    with self._lock:
+                        self.stats["restored"] += len(reqs)
+            finally:
+                os.close(fd)
 
 
 __all__ = ["DEFAULT_ACK_TIMEOUT", "DEFAULT_WINDOW", "DaxService"]

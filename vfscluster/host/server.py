@@ -350,8 +350,11 @@ class HostServer:
     def _would_stall(self, s: GuestSession, opcode: int, chain) -> bool:
         """Would serving this chain inline hold the loop up: a call that may block, big I/O — but
         not a READ whose range the page cache holds whole (``FileSystem.read_is_cached``: a pool
-        thread's wake-up costs more than the copy) — or a shrink that waits for DAX acks."""
+        thread's wake-up costs more than the copy) — or a shrink, or a WRITE that may grow a file
+        back, that waits for DAX acks."""
         if opcode in _BLOCKING:
+            return True
+        if opcode == _WRITE and self.dax is not None and self.dax.registry.revoked_keys:
             return True
         if opcode == _READ or opcode == _WRITE:
             head = chain.readable[0]

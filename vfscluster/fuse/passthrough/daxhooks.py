@@ -68,6 +68,14 @@ class DaxHooks:
             return new_size if new_size < size else None
         return self.dax.shrinking(inode.key, shrink)
 
+    def _grown(self, ctx: Context, nodeid: int) -> None:
+        """After a call that may have grown ``nodeid``: pages a shrink revoked in guests come back
+        (``DaxService.grown``); nothing to do (one set lookup) when no shrink revoked any."""
+        if self.dax is not None and self.dax.registry.revoked_keys:
+            inode = self._inode(ctx, nodeid)
+            if inode.fmt == stat.S_IFREG:
+                self.dax.grown(inode.key, inode.fd)
+
     def _shrinking_name(self, parent: Inode, name: bytes, flags: int):
         """The guard of CREATE with O_TRUNC of an existing regular file."""
         if self.dax is None or not flags & os.O_TRUNC:

@@ -51,6 +51,7 @@ class HandleOps:
         n = _vector_io(os.pwritev, fd, bufs, offset)
         if flags & WRITE_KILL_SUIDGID:
             self._kill_suidgid(fd)
+        self._grown(ctx, nodeid)
         return n
 
     def flush(self, ctx: Context, nodeid: int, fh: int, lock_owner: int) -> None:
@@ -86,6 +87,7 @@ class HandleOps:
                 syscalls.fallocate(fd, mode, offset, length)
             return
         syscalls.fallocate(fd, mode, offset, length)
+        self._grown(ctx, nodeid)
 
     def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
         if whence not in (os.SEEK_SET, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):

@@ -287,6 +287,7 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
                         os.ftruncate(fd, c.size)
                     finally:
                         os.close(fd)
+            self._grown(ctx, nodeid)
         if c.kill_suidgid and c.mode is None:
             self._kill_suidgid(path)
         if c.atime_ns is not None or c.mtime_ns is not None or c.atime_now or c.mtime_now:
