@@ -17,7 +17,7 @@ NOT_FS_OPS = {"INTERRUPT", "NOTIFY_REPLY", "CUSE_INIT", "COPY_FILE_RANGE_64"}
 # Opcodes served by a method with a flag: SETLKW is setlk(sleep=True), RENAME2 rename(flags).
 SHARED = {"SETLKW": "setlk", "RENAME2": "rename"}
 # Methods that are not FUSE operations: hooks for the server that hosts the file system.
-HOOKS = {"drop_session", "read_is_cached", "maps_writable"}
+HOOKS = {"drop_session", "read_is_cached", "maps_writable", "write_may_wait"}
 
 
 def _operations() -> list[str]:
@@ -63,6 +63,10 @@ def test_maps_writable_says_no_without_dax():
 def test_read_is_cached_plays_safe():
     """Unknown means "may block": a server then hands a big READ to a thread."""
     assert FileSystem().read_is_cached(3, 1, 0, 1 << 20) is False
+
+
+def test_write_may_wait_says_no_in_the_base():
+    assert FileSystem().write_may_wait(3, 1) is False
 
 
 def test_context_is_immutable_and_named():

@@ -859,6 +859,24 @@ def _attr_flags_everywhere(s: Server) -> dict:
     return out
 
 
+def test_writes_to_a_file_whose_dax_pages_were_revoked_may_wait(dax_fs):
+    """Such a WRITE may grow the file back and then waits for guests' acks: the host must not
+    serve it inline (``write_may_wait``); writes to other files may be."""
+    s = _dax_session(dax_fs, False)
+    f = lookup(s, ROOT, b"file")
+    d = lookup(s, ROOT, b"dir")
+    other = lookup(s, d.nodeid, b"entry-03")
+    fh, fh_other = open_(s, f.nodeid), open_(s, other.nodeid)
+    assert not dax_fs.write_may_wait(s.session, fh)
+    dax_fs.dax.registry.revoked_keys.add(dax_fs.inodes.get(s.session, f.nodeid).key)
+    assert dax_fs.write_may_wait(s.session, fh)
+    assert not dax_fs.write_may_wait(s.session, fh_other)
+    assert not dax_fs.write_may_wait(s.session, 999)             # an unknown handle
+    r = call(s, request(O.WRITE, abi.WriteIn(fh, 0, 2).pack() + b"ok", nodeid=f.nodeid))
+    assert r.header.error == 0                                   # nothing revoked in fact
+    assert dax_fs.dax.registry.revoked_keys == set()             # ... so the key goes
+
+
 def test_inode_dax_sets_fuse_attr_dax_on_marked_files_only(dax_fs):
     got = _attr_flags_everywhere(_dax_session(dax_fs, True))
     dax = abi.AttrFlags.DAX

@@ -267,6 +267,11 @@ class FileSystem:
         without waiting for a disk?  False when unknown (the base), so the server plays safe."""
         return False
 
+    def write_may_wait(self, session: int, fh: int) -> bool:
+        """A hint like :meth:`read_is_cached`: may a WRITE to handle ``fh`` of ``session`` wait for
+        other peers (e.g. DAX acks)?  False in the base."""
+        return False
+
     def write(
         self, ctx: Context, nodeid: int, fh: int, offset: int, bufs: list[memoryview], flags: int
     ) -> int:

@@ -354,13 +354,13 @@ class HostServer:
         back, that waits for DAX acks."""
         if opcode in _BLOCKING:
             return True
-        if opcode == _WRITE and self.dax is not None and self.dax.registry.revoked_keys:
-            return True
         if opcode == _READ or opcode == _WRITE:
             head = chain.readable[0]
             if len(head) < 40 + _IO_IN.size:
                 return chain.writable_len + chain.readable_len > _BIG_IO
             fh, offset, size = _IO_IN.unpack_from(head, 40)
+            if opcode == _WRITE and self.fs.write_may_wait(s.sid, fh):
+                return True
             if size <= _BIG_IO:
                 return False
             return opcode == _WRITE or not self.fs.read_is_cached(s.sid, fh, offset, size)

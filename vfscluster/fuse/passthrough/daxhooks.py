@@ -76,6 +76,17 @@ class DaxHooks:
             if inode.fmt == stat.S_IFREG:
                 self.dax.grown(inode.key, inode.fd)
 
+    def write_may_wait(self, session: int, fh: int) -> bool:
+        """A WRITE to a file a shrink revoked in some guest may grow it back, and then waits for
+        those guests' acks (:meth:`_grown`)."""
+        revoked = self.dax.registry.revoked_keys if self.dax is not None else None
+        if not revoked:
+            return False
+        try:
+            return self.inodes.get(session, self.handles.get(session, fh).nodeid).key in revoked
+        except OSError:
+            return False
+
     def _shrinking_name(self, parent: Inode, name: bytes, flags: int):
         """The guard of CREATE with O_TRUNC of an existing regular file."""
         if self.dax is None or not flags & os.O_TRUNC:
