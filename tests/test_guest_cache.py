@@ -303,6 +303,30 @@ def test_writeback_writes_move_mtime_at_once_and_the_host_gets_it_at_close(guest
     assert g.os.stat("dir/f").st_mtime_ns == st.st_mtime_ns
 
 
+def test_writeback_data_stays_visible_while_its_write_back_is_under_way(guest_factory, share):
+    """A read racing fsync (or close) sees the written data, never the older host data: the
+    kernel keeps pages under writeback in the page cache."""
+    g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
+    fd = g.os.open("dir/f", os.O_RDWR)
+    g.os.pwrite(fd, b"NEW", 0)
+    g.os.pwrite(fd, b"!", 5)
+    seen = []
+    request = g.client.transport.request
+
+    def racing(opcode, *args, **kw):
+        if opcode == Opcode.WRITE and not seen:     # the write-back's first WRITE, not sent yet
+            t = threading.Thread(target=lambda: seen.append((g.os.pread(fd, 10, 0),
+                                                              g.os.fstat(fd).st_size)))
+            t.start()
+            t.join()
+        return request(opcode, *args, **kw)
+    g.client.transport.request = racing
+    g.os.fsync(fd)
+    assert seen == [(b"NEWlo!", 6)]
+    assert (share / "dir" / "f").read_bytes() == b"NEWlo!"
+    g.os.close(fd)
+
+
 def test_writeback_keeps_a_utime_made_after_the_writes(guest_factory, share):
     g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
     fd = g.os.open("dir/f", os.O_WRONLY)

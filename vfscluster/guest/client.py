@@ -482,9 +482,11 @@ class FuseClient(FileOps):
         check_attr(out.attr)
         return out
 
-    def setattr(self, nodeid: int, arg: SetattrIn) -> AttrOut:
+    def setattr(self, nodeid: int, arg: SetattrIn, *, writeback_times: bool = False) -> AttrOut:
         """SETATTR: change what ``arg.valid`` (SetattrValid) names; the new attributes.  A size
-        change writes this guest's dirty data of the file back first and drops its pages."""
+        change writes this guest's dirty data of the file back first and drops its pages.  An
+        mtime set while data is dirty becomes the time the write-back gives the host (not when
+        ``writeback_times``: that is the write-back's own SETATTR)."""
         resize = bool(arg.valid & SetattrValid.SIZE)
         if resize:
             self.cache.pages.flush(self, nodeid)
@@ -494,7 +496,7 @@ class FuseClient(FileOps):
         finally:
             self.cache.changed(nodeid, data=resize)
         check_attr(out.attr)
-        if arg.valid & (SetattrValid.MTIME | SetattrValid.MTIME_NOW):
+        if arg.valid & (SetattrValid.MTIME | SetattrValid.MTIME_NOW) and not writeback_times:
             # a utime while data waits: the write-back must not set the older time of the writes
             seconds = out.attr.mtime - (1 << 64 if out.attr.mtime >> 63 else 0)
             self.cache.pages.set_dirty_mtime(nodeid, seconds * 1_000_000_000 + out.attr.mtimensec)

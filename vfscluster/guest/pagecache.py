@@ -74,6 +74,7 @@ class PageCache:
         self.policy = policy
         self._sets: dict[int, PageSet] = {}
         self._dirty: dict[int, _Dirty] = {}
+        self._flushing: dict[int, list[_Dirty]] = {}    # taken by a write-back still under way
         self._lock = threading.Lock()
         self._clean_bytes = 0
         self.reads_hit = 0
@@ -106,12 +107,12 @@ class PageCache:
         A READ the host answers is newer than any size the guest holds: when one reaches the end
         of the file (a short reply) that end is the file's, and when it returns data past
         ``file_size`` the file has grown; either way its answer wins."""
+        layers = self._pending(nodeid)      # before the host's data: a write-back may land meanwhile
         data = self._read_clean(client, nodeid, fh, offset, size, file_size, flags, lock_owner)
-        dirty = self._dirty.get(nodeid)
-        if dirty is None or not dirty.extents:
+        if not layers:
             return data
         end = min(offset + size, file_size)
-        return self._overlay(data, offset, end, dirty) if end > offset else b""
+        return self._overlay(data, offset, end, layers) if end > offset else b""
 
     def _read_clean(self, client, nodeid, fh, offset, size, clip, flags, lock_owner) -> bytes:
         p = self.policy
@@ -185,15 +186,27 @@ class PageCache:
 
     # ------------------------------------------------------------------ dirty data
 
+    def _pending(self, nodeid: int) -> list[_Dirty]:
+        """The data of ``nodeid`` the host may not have yet, oldest first: what write-backs under
+        way took (their WRITEs may not have landed: reads still see it, as Linux's pages under
+        writeback stay in the page cache), then what is dirty."""
+        with self._lock:
+            layers = list(self._flushing.get(nodeid, ()))
+            d = self._dirty.get(nodeid)
+            if d is not None and d.extents:
+                layers.append(d)
+            return layers
+
     def dirty_end(self, nodeid: int) -> int:
-        """The end of the last dirty byte of ``nodeid`` (0: nothing dirty)."""
-        d = self._dirty.get(nodeid)
-        return d.end if d is not None else 0
+        """The end of the last byte of ``nodeid`` the host may not have yet (0: none)."""
+        if not self._dirty and not self._flushing:
+            return 0
+        return max((d.end for d in self._pending(nodeid)), default=0)
 
     def dirty_mtime(self, nodeid: int) -> int | None:
-        """The mtime (ns) this guest's unwritten writes gave ``nodeid``, or None."""
-        d = self._dirty.get(nodeid)
-        return d.mtime_ns if d is not None else None
+        """The mtime (ns) this guest's writes not yet on the host gave ``nodeid``, or None."""
+        layers = self._pending(nodeid)
+        return layers[-1].mtime_ns if layers else None
 
     def set_dirty_mtime(self, nodeid: int, mtime_ns: int) -> None:
         """An explicit mtime was set (utime) while data is dirty: the write-back keeps it."""
@@ -226,20 +239,28 @@ class PageCache:
         the rest was tried; the failed data is dropped (as the kernel's write-back does)."""
         with self._lock:
             d = self._dirty.pop(nodeid, None)
-        if d is None or not d.extents:
-            return
+            if d is None or not d.extents:
+                return
+            self._flushing.setdefault(nodeid, []).append(d)
         error = None
-        for offset, data, fh in d.extents:
-            try:
-                done = 0
-                while done < len(data):
-                    n = client.write(nodeid, fh, offset + done, memoryview(data)[done:])
-                    if n <= 0:
-                        break
-                    done += n
-            except OSError as exc:
-                error = error or exc
-        self.policy.changed(nodeid, data=True)
+        try:
+            for offset, data, fh in d.extents:
+                try:
+                    done = 0
+                    while done < len(data):
+                        n = client.write(nodeid, fh, offset + done, memoryview(data)[done:])
+                        if n <= 0:
+                            break
+                        done += n
+                except OSError as exc:
+                    error = error or exc
+            self.policy.changed(nodeid, data=True)
+        finally:
+            with self._lock:
+                under_way = self._flushing[nodeid]
+                under_way.remove(d)
+                if not under_way:
+                    del self._flushing[nodeid]
         if error is not None:
             raise error
         self._flush_times(client, nodeid, d.mtime_ns)
@@ -252,7 +273,8 @@ class PageCache:
         seconds, ns = divmod(mtime_ns, 1_000_000_000)
         try:
             client.setattr(nodeid, SetattrIn(valid=int(SetattrValid.MTIME),
-                                             mtime=seconds & 0xFFFF_FFFF_FFFF_FFFF, mtimensec=ns))
+                                             mtime=seconds & 0xFFFF_FFFF_FFFF_FFFF, mtimensec=ns),
+                           writeback_times=True)
         except OSError as exc:
             log.info("nodeid %d: the mtime of written-back data was not set: %s", nodeid, exc)
 
@@ -262,14 +284,15 @@ class PageCache:
             self.flush(client, nodeid)
 
     @staticmethod
-    def _overlay(data: bytes, offset: int, end: int, d: _Dirty) -> bytes:
+    def _overlay(data: bytes, offset: int, end: int, layers: list[_Dirty]) -> bytes:
         buf = bytearray(data)
         if len(buf) < end - offset:
             buf.extend(bytes(end - offset - len(buf)))     # a hole up to the dirty end
-        for off, chunk, _fh in d.extents:
-            lo, hi = max(off, offset), min(off + len(chunk), end)
-            if lo < hi:
-                buf[lo - offset:hi - offset] = chunk[lo - off:hi - off]
+        for d in layers:
+            for off, chunk, _fh in d.extents:
+                lo, hi = max(off, offset), min(off + len(chunk), end)
+                if lo < hi:
+                    buf[lo - offset:hi - offset] = chunk[lo - off:hi - off]
         return bytes(buf)
 
     def stats(self) -> dict:
