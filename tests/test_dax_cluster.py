@@ -360,6 +360,34 @@ def test_kill_9_of_a_mapping_guest_does_not_hold_up_truncation(cluster, share):
     b.run(g_unmap_all)
 
 
+def test_a_read_waiting_for_window_space_fails_when_the_host_dies(share):
+    """Every range pinned by a live mapping: a read of another file waits for one (up to 30 s).
+    The host's death ends that wait with ENOTCONN at once, as it ends every pending call."""
+    import signal
+    import threading
+    import time
+    (share / "a").write_bytes(b"a" * (4 << 20))
+    (share / "b").write_bytes(b"b" * PAGE)
+    with Cluster.start(Topology(share, 1, cache="none", dax="always", window_size=4 << 20)) as c:
+        g = c.guests[0]
+        g.run(g_map, "a", 4 << 20, False)
+        got = []
+
+        def read_b():
+            try:
+                got.append(g.run(g_pread, "b", 10, 0))
+            except OSError as exc:
+                got.append(exc.errno)
+        t = threading.Thread(target=read_b)
+        t.start()
+        deadline = time.monotonic() + 30
+        while g.run(lambda gos: gos.client.dax.gdax.stats["waits"]) == 0:    # the read waits
+            assert time.monotonic() < deadline and t.is_alive()
+        c.host.kill(signal.SIGKILL)
+        t.join(10)                          # the wait alone would last 30 s
+        assert not t.is_alive() and got == [errno.ENOTCONN]
+
+
 def test_a_guest_stalled_past_the_ack_timeout_goes_on_through_fuse(cluster, share):
     """A guest stopped while another truncates a file it maps loses its back-end channel (the
     host waits ``ack_timeout`` for it, then goes on).  Resumed, it still reads and writes: its

@@ -69,6 +69,7 @@ class DaxFiles:
         self._sizes: dict[int, int] = {}
         self._lock = threading.Lock()
         device.set_shmem_handler(0, self.gdax.shmem_handler)
+        device.on_failure.append(self.gdax.slots.abort)     # a read waiting for a range must not outlive the host
 
     def uses(self, node) -> bool:
         """Does the open file of ``node`` (a :class:`~vfscluster.guest.namei.Node`) use DAX?"""

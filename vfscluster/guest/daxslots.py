@@ -6,7 +6,8 @@
 runs one reclaim pass in the taking thread; with no range free it reclaims synchronously; if every busy
 range is pinned it waits until an unpin or a free happens somewhere (a generation counter under a
 condition, so a wake-up between the failed reclaim and the wait is never lost), for at most
-``timeout`` seconds in all (then OSError ENOMEM).
+``timeout`` seconds in all (then OSError ENOMEM).  :meth:`SlotPool.abort` (the host went away) ends
+every wait at once with its errno.
 """
 
 from __future__ import annotations
@@ -65,12 +66,25 @@ class SlotPool:
         self._cond = threading.Condition()
         self._gen = 0
         self._waiters = 0
+        self._dead = 0              # errno once aborted
         _start_reaper()
+
+    def abort(self, err: int) -> None:
+        """The connection is gone: every taker waiting now or later gets ``OSError(err)``."""
+        with self._cond:
+            self._dead = err
+            self._gen += 1
+            self._cond.notify_all()
+
+    def _check_alive(self) -> None:
+        if self._dead:
+            raise OSError(self._dead, os.strerror(self._dead))
 
     def take(self) -> int:
         """A free range, pinned (module docstring)."""
         deadline = time.monotonic() + self.timeout
         while True:
+            self._check_alive()
             slot = self.ranges.alloc()
             if slot is not None:
                 self.ranges.pin(slot)
@@ -91,6 +105,7 @@ class SlotPool:
                     if not self._cond.wait_for(lambda: self._gen != gen, deadline - time.monotonic()):
                         raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)}: every DAX range "
                                                     f"stayed pinned for {self.timeout} s")
+                    self._check_alive()
             finally:
                 with self._cond:
                     self._waiters -= 1

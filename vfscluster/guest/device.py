@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import RemoteProtocolError
 from ..fuse.locking import QUEUED
@@ -119,6 +119,8 @@ class VirtioFsDevice(DeviceSetup, SharedRegions, ParkedRequests):
         self.notify: NotifyQueue | None = None
         self.notify_buf_size = 0
         self.lock_waits = LockWaits()
+        #: called with the errno when the device fails for good (the host went away, the rings broke)
+        self.on_failure: list[Callable[[int], None]] = []
         self.first_request = 1
         spin = GUEST_SPIN_NS if spin_ns is None else spin_ns
         self._spin = [SpinBudget(max_ns=spin, window_ns=4 * spin) for _ in self.queues]
@@ -392,6 +394,14 @@ class VirtioFsDevice(DeviceSetup, SharedRegions, ParkedRequests):
         for q in self.queues:
             self._fail_queue(q, err)
         self.lock_waits.fail_all(err)
+        self._tell_failure(err)
+
+    def _tell_failure(self, err: int) -> None:
+        for hook in list(self.on_failure):
+            try:
+                hook(err)
+            except Exception:
+                log.exception("device failure hook %r", hook)
 
     def _fail_queue(self, q: DriverQueue, err: int) -> None:
         """Complete every request pending on ``q`` with ``err``; later submitters get it at once."""
@@ -449,6 +459,7 @@ class VirtioFsDevice(DeviceSetup, SharedRegions, ParkedRequests):
         for q in self.queues:
             q.close()
         self.lock_waits.fail_all(errno.ENOTCONN)
+        self._tell_failure(errno.ENOTCONN)
         os.write(self._stop_w, b"x")
         if self._completer is not None and self._completer is not threading.current_thread():
             self._completer.join(5)
