@@ -16,7 +16,7 @@ class HostProcess:
         ctx = _context()
         parent, child = ctx.Pipe(duplex=False)
         kw = dict(shared_dir=str(share), socket_path=self.socket_path, log_level="WARNING", **kwargs)
-        self.proc = ctx.Process(target=_member_main, args=(child, "host", kw))
+        self.proc = ctx.Process(target=_member_main, args=(child, "host", kw, os.getpid()))
         self.proc.start()
         child.close()
         try:

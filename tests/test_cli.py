@@ -74,7 +74,10 @@ def test_clean_reports():
     assert r.returncode == 0 and "removed" in r.stdout
 
 
-def test_up_runs_until_ctrl_c_and_cleans_up(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_up_runs_until_ctrl_c_and_cleans_up(tmp_path, sig):
+    """Ctrl-C, and also SIGTERM or SIGHUP (a closed terminal, a service stop): every member
+    stopped and every socket and shm object removed (those left the runtime directory)."""
     import os
     import signal
     (tmp_path / "t.toml").write_text(f'share = "{tmp_path}/share"\nguests = 2\n')
@@ -90,10 +93,42 @@ def test_up_runs_until_ctrl_c_and_cleans_up(tmp_path):
         out = "".join(seen)
         assert "guest g0" in out and "guest g1" in out and "host" in out, out
         cid = [w for w in out.split() if w.startswith("/tmp/vfsc-")][0].split("/")[2]
-        p.send_signal(signal.SIGINT)
+        p.send_signal(getattr(signal, sig))
         assert p.wait(30) == 0, p.stderr.read()
         assert not os.path.exists(f"/tmp/{cid}")
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(cid)]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def test_demo_stops_at_once_and_says_so_when_the_host_dies():
+    """The demo's stores need no host, so it noticed nothing until its end (20 s), then printed a
+    traceback: it now checks the members at each refresh and says in one line what broke."""
+    import glob
+    import os
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "vfscluster", "demo", "--count", "100000000"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        host = None
+        deadline = time.monotonic() + 60
+        while host is None:
+            assert time.monotonic() < deadline and p.poll() is None
+            for f in glob.glob(f"/tmp/vfsc-{p.pid}-*/pids"):
+                with open(f) as fh:
+                    host = next((int(line.split()[0]) for line in fh if line.split()[1:] == ["host"]), None)
+        while len(glob.glob(f"/tmp/vfsc-{p.pid}-*/g?.ctl")) < 3:  # every guest is (about) up
+            assert time.monotonic() < deadline and p.poll() is None
+        os.kill(host, signal.SIGKILL)
+        assert p.wait(30) == 1
+        err = p.stderr.read()
+        assert ("vfscluster demo: the cluster broke: the host exited (exit code -9)" in err
+                or "vfscluster demo: the cluster broke: g" in err), err    # (a guest still starting)
+        assert "Traceback" not in err, err
+        assert not glob.glob(f"/tmp/vfsc-{p.pid}-*")
     finally:
         if p.poll() is None:
             p.kill()

@@ -92,6 +92,87 @@ def test_keyboard_interrupt_in_with_block_stops_everything(share):
     assert _mine(cid) == []
 
 
+def _members():
+    import multiprocess
+    return [p for p in multiprocess.active_children() if p.name.startswith("vfs-")]
+
+
+def test_an_interrupted_start_stops_the_guests_still_starting(share, monkeypatch):
+    """Ctrl-C while Cluster.start waits for a guest: the guests started but not ready yet are
+    stopped too (they were left running, and the script then hung at exit joining them)."""
+    from vfscluster.cluster import launcher
+    real = launcher.Cluster._await_ready
+
+    def interrupted(name, proc, conn, timeout):
+        if name != "host":
+            raise KeyboardInterrupt
+        return real(name, proc, conn, timeout)
+    monkeypatch.setattr(launcher.Cluster, "_await_ready", staticmethod(interrupted))
+    before = set(_members())
+    with pytest.raises(KeyboardInterrupt):
+        Cluster.start(Topology(share, guests=3))
+    assert set(_members()) <= before
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{PREFIX}{os.getpid()}-")]
+
+
+def test_stop_is_bounded_when_a_guest_does_not_answer(share, monkeypatch):
+    """A stopped (SIGSTOP) guest never answers "shutdown": stop() gives up on it after
+    STOP_TIMEOUT and kills it (it waited for ever)."""
+    from vfscluster.cluster import launcher
+    monkeypatch.setattr(launcher, "STOP_TIMEOUT", 1.0)
+    c = Cluster.start(Topology(share, guests=2))
+    pids = [c.host.pid] + [g.pid for g in c.guests]
+    c.guests[0].kill(signal.SIGSTOP)
+    import threading
+    t = threading.Thread(target=c.stop)
+    t.start()
+    t.join(30)
+    assert not t.is_alive()
+    assert not any(alive(p) for p in pids) and _mine(c.id) == []
+
+
+def test_a_second_ctrl_c_during_stop_still_ends_every_member(share, monkeypatch):
+    """The second Ctrl-C lands while stop() waits for a guest: every member is killed before
+    the KeyboardInterrupt goes on (the host, which ignores Ctrl-C, was left running and the
+    launcher hung at exit joining it)."""
+    from vfscluster.cluster import control
+    c = Cluster.start(Topology(share, guests=2))
+    pids = [c.host.pid] + [g.pid for g in c.guests]
+
+    def second_ctrl_c(self, timeout, method, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(control.ControlClient, "call_within", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        c.stop()
+    assert not any(alive(p) for p in pids) and _mine(c.id) == []
+
+
+def test_members_die_with_a_launcher_that_died_before_they_asked(tmp_path):
+    """die_with_parent(parent=pid): a member whose launcher died before the member set its
+    parent-death signal (re-parented to init or to a subreaper) gets the signal at once."""
+    script = textwrap.dedent("""
+        import os, signal, time
+        from vfscluster.cluster.procutil import die_with_parent
+        die_with_parent(signal.SIGKILL, parent=os.getppid() + 100000)   # not our parent
+        time.sleep(30)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert p.returncode == -signal.SIGKILL
+
+
+def test_check_members_names_the_members_that_exited(share):
+    from vfscluster import MemberExited
+    with Cluster.start(Topology(share, guests=2)) as c:
+        c.check_members()
+        assert c.exited() == []
+        c.host.kill(signal.SIGKILL)
+        c.host.process.join(10)
+        c.guests[1].kill(signal.SIGKILL)
+        c.guests[1].process.join(10)
+        with pytest.raises(MemberExited, match=r"^the host exited \(exit code -9\), guest g1 exited"):
+            c.check_members()
+
+
 def test_kill_9_of_a_guest_leaves_the_others_working(share):
     with Cluster.start(Topology(share, guests=3)) as c:
         c.guests[1].kill(signal.SIGKILL)

@@ -161,3 +161,26 @@ def test_command_line_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "total" in out and "no stale read" in out and "seed 3" in out
     assert len(read_log(log)) > 10
+
+
+def test_a_run_whose_host_dies_fails_and_says_so(tmp_path):
+    """Every read after the host's death fails and goes unchecked: such a run proves nothing, so
+    it must not pass as "no stale read"."""
+    import os
+    import signal
+
+    import multiprocess
+    killed = []
+
+    def progress(phase, done, total):
+        if phase == "run" and not killed:
+            for p in multiprocess.active_children():
+                if p.name == "vfs-hostd":
+                    os.kill(p.pid, signal.SIGKILL)
+                    killed.append(p.pid)
+    r = run_stress(guests=2, seconds=1.0, seed=7, share=tmp_path, progress=progress)
+    assert killed and r.lost == "the host exited (exit code -9)" and r.exit_status == 1
+    out = io.StringIO()
+    print_report(r, Console(file=out, width=120))
+    assert "the run proves nothing: the host exited" in out.getvalue()
+    assert "no stale read" not in out.getvalue()

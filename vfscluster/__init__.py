@@ -8,10 +8,10 @@ Public names::
 
 from .cluster.launcher import Cluster, GuestHandle, sweep
 from .cluster.topology import GuestSpec, Topology
-from .errors import (ConfigError, LocalProtocolError, ProtocolError, QueueError, RemoteProtocolError,
-                     VfsClusterError, VhostUserError)
+from .errors import (ConfigError, LocalProtocolError, MemberExited, ProtocolError, QueueError,
+                     RemoteProtocolError, VfsClusterError, VhostUserError)
 
 __version__ = "0.1.0"
 
 __all__ = ["Cluster", "GuestHandle", "GuestSpec", "Topology", "sweep", "ConfigError", "LocalProtocolError",
-           "ProtocolError", "QueueError", "RemoteProtocolError", "VfsClusterError", "VhostUserError"]
+           "MemberExited", "ProtocolError", "QueueError", "RemoteProtocolError", "VfsClusterError", "VhostUserError"]

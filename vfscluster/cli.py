@@ -17,8 +17,8 @@ import os
 import sys
 import threading
 
-from .cliutil import ArgumentParser, fail
-from .errors import ConfigError
+from .cliutil import ArgumentParser, exit_status, fail, stop_on_termination
+from .errors import ConfigError, MemberExited
 
 
 def _cmd_up(a) -> int:
@@ -117,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfscluster bench", f"--plot {a.plot!r}: no such directory")
     if a.cmd == "demo" and a.count < 1:
         fail("vfscluster demo", "--count must be at least 1")
+    stop_on_termination()
     try:
         return a.fn(a)
     except ConfigError as exc:
         fail(f"vfscluster {a.cmd}", str(exc))
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        return exit_status(exc)
+    except (MemberExited, ConnectionError) as exc:      # a member killed under the command
+        sys.stderr.write(f"vfscluster {a.cmd}: the cluster broke: {exc}\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 
     VfsClusterError
     ├── ConfigError (also ValueError)      a user's mistake: topology, CLI option, device config
+    ├── MemberExited (also RuntimeError)   a cluster member could not start, or exited under it
     └── ProtocolError                      a protocol was broken
         ├── LocalProtocolError             ...by us: a bug on this side, or a request we refuse to build
         └── RemoteProtocolError            ...by the peer: garbage we received and refused
@@ -23,6 +24,11 @@ class VfsClusterError(Exception):
 
 class ConfigError(VfsClusterError, ValueError):
     """A configuration mistake (topology, command-line option, device config)."""
+
+
+class MemberExited(VfsClusterError, RuntimeError):
+    """A member (host or guest process) of a cluster could not start, or exited under the running
+    cluster: killed, or crashed."""
 
 
 class ProtocolError(VfsClusterError):
@@ -48,6 +54,7 @@ class VhostUserError(RemoteProtocolError):
 __all__ = [
     "VfsClusterError",
     "ConfigError",
+    "MemberExited",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",

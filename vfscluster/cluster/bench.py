@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .launcher import Cluster, _context
+from .procutil import die_with_parent
 from .topology import Topology
 
 REQUEST = 42       # fuse_in_header + "f\0"
@@ -91,14 +92,18 @@ def _guest_lookup_loop(gos, name: str, seconds: float):
     return res
 
 
-def _quiet_child() -> None:
+def _quiet_child(parent: int) -> None:
     """In a baseline's child process: Ctrl-C is for the parent, which ends the child itself (a
-    KeyboardInterrupt here would only print a traceback)."""
+    KeyboardInterrupt here would only print a traceback), and the child dies with the parent
+    (``parent``: its pid), kill -9 included — a spinning ping-pong server would spin for ever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP):     # not the launcher's handlers (cliutil)
+        signal.signal(sig, signal.SIG_DFL)
+    die_with_parent(signal.SIGKILL, parent=parent)
 
 
-def _seqpacket_server(sock, other_end, path: str) -> None:
-    _quiet_child()
+def _seqpacket_server(sock, other_end, path: str, parent: int) -> None:
+    _quiet_child(parent)
     other_end.close()        # the copy fork gave us: else the parent's close would never be EOF here
     reply = bytes(REPLY)
     while True:
@@ -113,10 +118,10 @@ _SHM_REQ, _SHM_REP = 64, 128     # where the request and the reply sit (words 0 
 _SHM_STOP = (1 << 64) - 1
 
 
-def _shm_server(mem: mmap.mmap, path: str) -> None:
+def _shm_server(mem: mmap.mmap, path: str, parent: int) -> None:
     """The far end of the shared-memory ping-pong: spins on the request counter (word 0), takes the
     request out, does the ``os.stat``, writes the reply and publishes the counter (word 1)."""
-    _quiet_child()
+    _quiet_child(parent)
     words = memoryview(mem).cast("Q")
     reply = bytes(REPLY)
     seen = 0
@@ -138,7 +143,7 @@ def _shm_loop(path: str, seconds: float) -> tuple[float, int]:
     (each burns a CPU meanwhile, so the server lives only for this loop)."""
     import multiprocess
     mem = mmap.mmap(-1, mmap.PAGESIZE)
-    proc = multiprocess.get_context("fork").Process(target=_shm_server, args=(mem, path),
+    proc = multiprocess.get_context("fork").Process(target=_shm_server, args=(mem, path, os.getpid()),
                                                     daemon=True)
     proc.start()
     words = memoryview(mem).cast("Q")
@@ -187,7 +192,7 @@ def bench_rtt(seconds: float = 2.0, console: Console | None = None) -> list[Resu
             f.write(b"x" * 100)
         ctx = _context()
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        proc = ctx.Process(target=_seqpacket_server, args=(b, a, path), daemon=True)
+        proc = ctx.Process(target=_seqpacket_server, args=(b, a, path, os.getpid()), daemon=True)
         proc.start()
         b.close()
         req = bytes(REQUEST)
@@ -428,10 +433,10 @@ def _guest_dance(gos, role: int, n: int) -> tuple[float, float]:
         gos.close(fd)
 
 
-def _local_dancer(conn, path: str, role: int, n: int) -> None:
+def _local_dancer(conn, path: str, role: int, n: int, parent: int) -> None:
     """A local process's side: set up on the first message, dance on the second."""
     import fcntl
-    _quiet_child()
+    _quiet_child(parent)
     fd = os.open(path, os.O_RDWR)
     conn.recv()
     for r in ((0, 1) if role == 0 else (2,)):
@@ -478,7 +483,7 @@ def bench_queues(seconds: float = 2.0, console: Console | None = None) -> tuple[
             pipes, procs = [], []
             for role in (0, 1):
                 a, b = ctx.Pipe()
-                procs.append(ctx.Process(target=_local_dancer, args=(b, path, role, n_local),
+                procs.append(ctx.Process(target=_local_dancer, args=(b, path, role, n_local, os.getpid()),
                                          daemon=True))
                 procs[-1].start()
                 pipes.append(a)

@@ -187,11 +187,21 @@ class ControlClient:
     def call(self, method: str, *args, **kwargs) -> Any:
         """Send one request and wait for its reply.  A call interrupted on the way (Ctrl-C, an
         error) drops the connection, so that its late reply is never taken for the next call's."""
+        return self._call(method, args, kwargs, None)
+
+    def call_within(self, timeout: float, method: str, *args, **kwargs) -> Any:
+        """:meth:`call`, giving up after ``timeout`` seconds (ConnectionError: the guest does not
+        answer, e.g. it is stopped)."""
+        return self._call(method, args, kwargs, timeout)
+
+    def _call(self, method: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         sock = self._sock()
         rid = next(self._ids)
         try:
+            sock.settimeout(timeout)
             send_frame(sock, [rid, method, list(args), kwargs])
             got, status, value = recv_frame(sock)
+            sock.settimeout(None)
         except (EOFError, OSError) as exc:
             self._drop(sock)
             raise ConnectionError(f"guest control channel {self.path}: {exc}") from None
@@ -217,7 +227,13 @@ class ControlClient:
         raise RemoteError(value)
 
     def close(self) -> None:
+        """Close every thread's connection; calls waiting on them get ConnectionError (the guest
+        closed the connection), not a descriptor error."""
         with self._lock:
             for s in self._all:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 s.close()
             self._all.clear()

@@ -16,6 +16,7 @@ stops every member and removes all of it; members die with the launcher (parent-
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -32,9 +33,9 @@ from typing import Any, Callable
 
 import multiprocess
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MemberExited
 from .control import ControlClient
-from .procutil import pid_alive
+from .procutil import die_with_parent, pid_alive
 from .topology import GuestSpec, Topology
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,16 @@ def _close_inherited(keep: int) -> None:
     sys.stderr = open(2, "w", buffering=1, closefd=False)
 
 
-def _member_main(conn, role: str, kwargs: dict) -> None:
+def _member_main(conn, role: str, kwargs: dict, launcher: int) -> None:
     """Body of a forked member: run the host or a guest, telling the launcher when it is ready
-    (or why it failed) over ``conn``."""
+    (or why it failed) over ``conn``.  Before anything else: Ctrl-C is the launcher's (members
+    are stopped by it; SIGINT was blocked across the fork, see :func:`_start_member`), and the
+    member dies with the launcher, even one that died before this line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for sig in (signal.SIGTERM, signal.SIGHUP):     # not the launcher's handlers (cliutil)
+        signal.signal(sig, signal.SIG_DFL)
+    die_with_parent(parent=launcher)
     if role == "host":
         from ..host.process import run_host as run
     else:
@@ -156,6 +164,7 @@ class Cluster:
         self.guests: list[GuestHandle] = []
         self._ctx = _context()
         self._stopped = False
+        self._procs: list = []          # every member process started, ready or not, host first
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod
@@ -190,10 +199,7 @@ class Cluster:
                       thread_pool_size=t.thread_pool_size, num_request_queues=t.host_queues,
                       trace=trace, log_level=log_level,
                       window_size=max([g.window_size for g in t.guests if g.dax != "never"] or [1 << 30]))
-        parent, child = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_member_main, args=(child, "host", kwargs), name="vfs-hostd")
-        proc.start()
-        child.close()
+        proc, parent = self._start_member("host", kwargs, "vfs-hostd")
         self.host = Member("host", "host", proc)
         self._record(proc.pid, "host")
         self._await_ready("host", proc, parent, timeout)
@@ -206,26 +212,39 @@ class Cluster:
                       queue_size=spec.queue_size, ram_size=spec.ram_size, log_level=log_level,
                       versions=spec.versions, writeback=spec.writeback, timeout=spec.timeout,
                       dax=spec.dax, window_size=spec.window_size)
-        parent, child = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_member_main, args=(child, "guest", kwargs), name=f"vfs-guest-{spec.name}")
-        proc.start()
-        child.close()
+        proc, parent = self._start_member("guest", kwargs, f"vfs-guest-{spec.name}")
         self._record(proc.pid, f"guest {spec.name}")
         return proc, parent, ctl
+
+    def _start_member(self, role: str, kwargs: dict, name: str):
+        """Fork a member with SIGINT blocked, so that a Ctrl-C during its start-up is the
+        launcher's alone (the member ignores it before unblocking); a Ctrl-C meanwhile reaches
+        the launcher once the member is recorded, and stop() then ends it too."""
+        parent, child = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_member_main, args=(child, role, kwargs, os.getpid()), name=name)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+            self._procs.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            child.close()
+        return proc, parent
 
     @staticmethod
     def _await_ready(name: str, proc, conn, timeout: float) -> dict:
         try:
             if not conn.poll(timeout):
-                raise RuntimeError(f"{name} did not start within {timeout:.0f} s")
+                raise MemberExited(f"{name} did not start within {timeout:.0f} s")
             status, info = conn.recv()
         except EOFError:
             proc.join(1)
-            raise RuntimeError(f"{name} exited during start-up (exit code {proc.exitcode})") from None
+            raise MemberExited(f"{name} exited during start-up (exit code {proc.exitcode})") from None
         finally:
             conn.close()
         if status != "ready":
-            raise RuntimeError(f"{name} failed to start: {info}")
+            log.info("%s failed to start: %s", name, info)          # with the member's traceback
+            raise MemberExited(f"{name} failed to start: {info.splitlines()[0] if info else info}")
         return info
 
     # -- work --------------------------------------------------------------------------------
@@ -235,7 +254,9 @@ class Cluster:
         a thread each) and return their results in order; ``tick()`` is called about every
         ``every`` seconds while they run (a display refresh).  If a call fails, or the wait is
         interrupted (Ctrl-C), the cluster is stopped at once — which ends the other calls — and
-        the exception goes on: nobody waits for the rest of a long run."""
+        the exception goes on: nobody waits for the rest of a long run.  A call that failed
+        because a member died (ENOTCONN, a closed control channel) becomes :class:`MemberExited`
+        naming it."""
         import concurrent.futures as cf
         ex = cf.ThreadPoolExecutor(max_workers=max(1, len(calls)), thread_name_prefix="run-together")
         try:
@@ -250,36 +271,92 @@ class Cluster:
                 if tick is not None:
                     tick()
             return [f.result() for f in futures]
-        except BaseException:
+        except BaseException as exc:
+            gone = self._gone_under(exc)
             self.stop()
+            if gone:
+                raise MemberExited(", ".join(gone)) from exc
             raise
         finally:
             ex.shutdown(wait=True)                     # quick: the calls returned or were ended
 
+    def exited(self) -> list[str]:
+        """What members have exited, e.g. ``["the host exited (exit code -9)"]`` (empty: none)."""
+        return [f"{'the host' if m.role == 'host' else 'guest ' + m.name} exited "
+                f"(exit code {m.process.exitcode})"
+                for m in (self.host, *self.guests) if m is not None and not m.alive()]
+
+    def _gone_under(self, exc: BaseException) -> list[str]:
+        """:meth:`exited`, when ``exc`` looks like a member's death (ENOTCONN from the guests, a
+        closed control channel): the dying process may take a moment to be reaped."""
+        if isinstance(exc, MemberExited) or not (
+                isinstance(exc, ConnectionError) or getattr(exc, "errno", None) == errno.ENOTCONN):
+            return []
+        if self.host is not None:
+            self.host.process.join(1.0 if self.host.alive() else 0)
+        return self.exited()
+
+    def check_members(self) -> None:
+        """Raise :class:`MemberExited` if a member is gone (e.g. from a long run's ``tick``)."""
+        gone = self.exited()
+        if gone:
+            raise MemberExited(", ".join(gone))
+
     # -- stop ----------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop every member (guests first, so they unmount cleanly) and remove every resource."""
+        """Stop every member (guests first, so they unmount cleanly) and remove every resource,
+        within ``STOP_TIMEOUT`` seconds (then what is left is killed).  Interrupted (a second
+        Ctrl-C) or failing, it kills every member at once before the exception goes on: a member
+        left running would hold the launcher's exit (multiprocess joins its children)."""
         if self._stopped:
             return
         self._stopped = True
+        try:
+            self._stop_members(time.monotonic() + STOP_TIMEOUT)
+        except BaseException:
+            self._kill_members()
+            raise
+        finally:
+            _remove_cluster_files(self.id)
+
+    def _stop_members(self, deadline: float) -> None:
+        ready = {id(g.process) for g in self.guests}
         for g in self.guests:
             try:
                 if g.alive():
-                    g.client.call("shutdown")
+                    g.client.call_within(max(0.1, deadline - time.monotonic()), "shutdown")
             except (ConnectionError, OSError):
                 pass
             g.client.close()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for g in self.guests:
-            self._reap(g.process, deadline)
+        guests = [p for p in self._procs if self.host is None or p is not self.host.process]
+        for proc in guests:
+            if id(proc) not in ready:        # still starting (start() was interrupted or failed)
+                self._terminate(proc)
+        for proc in guests:
+            self._reap(proc, deadline)
         if self.host is not None:
-            if self.host.alive():
-                try:
-                    os.kill(self.host.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            self._terminate(self.host.process)
             self._reap(self.host.process, deadline)
-        _remove_cluster_files(self.id)
+
+    def _kill_members(self) -> None:
+        """SIGKILL and reap every member, even through more Ctrl-Cs."""
+        for proc in self._procs:
+            for _ in range(3):
+                try:
+                    if proc.pid is not None and proc.is_alive():
+                        proc.kill()
+                        proc.join(2)
+                    break
+                except KeyboardInterrupt:
+                    continue
+
+    @staticmethod
+    def _terminate(proc) -> None:
+        if proc.pid is not None and proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     @staticmethod
     def _reap(proc, deadline: float) -> None:

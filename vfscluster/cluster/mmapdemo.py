@@ -103,6 +103,7 @@ def run_mmap_demo(guests: int = 3, count: int = 500_000, console: Console | None
             seen: dict[str, list[int]] = {}
             with Live(_table(names, seen, target), console=console, refresh_per_second=10) as live:
                 def refresh() -> None:
+                    c.check_members()               # a dead host: say so now, not at the end
                     for g in c.guests:              # a display refresh, not synchronisation
                         seen[g.name] = g.run(_peek, FILE, slots)
                     live.update(_table(names, seen, target))

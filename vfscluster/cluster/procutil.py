@@ -19,10 +19,13 @@ def set_process_name(name: str) -> None:
     _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Have the kernel send ``sig`` to this process when its parent dies (kill -9 included)."""
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (kill -9 included).
+    ``parent``: the pid the parent had (else: is it init?) — if the parent died before we asked,
+    we were re-parented (to init, or to a subreaper such as systemd --user), and ``sig`` comes now."""
     _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    if os.getppid() == 1:    # the parent died before we asked
+    ppid = os.getppid()
+    if ppid == 1 or (parent is not None and ppid != parent):
         os.kill(os.getpid(), sig)
 
 

@@ -167,6 +167,9 @@ class StressReport:
     result: CheckResult
     history: tuple[Operation, ...] = field(default=(), repr=False, compare=False)
     dax: str = "never"
+    #: why the run proves nothing: a member died during the workload (e.g. "the host exited
+    #: (exit code -9)"), or None
+    lost: str | None = None
 
     @property
     def operations(self) -> int:
@@ -193,7 +196,7 @@ class StressReport:
 
     @property
     def exit_status(self) -> int:
-        return 1 if self.coherent and self.result.findings else 0
+        return 1 if self.lost or (self.coherent and self.result.findings) else 0
 
 
 def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versions: bool = False,
@@ -232,6 +235,7 @@ def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versi
                  for i, (g, s) in enumerate(zip(c.guests, seeds))],
                 tick=lambda: report("run", min(seconds, (time.monotonic_ns() - begin) / 1e9), seconds))
             names = [g.name for g in c.guests]
+            lost = ", ".join(c.exited()) or None
     history = [Operation(guest=name, kind=k, path=p, args=tuple(a), result=r, errno=e,
                          start_ns=s, end_ns=t)
                for name, log in zip(names, logs) for k, p, a, r, e, s, t in log]
@@ -246,7 +250,7 @@ def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versi
         elapsed = 0.0
     return StressReport(guests=len(names), seconds=seconds, cache=cache, versions=versions,
                         writeback=writeback, seed=seed, elapsed_s=elapsed, check_s=check_s,
-                        result=result, history=tuple(history), dax=dax)
+                        result=result, history=tuple(history), dax=dax, lost=lost)
 
 
 # ====================================================================== the history log
@@ -331,7 +335,9 @@ def print_report(report: StressReport, console=None, *, show: int = 10) -> None:
     if len(r.findings) > show:
         console.print(f"  … and {len(r.findings) - show} more")
     console.print(f"checked {r.total.operations} operations in {report.check_s:.2f} s")
-    if not r.findings:
+    if report.lost:
+        console.print(f"[red]the run proves nothing: {report.lost} during the workload[/red]")
+    elif not r.findings:
         console.print(f"[green]no stale read[/green] ({report.mode})")
     elif report.coherent:
         console.print(f"[red]{report.mode} promises coherency, but reads were stale[/red]")
