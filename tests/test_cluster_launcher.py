@@ -3,6 +3,7 @@
 import errno
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,6 +309,29 @@ def test_sweep_after_the_launcher_is_killed(share, tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait(10)
+
+
+def test_sweep_removes_the_scratch_shares_of_dead_commands():
+    """bench, demo and stress make their share in a scratch directory named with their pid; after
+    a kill -9 (no cleanup ran) sweep removes it, and only once that process is gone."""
+    from vfscluster.cluster.launcher import runtime_root, scratch_dir
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = runtime_root()
+    gone = os.path.join(root, f"vfscluster-bench-{dead.pid}-abc")
+    live = os.path.join(root, f"vfscluster-stress-{os.getppid()}-abc")
+    other = os.path.join(root, f"vfscluster-benchmark-{dead.pid}-abc")     # not ours
+    for d in (gone, live, other):
+        os.makedirs(os.path.join(d, "sub"))
+    try:
+        with scratch_dir("demo") as mine:
+            assert os.path.basename(mine).startswith(f"vfscluster-demo-{os.getpid()}-")
+            removed = sweep()
+            assert gone in removed and not os.path.exists(gone)
+            assert os.path.isdir(live) and os.path.isdir(other) and os.path.isdir(mine)
+    finally:
+        for d in (gone, live, other):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def test_topology_from_toml(tmp_path):

@@ -33,14 +33,13 @@ import os
 import signal
 import socket
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 
-from .launcher import Cluster, _context
+from .launcher import Cluster, _context, scratch_dir
 from .procutil import die_with_parent
 from .topology import Topology
 
@@ -186,7 +185,7 @@ def bench_rtt(seconds: float = 2.0, console: Console | None = None) -> list[Resu
              "AF_UNIX SEQPACKET + os.stat", "shared memory, both spinning + os.stat (floor)",
              "os.stat in-process")
     rounds: list[list[tuple[float, int]]] = [[] for _ in names]
-    with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
+    with scratch_dir("bench") as share:
         path = os.path.join(share, "f")
         with open(path, "wb") as f:
             f.write(b"x" * 100)
@@ -240,7 +239,7 @@ def bench_meta(seconds: float = 2.0, console: Console | None = None) -> tuple[li
     console = console or Console()
     results = []
     extra = {}
-    with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
+    with scratch_dir("bench") as share:
         os.makedirs(os.path.join(share, "d", "e"))
         path = os.path.join(share, "d", "e", "f")
         with open(path, "wb") as f:
@@ -457,7 +456,7 @@ def bench_queues(seconds: float = 2.0, console: Console | None = None) -> tuple[
     """((threads, ops/s with 1 queue, ops/s with WIDE queues) rows, [guest handoff, local])."""
     console = console or Console()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
+    with scratch_dir("bench") as share:
         path = os.path.join(share, "f")
         with open(path, "wb") as f:
             f.write(b"x" * 100)

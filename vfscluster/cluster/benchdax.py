@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import time
 
 from rich.console import Console
 
-from .launcher import Cluster
+from .launcher import Cluster, scratch_dir
 from .topology import Topology
 
 FILE = "big"              # written in 2 MiB pieces: cached in 2 MiB folios
@@ -163,7 +162,7 @@ def bench_dax(seconds: float = 2.0, size: int = 64 << 20, console: Console | Non
     from .bench import Result
     console = console or Console()
     groups = []
-    with tempfile.TemporaryDirectory(prefix="vfscluster-bench-") as share:
+    with scratch_dir("bench") as share:
         path, small = os.path.join(share, FILE), os.path.join(share, SMALL_PAGES)
         _write_file(path, size, HUGE)
         _write_file(small, size, SMALL)

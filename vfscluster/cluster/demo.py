@@ -8,12 +8,11 @@ the change and says so (exit status 0), or shows where they disagreed (exit stat
 from __future__ import annotations
 
 import os
-import tempfile
 
 from rich.console import Console
 from rich.table import Table
 
-from .launcher import Cluster
+from .launcher import Cluster, scratch_dir
 from .topology import Topology
 
 
@@ -31,7 +30,7 @@ def _look(gos, name: str):
 
 def run_demo(guests: int = 3, console: Console | None = None) -> int:
     console = console or Console()
-    with tempfile.TemporaryDirectory(prefix="vfscluster-demo-") as share:
+    with scratch_dir("demo") as share:
         topo = Topology(share, guests, cache="none")
         console.print(f"[bold]vfscluster demo[/bold]: 1 host (vfs-hostd) + {guests} guest processes "
                       f"sharing [cyan]{share}[/cyan] over vhost-user, cache=none")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -378,6 +379,32 @@ class Cluster:
         return f"<Cluster {self.id} {len(self.guests)} guests on {self.topology.share}>"
 
 
+SCRATCH = "vfscluster-"
+_SCRATCH_NAME = re.compile(rf"^{SCRATCH}(bench|demo|stress)-(\d+)-")
+
+
+def scratch_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary share for a command's own cluster (``kind``: bench, demo or stress), named with
+    this process's pid: :func:`sweep` removes it once the process is gone (kill -9 leaves it)."""
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH}{kind}-{os.getpid()}-")
+
+
+def _sweep_scratch(everything: bool) -> list[str]:
+    removed = []
+    root = runtime_root()
+    for n in os.listdir(root):
+        m = _SCRATCH_NAME.match(n)
+        path = os.path.join(root, n)
+        if m is None or not os.path.isdir(path):
+            continue
+        owner = int(m.group(2))
+        if owner == os.getpid() or (not everything and pid_alive(owner)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def _remove_cluster_files(cid: str) -> list[str]:
     removed = []
     rdir = os.path.join(runtime_root(), PREFIX + cid)
@@ -416,8 +443,9 @@ def _cluster_ids() -> set[str]:
 
 def sweep(*, everything: bool = False) -> list[str]:
     """Remove what clusters whose launcher is dead left behind (all clusters with ``everything``):
-    kill their member processes still alive, unlink their shared memory, remove their sockets."""
-    removed = []
+    kill their member processes still alive, unlink their shared memory, remove their sockets —
+    and the temporary shares of commands (:func:`scratch_dir`) whose process is gone."""
+    removed = _sweep_scratch(everything)
     for cid in sorted(_cluster_ids()):
         try:
             owner = int(cid.split("-")[0])

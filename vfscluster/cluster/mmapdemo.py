@@ -16,14 +16,13 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 import time
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .launcher import Cluster
+from .launcher import Cluster, scratch_dir
 from .topology import Topology
 
 FILE = "counters"
@@ -89,7 +88,7 @@ def _table(names: list[str], seen: dict[str, list[int]], target: int) -> Table:
 
 def run_mmap_demo(guests: int = 3, count: int = 500_000, console: Console | None = None) -> int:
     console = console or Console()
-    with tempfile.TemporaryDirectory(prefix="vfscluster-demo-") as share:
+    with scratch_dir("demo") as share:
         with open(os.path.join(share, FILE), "wb") as f:
             f.write(bytes(SIZE))
         topo = Topology(share, guests, dax="always", window_size=64 << 20)

@@ -38,7 +38,6 @@ import random
 import secrets
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -207,7 +206,7 @@ def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versi
     workload for ``seconds`` and check the history.  ``progress(phase, done, total)`` is called
     now and then: phase ``"start"`` (0, then 1 when the cluster is up), ``"run"`` (seconds of
     ``seconds``), ``"check"`` (fraction of the history checked, ending with ``(1, 1)``)."""
-    from .launcher import Cluster
+    from .launcher import Cluster, scratch_dir
     from .topology import Topology
 
     if seed is None:
@@ -215,7 +214,7 @@ def run_stress(guests: int = 4, seconds: float = 5.0, cache: str = "none", versi
     report = progress or (lambda phase, done, total: None)
     with contextlib.ExitStack() as stack:
         if share is None:
-            share = stack.enter_context(tempfile.TemporaryDirectory(prefix="vfscluster-stress-"))
+            share = stack.enter_context(scratch_dir("stress"))
         share = os.fspath(share)
         topo = Topology(share, guests, cache=cache, versions=versions, writeback=writeback,
                         timeout=timeout, dax=dax, window_size=64 << 20)
