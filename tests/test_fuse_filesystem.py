@@ -17,7 +17,7 @@ NOT_FS_OPS = {"INTERRUPT", "NOTIFY_REPLY", "CUSE_INIT", "COPY_FILE_RANGE_64"}
 # Opcodes served by a method with a flag: SETLKW is setlk(sleep=True), RENAME2 rename(flags).
 SHARED = {"SETLKW": "setlk", "RENAME2": "rename"}
 # Methods that are not FUSE operations: hooks for the server that hosts the file system.
-HOOKS = {"drop_session", "read_is_cached", "maps_writable", "write_may_wait"}
+HOOKS = {"drop_session", "read_is_cached", "maps_writable", "write_may_wait", "shutting_down"}
 
 
 def _operations() -> list[str]:

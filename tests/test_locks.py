@@ -277,6 +277,19 @@ def test_kill_9_of_the_holder_releases_and_the_waiter_proceeds(cluster):
     assert c.run(g_lock, fc, GETLK, WR, 0, 0).pid == b.pid
 
 
+def test_a_host_stopping_fails_the_waiters_instead_of_granting_them(cluster):
+    """SIGTERM to the host: it drops every session, the holder's first — which released its
+    lock and granted the waiter, which then held a lock on a host that was gone.  The waiter
+    gets ENOTCONN, as for a host killed outright."""
+    a, b, _ = cluster.guests
+    fa, fb = a.run(g_open, "f"), b.run(g_open, "f")
+    a.run(g_lock, fa, SETLK, WR, 0, 0)
+    waiter = background(b.run, g_errno, g_lock, fb, SETLKW, WR, 0, 0)
+    assert b.run(g_parked, 1)
+    cluster.host.kill(signal.SIGTERM)
+    assert waiter.result(timeout=20) == errno.ENOTCONN
+
+
 def test_deadlock_between_two_guests_is_edeadlk(cluster):
     a, b, _ = cluster.guests
     fa, fb = a.run(g_open, "f"), b.run(g_open, "f")

@@ -147,6 +147,22 @@ def test_released_file_and_ended_session_complete_their_waiters(file):
     assert h.table.counts() == {"keys": 0, "posix": 0, "flock": 0, "waiters": 0}
 
 
+def test_shutting_down_fails_the_parked_requests_before_any_release_grants_them(file):
+    _, fds = file
+    fd = fds[os.O_RDWR]
+    h, key = HostLocks(), lock_key(fd)
+    posix_wait, flock_wait = Done(), Done()
+    h.setlk(key, fd, 1, 1, 5, FileLock(0, 0, WR, 0), 0)
+    h.setlk(key, fd, 1, 1, 0, FileLock(0, EOF_, WR, 0), LK_FLOCK)
+    assert h.setlkw(key, fd, 2, 2, 5, FileLock(0, 0, WR, 0), 0, 1, posix_wait)
+    assert h.setlkw(key, fd, 2, 2, 0, FileLock(0, EOF_, RD, 0), LK_FLOCK, 2, flock_wait)
+    h.shut_down()
+    assert posix_wait.calls == flock_wait.calls == [-errno.ENOTCONN] and h.parked() == 0
+    h.release_session(1)                      # the holder's session ends: nobody is granted
+    assert posix_wait.calls == flock_wait.calls == [-errno.ENOTCONN]
+    assert h.table.counts()["waiters"] == 0
+
+
 def test_a_failing_completion_is_logged_not_raised(file, caplog):
     _, fds = file
     fd = fds[os.O_RDWR]

@@ -267,6 +267,11 @@ class FileSystem:
         without waiting for a disk?  False when unknown (the base), so the server plays safe."""
         return False
 
+    def shutting_down(self) -> None:
+        """A hook, not a FUSE operation: the server is about to end every session (it is
+        stopping).  Requests parked in the file system should fail now rather than be granted
+        by the releases that follow.  Nothing in the base."""
+
     def write_may_wait(self, session: int, fh: int) -> bool:
         """A hint like :meth:`read_is_cached`: may a WRITE to handle ``fh`` of ``session`` wait for
         other peers (e.g. DAX acks)?  False in the base."""

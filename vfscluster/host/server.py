@@ -181,6 +181,7 @@ class HostServer:
             signal.signal(sig, lambda *_: self.stop())
 
     def close(self) -> None:
+        self.fs.shutting_down()          # parked lock requests fail, not granted by the drops below
         for s in list(self.sessions.values()):
             self._drop(s)
         self.listener.close()

@@ -228,6 +228,9 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
     def destroy(self, ctx: Context) -> None:
         pass
 
+    def shutting_down(self) -> None:
+        self.locks.shut_down()
+
     def drop_session(self, session: int, *, tell_waiters: bool = True) -> None:
         """Also drops the session's locks; its parked lock requests are completed with -ENOTCONN
         unless ``tell_waiters`` is False (the guest is gone)."""

@@ -155,6 +155,16 @@ class HostLocks:
             if tell and done is not None:
                 self._call(done, -errno.ENOTCONN, (session, unique))
 
+    def shut_down(self) -> None:
+        """The server is going away: every parked request is withdrawn and completed with
+        -ENOTCONN now, so that the releases of the sessions that follow grant nobody (a waiter
+        would be told it holds a lock on a host that is gone)."""
+        with self._mutex:
+            tags = list(self._parked)
+        for session, unique in tags:
+            if self.table.cancel(session, unique):
+                self._complete((session, unique), -errno.ENOTCONN)
+
     def parked(self, session: int | None = None) -> int:
         """How many requests are parked (of ``session``, or all)."""
         with self._mutex:
