@@ -107,7 +107,8 @@ class PageCache:
         A READ the host answers is newer than any size the guest holds: when one reaches the end
         of the file (a short reply) that end is the file's, and when it returns data past
         ``file_size`` the file has grown; either way its answer wins."""
-        layers = self._pending(nodeid)      # before the host's data: a write-back may land meanwhile
+        # before the host's data: a write-back may land meanwhile (no lock when nothing is dirty)
+        layers = self._pending(nodeid) if self._dirty or self._flushing else ()
         data = self._read_clean(client, nodeid, fh, offset, size, file_size, flags, lock_owner)
         if not layers:
             return data
@@ -205,7 +206,7 @@ class PageCache:
 
     def dirty_mtime(self, nodeid: int) -> int | None:
         """The mtime (ns) this guest's writes not yet on the host gave ``nodeid``, or None."""
-        layers = self._pending(nodeid)
+        layers = self._pending(nodeid) if self._dirty or self._flushing else ()
         return layers[-1].mtime_ns if layers else None
 
     def set_dirty_mtime(self, nodeid: int, mtime_ns: int) -> None:
@@ -238,10 +239,12 @@ class PageCache:
         clean pages and attributes (the host's are now newer).  The first error is raised after
         the rest was tried; the failed data is dropped (as the kernel's write-back does)."""
         with self._lock:
-            d = self._dirty.pop(nodeid, None)
+            d = self._dirty.get(nodeid)
             if d is None or not d.extents:
+                self._dirty.pop(nodeid, None)
                 return
-            self._flushing.setdefault(nodeid, []).append(d)
+            self._flushing.setdefault(nodeid, []).append(d)   # first: readers look without the lock
+            del self._dirty[nodeid]
         error = None
         try:
             for offset, data, fh in d.extents:
