@@ -116,13 +116,24 @@ def test_an_interrupted_start_stops_the_guests_still_starting(share, monkeypatch
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{PREFIX}{os.getpid()}-")]
 
 
+def _write_and_keep_open(gos, name, data):
+    fd = gos.open(name, os.O_CREAT | os.O_WRONLY, 0o644)
+    gos.write(fd, data)             # write-back: still in the guest
+    return fd
+
+
 def test_stop_is_bounded_when_a_guest_does_not_answer(share, monkeypatch):
     """A stopped (SIGSTOP) guest never answers "shutdown": stop() gives up on it after
-    STOP_TIMEOUT and kills it (it waited for ever)."""
+    STOP_TIMEOUT and kills it (it waited for ever) — and the other guests, asked at the same
+    time, still write their write-back data back before they go."""
     from vfscluster.cluster import launcher
     monkeypatch.setattr(launcher, "STOP_TIMEOUT", 1.0)
-    c = Cluster.start(Topology(share, guests=2))
+    c = Cluster.start(Topology(share, [{"name": "stuck"},
+                                       {"name": "wb", "cache": "always", "writeback": True}]))
     pids = [c.host.pid] + [g.pid for g in c.guests]
+    data = os.urandom(4 << 20)
+    c.guests[1].run(_write_and_keep_open, "w", data)
+    assert (share / "w").stat().st_size == 0
     c.guests[0].kill(signal.SIGSTOP)
     import threading
     t = threading.Thread(target=c.stop)
@@ -130,6 +141,7 @@ def test_stop_is_bounded_when_a_guest_does_not_answer(share, monkeypatch):
     t.join(30)
     assert not t.is_alive()
     assert not any(alive(p) for p in pids) and _mine(c.id) == []
+    assert (share / "w").read_bytes() == data
 
 
 def test_a_second_ctrl_c_during_stop_still_ends_every_member(share, monkeypatch):
@@ -146,6 +158,15 @@ def test_a_second_ctrl_c_during_stop_still_ends_every_member(share, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         c.stop()
     assert not any(alive(p) for p in pids) and _mine(c.id) == []
+
+
+def test_members_start_under_forkserver_too(share, monkeypatch):
+    """Under forkserver a member's parent is the fork server, not the launcher: it must not take
+    that for its launcher's death."""
+    monkeypatch.setenv("VFSCLUSTER_START_METHOD", "forkserver")
+    with Cluster.start(Topology(share, guests=1)) as c:
+        c.guests[0].run(_write, "fs", b"ok")
+        assert (share / "fs").read_bytes() == b"ok"
 
 
 def test_members_die_with_a_launcher_that_died_before_they_asked(tmp_path):

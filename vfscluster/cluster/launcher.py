@@ -26,6 +26,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ def _close_inherited(keep: int) -> None:
     sys.stderr = open(2, "w", buffering=1, closefd=False)
 
 
-def _member_main(conn, role: str, kwargs: dict, launcher: int) -> None:
+def _member_main(conn, role: str, kwargs: dict, launcher: int | None) -> None:
     """Body of a forked member: run the host or a guest, telling the launcher when it is ready
     (or why it failed) over ``conn``.  Before anything else: Ctrl-C is the launcher's (members
     are stopped by it; SIGINT was blocked across the fork, see :func:`_start_member`), and the
@@ -222,7 +223,10 @@ class Cluster:
         launcher's alone (the member ignores it before unblocking); a Ctrl-C meanwhile reaches
         the launcher once the member is recorded, and stop() then ends it too."""
         parent, child = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_member_main, args=(child, role, kwargs, os.getpid()), name=name)
+        # forked members are our children; under forkserver or spawn their parent is another
+        # process, and only "re-parented to init" can be checked
+        launcher = os.getpid() if self._ctx.get_start_method() == "fork" else None
+        proc = self._ctx.Process(target=_member_main, args=(child, role, kwargs, launcher), name=name)
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             proc.start()
@@ -321,14 +325,24 @@ class Cluster:
             _remove_cluster_files(self.id)
 
     def _stop_members(self, deadline: float) -> None:
+        """Ask every ready guest to shut down, all at once (each may have write-back data to
+        write: a stuck one must not eat the others' time), then give them ``STOP_TIMEOUT`` from
+        when the last request was answered or gave up."""
         ready = {id(g.process) for g in self.guests}
-        for g in self.guests:
+
+        def shutdown(g: GuestHandle) -> None:
             try:
                 if g.alive():
                     g.client.call_within(max(0.1, deadline - time.monotonic()), "shutdown")
             except (ConnectionError, OSError):
                 pass
             g.client.close()
+        asks = [threading.Thread(target=shutdown, args=(g,), daemon=True) for g in self.guests]
+        for t in asks:
+            t.start()
+        for t in asks:
+            t.join()
+        deadline = time.monotonic() + STOP_TIMEOUT
         guests = [p for p in self._procs if self.host is None or p is not self.host.process]
         for proc in guests:
             if id(proc) not in ready:        # still starting (start() was interrupted or failed)
