@@ -148,13 +148,13 @@ def test_a_second_ctrl_c_during_stop_still_ends_every_member(share, monkeypatch)
     """The second Ctrl-C lands while stop() waits for a guest: every member is killed before
     the KeyboardInterrupt goes on (the host, which ignores Ctrl-C, was left running and the
     launcher hung at exit joining it)."""
-    from vfscluster.cluster import control
+    from vfscluster.cluster import launcher
     c = Cluster.start(Topology(share, guests=2))
     pids = [c.host.pid] + [g.pid for g in c.guests]
 
-    def second_ctrl_c(self, timeout, method, *args, **kwargs):
+    def second_ctrl_c(proc, deadline):
         raise KeyboardInterrupt
-    monkeypatch.setattr(control.ControlClient, "call_within", second_ctrl_c)
+    monkeypatch.setattr(launcher.Cluster, "_reap", staticmethod(second_ctrl_c))
     with pytest.raises(KeyboardInterrupt):
         c.stop()
     assert not any(alive(p) for p in pids) and _mine(c.id) == []
