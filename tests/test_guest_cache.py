@@ -327,6 +327,60 @@ def test_writeback_data_stays_visible_while_its_write_back_is_under_way(guest_fa
     g.os.close(fd)
 
 
+def _during_write_back(g, action):
+    """Run ``action()`` in another thread while the write-back's first WRITE is on its way (not
+    yet at the host); returns that thread, and an Event set if it waited for the write-back."""
+    request = g.client.transport.request
+    pages = g.client.cache.pages
+    waited = threading.Event()
+    landed = pages._landed
+
+    class Watched(threading.Condition):
+        def wait_for(self, predicate, timeout=None):
+            waited.set()
+            return super().wait_for(predicate, timeout)
+    pages._landed = Watched(pages._lock)
+    threads = []
+
+    def racing(opcode, *args, **kw):
+        if opcode == Opcode.WRITE and not threads:
+            t = threading.Thread(target=action)
+            threads.append(t)
+            t.start()
+            while t.is_alive() and not waited.wait(0.01):    # it ended, or it waits for us
+                pass
+        return request(opcode, *args, **kw)
+    g.client.transport.request = racing
+    return threads, waited, lambda: setattr(pages, "_landed", landed)
+
+
+def test_a_truncate_waits_for_a_write_back_under_way_in_another_thread(guest_factory, share):
+    """Linux waits on pages under writeback: a truncate racing another thread's fsync must not
+    land before the older WRITEs (they brought the data back after it)."""
+    g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
+    fd = g.os.open("dir/f", os.O_RDWR)
+    g.os.pwrite(fd, b"0123456789", 0)
+    threads, waited, _ = _during_write_back(g, lambda: g.os.ftruncate(fd, 0))
+    g.os.fsync(fd)
+    threads[0].join(10)
+    assert waited.is_set()
+    assert (share / "dir" / "f").read_bytes() == b""
+    g.os.close(fd)
+
+
+def test_a_utime_made_during_a_write_back_is_the_mtime_it_leaves(guest_factory, share):
+    """fuse_flush_times sends the inode's mtime as it is when the write-back ends."""
+    g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
+    fd = g.os.open("dir/f", os.O_RDWR)
+    g.os.pwrite(fd, b"NEW", 0)
+    threads, _, _ = _during_write_back(g, lambda: g.os.utime(fd, ns=(5 * 10**9, 7 * 10**9)))
+    g.os.fsync(fd)
+    threads[0].join(10)
+    assert (share / "dir" / "f").stat().st_mtime_ns == 7 * 10**9
+    assert g.os.fstat(fd).st_mtime_ns == 7 * 10**9
+    g.os.close(fd)
+
+
 def test_writeback_keeps_a_utime_made_after_the_writes(guest_factory, share):
     g = guest_factory(CacheConfig(CacheMode.ALWAYS, writeback=True))
     fd = g.os.open("dir/f", os.O_WRONLY)

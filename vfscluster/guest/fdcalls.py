@@ -32,6 +32,11 @@ _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 
+
+def _ns(seconds: int, nsec: int) -> int:
+    """A fuse_attr time (u64 two's complement seconds, nanoseconds) in signed nanoseconds."""
+    return (seconds - (1 << 64) if seconds >> 63 else seconds) * 1_000_000_000 + nsec
+
 class FdCalls:
     """Descriptor calls; mixed into GuestOS, which provides ``client``, ``_fds``, ``lock_owner``,
     ``st_dev`` and the lock hooks ``_unlock_on_close`` / ``_flock_release`` (:mod:`.locks`)."""
@@ -308,13 +313,14 @@ class FdCalls:
         attr = node.attr
         if attr is None or fresh:
             attr, _ = self.client.attr_of(node.nodeid)
-        pages = self.client.cache.pages
-        dirty_end = pages.dirty_end(node.nodeid)
-        if dirty_end:
-            m_s, m_ns = divmod(pages.dirty_mtime(node.nodeid) or 0, 1_000_000_000)
+        pending = self.client.cache.pages.pending_state(node.nodeid)
+        if pending is not None:
+            end, mtime = pending
+            m_s, m_ns = divmod(mtime, 1_000_000_000)
             m_s &= 0xFFFF_FFFF_FFFF_FFFF          # fuse_attr's two's complement
-            attr = dataclasses.replace(attr, size=max(attr.size, dirty_end), mtime=m_s,
-                                       mtimensec=m_ns, ctime=m_s, ctimensec=m_ns)
+            attr = dataclasses.replace(attr, size=max(attr.size, end), mtime=m_s, mtimensec=m_ns)
+            if mtime > _ns(attr.ctime, attr.ctimensec):       # a later chmod's ctime stays
+                attr = dataclasses.replace(attr, ctime=m_s, ctimensec=m_ns)
         return attr.to_stat_result(self.st_dev)
 
     def _setattr(self, nodeid: int, valid: int, *, fh: int | None = None, size: int = 0,

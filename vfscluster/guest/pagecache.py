@@ -55,16 +55,14 @@ class PageSet:
 
 
 class _Dirty:
-    """Dirty extents of one inode, oldest first: ``(offset, data, fh)``; ``mtime_ns``: the
-    file's mtime (and ctime) in this guest since the first of them."""
+    """Dirty extents of one inode, oldest first: ``(offset, data, fh)``."""
 
-    __slots__ = ("extents", "end", "nbytes", "mtime_ns")
+    __slots__ = ("extents", "end", "nbytes")
 
     def __init__(self) -> None:
         self.extents: list[tuple[int, bytes, int]] = []
         self.end = 0
         self.nbytes = 0
-        self.mtime_ns = 0
 
 
 class PageCache:
@@ -75,7 +73,9 @@ class PageCache:
         self._sets: dict[int, PageSet] = {}
         self._dirty: dict[int, _Dirty] = {}
         self._flushing: dict[int, list[_Dirty]] = {}    # taken by a write-back still under way
+        self._mtime: dict[int, int] = {}      # the file's mtime (ns) here while data is pending
         self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)    # a write-back under way ended
         self._clean_bytes = 0
         self.reads_hit = 0
         self.reads_missed = 0
@@ -204,17 +204,26 @@ class PageCache:
             return 0
         return max((d.end for d in self._pending(nodeid)), default=0)
 
-    def dirty_mtime(self, nodeid: int) -> int | None:
-        """The mtime (ns) this guest's writes not yet on the host gave ``nodeid``, or None."""
-        layers = self._pending(nodeid) if self._dirty or self._flushing else ()
-        return layers[-1].mtime_ns if layers else None
+    def pending_state(self, nodeid: int) -> tuple[int, int] | None:
+        """``(end, mtime_ns)`` of the data of ``nodeid`` the host may not have yet — the end of
+        its last byte and the mtime this guest gave the file — in one snapshot; None if none."""
+        if not self._dirty and not self._flushing:
+            return None
+        with self._lock:
+            layers = list(self._flushing.get(nodeid, ()))
+            d = self._dirty.get(nodeid)
+            if d is not None and d.extents:
+                layers.append(d)
+            mtime = self._mtime.get(nodeid)
+        if not layers or mtime is None:
+            return None
+        return max(d.end for d in layers), mtime
 
     def set_dirty_mtime(self, nodeid: int, mtime_ns: int) -> None:
-        """An explicit mtime was set (utime) while data is dirty: the write-back keeps it."""
+        """An explicit mtime was set (utime) while data is pending: the write-back keeps it."""
         with self._lock:
-            d = self._dirty.get(nodeid)
-            if d is not None:
-                d.mtime_ns = mtime_ns
+            if nodeid in self._mtime:
+                self._mtime[nodeid] = mtime_ns
 
     def write(self, client: FuseClient, nodeid: int, fh: int, offset: int, data: Any) -> int:
         """Keep ``data`` at ``offset`` dirty (write-back); written back once more than
@@ -227,7 +236,7 @@ class PageCache:
             d.extents.append((offset, chunk, fh))
             d.end = max(d.end, offset + len(chunk))
             d.nbytes += len(chunk)
-            d.mtime_ns = time.time_ns()
+            self._mtime[nodeid] = time.time_ns()
             full = d.nbytes > DIRTY_LIMIT
         self.policy.local_gen += 1
         if full:
@@ -236,50 +245,75 @@ class PageCache:
 
     def flush(self, client: FuseClient, nodeid: int) -> None:
         """Write the dirty data of ``nodeid`` back (WRITE each extent in order), then drop its
-        clean pages and attributes (the host's are now newer).  The first error is raised after
-        the rest was tried; the failed data is dropped (as the kernel's write-back does)."""
+        clean pages and attributes (the host's are now newer), and wait for the write-backs of
+        the file other threads had under way (fsync, truncate and close must not return before
+        their data landed, as Linux waits on pages under writeback).  The first error is raised
+        after the rest was tried; the failed data is dropped (as the kernel's write-back does)."""
         with self._lock:
+            earlier = list(self._flushing.get(nodeid, ()))
             d = self._dirty.get(nodeid)
-            if d is None or not d.extents:
+            if d is not None and d.extents:
+                self._flushing.setdefault(nodeid, []).append(d)   # first: readers look without the lock
+                del self._dirty[nodeid]
+            else:
                 self._dirty.pop(nodeid, None)
-                return
-            self._flushing.setdefault(nodeid, []).append(d)   # first: readers look without the lock
-            del self._dirty[nodeid]
+                d = None
         error = None
-        try:
-            for offset, data, fh in d.extents:
-                try:
-                    done = 0
-                    while done < len(data):
-                        n = client.write(nodeid, fh, offset + done, memoryview(data)[done:])
-                        if n <= 0:
-                            break
-                        done += n
-                except OSError as exc:
-                    error = error or exc
-            self.policy.changed(nodeid, data=True)
-        finally:
+        if d is not None:
+            try:
+                error = self._write_back(client, nodeid, d)
+                self.policy.changed(nodeid, data=True)
+            finally:
+                with self._lock:
+                    under_way = self._flushing[nodeid]
+                    under_way.remove(d)
+                    if not under_way:
+                        del self._flushing[nodeid]
+                    self._landed.notify_all()
+        if earlier:
             with self._lock:
-                under_way = self._flushing[nodeid]
-                under_way.remove(d)
-                if not under_way:
-                    del self._flushing[nodeid]
+                self._landed.wait_for(lambda: not any(
+                    e is x for e in earlier for x in self._flushing.get(nodeid, ())))
         if error is not None:
             raise error
-        self._flush_times(client, nodeid, d.mtime_ns)
+        if d is not None:
+            self._flush_times(client, nodeid)
 
     @staticmethod
-    def _flush_times(client: FuseClient, nodeid: int, mtime_ns: int) -> None:
-        """fs/fuse/dir.c fuse_flush_times: the guest's mtime to the host.  Its failure is not the
-        writer's (the data is written; the kernel's write_inode error reaches no close), so it
-        is logged, not raised."""
-        seconds, ns = divmod(mtime_ns, 1_000_000_000)
+    def _write_back(client: FuseClient, nodeid: int, d: _Dirty) -> OSError | None:
+        error = None
+        for offset, data, fh in d.extents:
+            try:
+                done = 0
+                while done < len(data):
+                    n = client.write(nodeid, fh, offset + done, memoryview(data)[done:])
+                    if n <= 0:
+                        break
+                    done += n
+            except OSError as exc:
+                error = error or exc
+        return error
+
+    def _flush_times(self, client: FuseClient, nodeid: int) -> None:
+        """fs/fuse/dir.c fuse_flush_times: the file's mtime as this guest has it now (its writes'
+        time, or a utime made since) to the host; forgotten once no data of the file is pending.
+        Its failure is not the writer's (the data is written; the kernel's write_inode error
+        reaches no close), so it is logged, not raised."""
+        with self._lock:
+            mtime = self._mtime.get(nodeid)
+        if mtime is None:
+            return
+        seconds, ns = divmod(mtime, 1_000_000_000)
         try:
             client.setattr(nodeid, SetattrIn(valid=int(SetattrValid.MTIME),
                                              mtime=seconds & 0xFFFF_FFFF_FFFF_FFFF, mtimensec=ns),
                            writeback_times=True)
         except OSError as exc:
             log.info("nodeid %d: the mtime of written-back data was not set: %s", nodeid, exc)
+        with self._lock:
+            if self._mtime.get(nodeid) == mtime and nodeid not in self._dirty \
+                    and nodeid not in self._flushing:
+                del self._mtime[nodeid]
 
     def flush_all(self, client: FuseClient) -> None:
         """Write back every inode's dirty data (unmount, syncfs)."""
