@@ -877,6 +877,37 @@ def test_writes_to_a_file_whose_dax_pages_were_revoked_may_wait(dax_fs):
     assert dax_fs.dax.registry.revoked_keys == set()             # ... so the key goes
 
 
+def test_growing_calls_map_revoked_ranges_again_and_their_failure_is_not_the_callers(
+        dax_fs, monkeypatch):
+    """WRITE, SETATTR size, FALLOCATE and COPY_FILE_RANGE may grow a file some guest had
+    revoked DAX ranges of: each asks for them to be mapped again.  If that fails, the call
+    (which succeeded) still succeeds."""
+    s = _dax_session(dax_fs, False)
+    f = lookup(s, ROOT, b"file")
+    key = dax_fs.inodes.get(s.session, f.nodeid).key
+    fh = open_(s, f.nodeid)
+    grown = []
+
+    def failing(k, fd):
+        grown.append(k)
+        raise OSError(errno.EACCES, "no")
+    monkeypatch.setattr(dax_fs.dax, "grown", failing)
+    dax_fs.dax.registry.revoked_keys.add(key)
+    calls = {
+        "write": request(O.WRITE, abi.WriteIn(fh, 0, 2).pack() + b"ok", nodeid=f.nodeid),
+        "setattr": request(O.SETATTR, abi.SetattrIn(valid=abi.SetattrValid.SIZE, size=10).pack(),
+                           nodeid=f.nodeid),
+        "fallocate": request(O.FALLOCATE, abi.FallocateIn(fh, 0, 20, 0).pack(), nodeid=f.nodeid),
+        "copy": request(O.COPY_FILE_RANGE, abi.CopyFileRangeIn(fh, 0, f.nodeid, fh, 30, 2, 0).pack(),
+                        nodeid=f.nodeid),
+    }
+    for what, req in calls.items():
+        before = len(grown)
+        r = call(s, req)
+        assert r.header.error == 0, what
+        assert grown[before:] == [key], what
+
+
 def test_inode_dax_sets_fuse_attr_dax_on_marked_files_only(dax_fs):
     got = _attr_flags_everywhere(_dax_session(dax_fs, True))
     dax = abi.AttrFlags.DAX

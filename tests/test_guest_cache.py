@@ -269,6 +269,23 @@ def test_auto_reads_of_an_open_file_drop_its_pages_when_its_attributes_moved(
     g.os.close(fd)
 
 
+def test_auto_inval_compares_with_the_last_attributes_seen_even_after_a_chmod(
+        guest_factory, share, clock):
+    """A chmod drops the cached attributes, not the last size and mtime seen (the kernel's
+    inode keeps them): a later change on the host is still noticed by the next read."""
+    g = guest_factory(CacheConfig(CacheMode.AUTO, timeout=1.0))
+    path = share / "dir" / "f"
+    fd = g.os.open("dir/f", os.O_RDONLY)
+    assert g.os.pread(fd, 100, 0) == b"hello"
+    g.os.chmod("dir/f", 0o600)
+    st = path.stat()
+    path.write_bytes(b"HELLO")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    clock.advance(1.1)
+    assert g.os.pread(fd, 100, 0) == b"HELLO"
+    g.os.close(fd)
+
+
 def test_auto_data_is_close_to_open(guest_factory, share, clock):
     g = guest_factory(CacheConfig(CacheMode.AUTO, timeout=1.0))
     fd = g.os.open("dir/f", os.O_RDONLY)

@@ -154,6 +154,9 @@ class CachePolicy:
         self._dentries: dict[tuple[int, bytes], tuple[int, int, Attr | None]] = {}
         self._by_node: dict[int, set[tuple[int, bytes]]] = {}
         self._attrs: dict[int, tuple[Attr, int]] = {}
+        #: the last size and mtime seen of each node, kept when its cached attributes go (the
+        #: kernel's inode keeps i_size and i_mtime): what new attributes are compared with
+        self._known: dict[int, tuple[int, int, int]] = {}
         self._listings: dict[int, tuple[Any, int]] = {}
         #: moves at every change this guest makes (guards the path fast cache and the stores)
         self.local_gen = 0
@@ -258,6 +261,7 @@ class CachePolicy:
             for key in self._by_node.pop(nodeid, ()):
                 self._dentries.pop(key, None)
             self._attrs.pop(nodeid, None)
+            self._known.pop(nodeid, None)
             self._listings.pop(nodeid, None)
             self.local_gen += 1
             self._touch((nodeid,))
@@ -346,15 +350,23 @@ class CachePolicy:
         with self._lock:
             if self._overtaken(nodeid, since):
                 return
-            old = self._attrs.get(nodeid)
             self._attrs[nodeid] = (attr, stamp)
-        if old is not None and not self.writeback and not self.uses_versions \
-                and stat.S_ISREG(attr.mode) and self._data_moved(old[0], attr):
-            self.pages.drop(nodeid)
+        self.saw_attr(nodeid, attr)
 
-    def _data_moved(self, old: Attr, new: Attr) -> bool:
-        return old.size != new.size or (self.auto_inval and (old.mtime != new.mtime
-                                                             or old.mtimensec != new.mtimensec))
+    def saw_attr(self, nodeid: int, attr: Attr, *, own: bool = False) -> None:
+        """Attributes of ``nodeid`` arrived: if the size — or, when the host granted
+        AUTO_INVAL_DATA, the mtime — of a regular file differs from the last one seen, its clean
+        pages go (see :meth:`store_attr`).  ``own``: the reply to this guest's own SETATTR, which
+        only records them (``fuse_do_setattr`` invalidates nothing)."""
+        if not self.enabled or self.uses_versions or not stat.S_ISREG(attr.mode):
+            return
+        new = (attr.size, attr.mtime, attr.mtimensec)
+        with self._lock:
+            old = self._known.get(nodeid)
+            self._known[nodeid] = new
+        if old is not None and not own and not self.writeback and (
+                old[0] != new[0] or (self.auto_inval and old[1:] != new[1:])):
+            self.pages.drop(nodeid)
 
     # ------------------------------------------------------------------ directory listings
 
@@ -409,6 +421,7 @@ class CachePolicy:
             self._dentries.clear()
             self._by_node.clear()
             self._attrs.clear()
+            self._known.clear()
             self._listings.clear()
             if self.fast is not None:
                 self.fast.clear()

@@ -496,6 +496,7 @@ class FuseClient(FileOps):
         finally:
             self.cache.changed(nodeid, data=resize)
         check_attr(out.attr)
+        self.cache.saw_attr(nodeid, out.attr, own=True)     # now the known size and mtime
         if arg.valid & (SetattrValid.MTIME | SetattrValid.MTIME_NOW) and not writeback_times:
             # a utime while data waits: the write-back must not set the older time of the writes
             seconds = out.attr.mtime - (1 << 64 if out.attr.mtime >> 63 else 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import stat
 import struct
@@ -19,8 +20,11 @@ from ..filesystem import Context
 from .confine import oserror, proc_path
 from .inodes import Inode
 
+log = logging.getLogger(__name__)
+
 FS_IOC_GETFLAGS = 0x80086601      # _IOR('f', 1, long)
 FS_DAX_FL = 0x02000000            # include/uapi/linux/fs.h: the inode uses DAX (chattr +x)
+
 DAX_XATTR = b"user.vfscluster.dax"
 _NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSYS)
 
@@ -74,7 +78,11 @@ class DaxHooks:
         if self.dax is not None and self.dax.registry.revoked_keys:
             inode = self._inode(ctx, nodeid)
             if inode.fmt == stat.S_IFREG:
-                self.dax.grown(inode.key, inode.fd)
+                try:
+                    self.dax.grown(inode.key, inode.fd)
+                except OSError as exc:    # the call itself succeeded: its caller must hear that
+                    log.warning("nodeid %d grew, but its revoked DAX ranges were not mapped again: "
+                                "%s", nodeid, exc)
 
     def write_may_wait(self, session: int, fh: int) -> bool:
         """A WRITE to a file a shrink revoked in some guest may grow it back, and then waits for

@@ -105,7 +105,9 @@ class HandleOps:
             raise einval()
         if off_in >= 1 << 63 or off_out >= 1 << 63:
             raise einval()
-        return os.copy_file_range(src, dst, length, off_in, off_out)
+        n = os.copy_file_range(src, dst, length, off_in, off_out)
+        self._grown(ctx, nodeid_out)
+        return n
 
 
 def _vector_io(call, fd: int, bufs: list[memoryview], offset: int) -> int:
