@@ -186,6 +186,23 @@ def test_a_reply_overtaken_by_this_guests_change_is_not_kept(guest_factory, mode
         g.os.close(fd)
 
 
+@pytest.mark.parametrize("mode", ["always", "auto"])
+def test_a_new_entry_undone_by_another_thread_before_its_reply_is_not_kept(guest_factory, mode):
+    """MKDIR answered, then another thread's rmdir of the name, then the MKDIR's caching: it
+    must not leave a dentry of a directory that is gone (for ever with always)."""
+    g = guest_factory(mode)
+    g.os.stat("dir")
+    _overtake_once(g, Opcode.MKDIR, lambda gos: gos.rmdir("dir/x"))
+    g.os.mkdir("dir/x")
+    with pytest.raises(FileNotFoundError):
+        g.os.stat("dir/x")
+    g.os.mkdir("dir/y")                         # alone, the new entry is cached as before
+    g.os.stat("dir")                            # (auto: the parent's own dentry went with its change)
+    n = g.count(Opcode.LOOKUP)
+    g.os.stat("dir/y")
+    assert g.count(Opcode.LOOKUP) == n
+
+
 def test_a_listing_overtaken_by_this_guests_change_is_not_kept(guest_factory):
     g = guest_factory("always")
     g.os.listdir("dir")

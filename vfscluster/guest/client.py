@@ -433,21 +433,29 @@ class FuseClient(FileOps):
         """MKNOD, MKDIR, SYMLINK, LINK: send, count the new entry, update the caches."""
         cache = self.cache
         pstamp = cache.stamp(parent) if cache.enabled else 0
+        since = cache.local_gen
         body = self._call(opcode, parent, args,
                           EntryOut.SIZE + (EntryVerOut.SIZE if self._entryver else 0))
         cache.changed(parent, names=((parent, name),))
         entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
         astamp = self._entry_stamp(body, EntryOut.SIZE, entry.nodeid, pstamp)
         entry = self._entry(body, expect_type, entry=entry)
-        self._cache_new_entry(parent, name, entry, astamp, pstamp)
+        self._cache_new_entry(parent, name, entry, astamp, pstamp, since)
         return entry
 
     def _cache_new_entry(self, parent: int, name: bytes, entry: EntryOut, astamp: int,
-                         pstamp: int) -> None:
+                         pstamp: int, since: int) -> None:
+        """Cache what MKNOD, MKDIR, SYMLINK, LINK or CREATE made, after the two changes this call
+        makes to the caches (the parent's, at the reply, and the new node's here) — unless
+        another change in this guest ran since the request was sent (``since``: ``local_gen``
+        then): it may have undone this one, e.g. unlinked the name (Linux's parent ``i_rwsem``
+        orders the two; nothing does here), so nothing is kept."""
         cache = self.cache
         if not cache.enabled:
             return
         cache.changed(entry.nodeid)
+        if not cache.uses_versions and cache.local_gen != since + 2:
+            return
         cache.store_attr(entry.nodeid, entry.attr, astamp)
         if not cache.uses_versions:
             # by time, the new name is as good as a looked-up one; with versions this guest's

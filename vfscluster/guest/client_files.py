@@ -73,6 +73,7 @@ class FileOps:
         if Opcode.CREATE not in self._no:
             cache = self.cache
             pstamp = cache.stamp(parent) if cache.enabled else 0
+            since = cache.local_gen
             try:
                 body = self._call(Opcode.CREATE, parent,
                                   [CreateIn(flags, mode, umask).pack(), encode_name(name)],
@@ -101,7 +102,7 @@ class FileOps:
                     self.put(entry.nodeid)
                     raise
                 cache.pages.drop(entry.nodeid)
-                self._cache_new_entry(parent, name, entry, astamp, pstamp)
+                self._cache_new_entry(parent, name, entry, astamp, pstamp, since)
                 return entry, opened
         entry = self.mknod(parent, name, stat.S_IFREG | (mode & 0o7777), 0, umask)
         try:
