@@ -877,6 +877,24 @@ def test_writes_to_a_file_whose_dax_pages_were_revoked_may_wait(dax_fs):
     assert dax_fs.dax.registry.revoked_keys == set()             # ... so the key goes
 
 
+def test_a_deleted_file_leaving_the_store_takes_its_revoked_ranges_with_it(dax_fs, tree):
+    """Its (st_dev, st_ino) may name another file next: nothing may ever be mapped back for it.
+    A file that still exists keeps them (a later lookup finds the same file)."""
+    s = _dax_session(dax_fs, False)
+    kept, gone = (tree / "kept"), (tree / "gone")
+    kept.write_bytes(b"k")
+    gone.write_bytes(b"g")
+    keys = {}
+    for name in (b"kept", b"gone"):
+        e = lookup(s, ROOT, name)
+        keys[name] = dax_fs.inodes.get(s.session, e.nodeid).key
+        dax_fs.dax.registry.revoked_keys.add(keys[name])
+        if name == b"gone":
+            assert call(s, request(O.UNLINK, b"gone\0")).header.error == 0
+        call(s, request(O.FORGET, abi.ForgetIn(1).pack(), nodeid=e.nodeid), cap=None)
+    assert dax_fs.dax.registry.revoked_keys == {keys[b"kept"]}
+
+
 def test_growing_calls_map_revoked_ranges_again_and_their_failure_is_not_the_callers(
         dax_fs, monkeypatch):
     """WRITE, SETATTR size, FALLOCATE and COPY_FILE_RANGE may grow a file some guest had

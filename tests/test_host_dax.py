@@ -303,6 +303,19 @@ def test_restore_gives_back_the_revoked_pieces_inside_the_grown_file(big, fds):
     assert reg.plan_grow("A", R, fd, True) == {} and reg.revoked_keys == set()
 
 
+def test_forget_revoked_leaves_zeros_that_never_come_back(big, fds):
+    fd = fds(big)
+    reg = DaxRegistry(W)
+    s1 = reg.session(1)
+    s1.setup(fd, None, "A", 0, R, RW, 0)
+    reg.plan_shrink("A", 0)
+    reg.forget_revoked("A")
+    assert reg.revoked_keys == set() and not s1.revoked("A")
+    assert Mapping(0, R, None, 0, False) in s1.mappings()     # still zeros in the window
+    reg.revoked_keys.add("A")                                  # even if asked again
+    assert reg.plan_grow("A", R, fd, True) == {}
+
+
 def test_inode_lock_excludes_per_inode_only():
     reg = DaxRegistry(W)
     inside = threading.Event()

@@ -127,7 +127,8 @@ def test_observer_hears_of_inodes_entering_and_leaving(store):
         def removed(self, inode):
             seen.append(("removed", inode.nodeid, _fd_open(inode.fd)))   # its fd still open
 
-    store.set_observer(Observer())
+    obs = Observer()
+    store.add_observer(obs)
     assert seen == [("added", ROOT_ID)]                  # what the store held already
     a = _acquire(store, 0, "a")
     _acquire(store, 1, "a")                              # known already: no news
@@ -137,6 +138,6 @@ def test_observer_hears_of_inodes_entering_and_leaving(store):
     store.drop_session(0)
     assert seen[1:] == [("added", a.nodeid), ("added", b.nodeid), ("removed", a.nodeid, True),
                         ("removed", b.nodeid, True)]
-    store.set_observer(None)
+    store.remove_observer(obs)
     _acquire(store, 0, "c")
     assert len(seen) == 5

@@ -311,6 +311,14 @@ class HostDax:
             self.stats["restored"] = self.stats.get("restored", 0) + len(out)
         return out
 
+    def forget_revoked(self, inode_key: InodeKey) -> None:
+        """The file is gone (unlinked, and its inode left the host's store): its revoked pieces stay
+        zeros for good — its ``(st_dev, st_ino)`` may soon name another file."""
+        with self._lock:
+            for p in self._table.file_pieces(inode_key, 0, 1 << 64, zeroed=True):
+                self._table.carve(p.window_offset, p.end)
+                self._table.insert(Mapping(p.window_offset, p.length, None, p.file_offset, False))
+
     def revoked(self, inode_key: InodeKey) -> bool:
         """Whether pieces of the inode revoked by a shrink are still in the window."""
         with self._lock:
@@ -452,6 +460,13 @@ class DaxRegistry:
         if not left:
             self.revoked_keys.discard(inode_key)
         return out
+
+    def forget_revoked(self, inode_key: InodeKey) -> None:
+        """:meth:`HostDax.forget_revoked` in every session."""
+        if inode_key in self.revoked_keys:
+            for hd in self.sessions().values():
+                hd.forget_revoked(inode_key)
+            self.revoked_keys.discard(inode_key)
 
     def holders(self, inode_key: InodeKey) -> list[int]:
         """Session ids mapping any page of the inode."""

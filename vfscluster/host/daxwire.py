@@ -58,6 +58,26 @@ class DaxService:
         self.ack_timeout = ack_timeout
         self._lock = threading.Lock()
         self.stats = dict.fromkeys(("setups", "removes", "revoked", "restored", "ack_failures"), 0)
+        if fs is not None:
+            fs.inodes.add_observer(self)
+
+    # -- the inode store's observer --------------------------------------------------------------
+
+    def added(self, inode) -> None:
+        pass
+
+    def removed(self, inode) -> None:
+        """An inode leaves the host's store (its fd still open): if its file was deleted, the
+        ranges a shrink revoked can never come back — its ``(st_dev, st_ino)`` may be reused."""
+        if inode.key not in self.registry.revoked_keys:
+            return
+        try:
+            gone = os.fstat(inode.fd).st_nlink == 0
+        except OSError as exc:
+            log.info("DAX: checking inode %s as it leaves the store: %s", inode.key, exc)
+            gone = True
+        if gone:
+            self.registry.forget_revoked(inode.key)
 
     @property
     def active(self) -> bool:

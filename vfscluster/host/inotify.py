@@ -129,7 +129,7 @@ class Inotify:
 class ShareWatcher:
     """Watches the directories of ``inodes`` and bumps ``table`` for changes made outside the server.
 
-    Install it with ``inodes.set_observer(watcher)`` (the constructor does); call :meth:`drain` from the
+    Install it with ``inodes.add_observer(watcher)`` (the constructor does); call :meth:`drain` from the
     server loop before it handles requests, and when :attr:`fd` is readable.
     """
 
@@ -144,7 +144,7 @@ class ShareWatcher:
         self.events = 0
         self.overflows = 0
         self.failed_watches = 0
-        inodes.set_observer(self)
+        inodes.add_observer(self)
 
     @property
     def fd(self) -> int:
@@ -260,7 +260,7 @@ class ShareWatcher:
 
     def close(self) -> None:
         """Stop observing the store and close the inotify fd (watches go with it)."""
-        self.inodes.set_observer(None)
+        self.inodes.remove_observer(self)
         with self._lock:
             self._dirs.clear()
             self._wd_of.clear()

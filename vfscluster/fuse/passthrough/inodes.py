@@ -13,7 +13,7 @@ and needs no count.
 Unknown nodeids, and nodeids that the asking session holds no count for, are EBADF (as
 virtiofsd answers): a guest can only name inodes it was given.
 
-An observer (:meth:`InodeStore.set_observer`, e.g. the host's inotify watcher) hears of every inode
+Observers (:meth:`InodeStore.add_observer`: the host's inotify watcher, its DAX) hear of every inode
 that enters or leaves the store, synchronously: ``added(inode)`` before the acquiring call returns
 (so before anyone reads the new inode's attributes through the store), ``removed(inode)`` while
 its fd is still open.  Both are called with the store's lock held: an observer must not call the
@@ -75,7 +75,7 @@ class InodeStore:
 
     def __init__(self, root_fd: int, root_st: os.stat_result) -> None:
         self._lock = threading.Lock()
-        self._observer: InodeObserver | None = None
+        self._observers: list[InodeObserver] = []
         self._next = itertools.count(ROOT_ID + 1)
         self.root = Inode(ROOT_ID, root_fd, (root_st.st_dev, root_st.st_ino), stat.S_IFDIR)
         self._by_id: dict[int, Inode] = {ROOT_ID: self.root}
@@ -120,14 +120,18 @@ class InodeStore:
         with self._lock:
             return sum(1 for inode in self._by_id.values() if session in inode.refs)
 
-    def set_observer(self, observer: InodeObserver | None) -> None:
-        """Install ``observer`` (None: remove it); it is told ``added`` at once for every inode
-        already in the store, the root included."""
+    def add_observer(self, observer: InodeObserver) -> None:
+        """Install ``observer``; it is told ``added`` at once for every inode already in the
+        store, the root included."""
         with self._lock:
-            self._observer = observer
-            if observer is not None:
-                for inode in self._by_id.values():
-                    observer.added(inode)
+            self._observers.append(observer)
+            for inode in self._by_id.values():
+                observer.added(inode)
+
+    def remove_observer(self, observer: InodeObserver) -> None:
+        with self._lock:
+            if observer in self._observers:
+                self._observers.remove(observer)
 
     # ------------------------------------------------------------------ counting
 
@@ -142,8 +146,8 @@ class InodeStore:
                 self._by_id[inode.nodeid] = inode
                 self._by_key[key] = inode
                 fd = -1
-                if self._observer is not None:
-                    self._observer.added(inode)
+                for observer in self._observers:
+                    observer.added(inode)
             if inode.nodeid != ROOT_ID:
                 inode.refs[session] = inode.refs.get(session, 0) + 1
         if fd >= 0:
@@ -202,8 +206,8 @@ class InodeStore:
         return len(dead)
 
     def _remove(self, inode: Inode) -> int:
-        if self._observer is not None:
-            self._observer.removed(inode)
+        for observer in self._observers:
+            observer.removed(inode)
         del self._by_id[inode.nodeid]
         if self._by_key.get(inode.key) is inode:
             del self._by_key[inode.key]
