@@ -127,7 +127,7 @@ def test_stop_is_bounded_when_a_guest_does_not_answer(share, monkeypatch):
     STOP_TIMEOUT and kills it (it waited for ever) — and the other guests, asked at the same
     time, still write their write-back data back before they go."""
     from vfscluster.cluster import launcher
-    monkeypatch.setattr(launcher, "STOP_TIMEOUT", 1.0)
+    monkeypatch.setattr(launcher, "STOP_TIMEOUT", 3.0)
     c = Cluster.start(Topology(share, [{"name": "stuck"},
                                        {"name": "wb", "cache": "always", "writeback": True}]))
     pids = [c.host.pid] + [g.pid for g in c.guests]
