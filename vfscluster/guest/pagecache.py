@@ -192,11 +192,14 @@ class PageCache:
         way took (their WRITEs may not have landed: reads still see it, as Linux's pages under
         writeback stay in the page cache), then what is dirty."""
         with self._lock:
-            layers = list(self._flushing.get(nodeid, ()))
-            d = self._dirty.get(nodeid)
-            if d is not None and d.extents:
-                layers.append(d)
-            return layers
+            return self._pending_locked(nodeid)
+
+    def _pending_locked(self, nodeid: int) -> list[_Dirty]:
+        layers = list(self._flushing.get(nodeid, ()))
+        d = self._dirty.get(nodeid)
+        if d is not None and d.extents:
+            layers.append(d)
+        return layers
 
     def dirty_end(self, nodeid: int) -> int:
         """The end of the last byte of ``nodeid`` the host may not have yet (0: none)."""
@@ -210,10 +213,7 @@ class PageCache:
         if not self._dirty and not self._flushing:
             return None
         with self._lock:
-            layers = list(self._flushing.get(nodeid, ()))
-            d = self._dirty.get(nodeid)
-            if d is not None and d.extents:
-                layers.append(d)
+            layers = self._pending_locked(nodeid)
             mtime = self._mtime.get(nodeid)
         if not layers or mtime is None:
             return None

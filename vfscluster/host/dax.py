@@ -162,7 +162,7 @@ class HostDax:
         self.clamp_to_eof = clamp_to_eof
         self._table = MappingTable()
         self._lock = threading.Lock()
-        self.stats = {"setup": 0, "remove": 0, "revoked": 0}
+        self.stats = {"setup": 0, "remove": 0, "revoked": 0, "restored": 0}
 
     def __repr__(self) -> str:
         return f"<HostDax {self.window_size:#x} bytes, {len(self._table)} pieces>"
@@ -308,7 +308,7 @@ class HostDax:
                 self._table.carve(p.window_offset, p.end)
                 self._table.insert(Mapping(p.window_offset, p.length, inode_key, p.file_offset, write))
                 out.append(MapRequest(_map_msg(p.file_offset, p.window_offset, p.length, write), fd, False))
-            self.stats["restored"] = self.stats.get("restored", 0) + len(out)
+            self.stats["restored"] += len(out)
         return out
 
     def forget_revoked(self, inode_key: InodeKey) -> None:
@@ -322,7 +322,7 @@ class HostDax:
     def revoked(self, inode_key: InodeKey) -> bool:
         """Whether pieces of the inode revoked by a shrink are still in the window."""
         with self._lock:
-            return any(m.was == inode_key and m.file is None for m in self._table)
+            return bool(self._table.file_pieces(inode_key, 0, 1 << 64, zeroed=True))
 
     # -- session -------------------------------------------------------------------------------
 
