@@ -8,7 +8,7 @@ sends a message; the caller sends what the methods return and opens / closes the
   the same for REMOVEMAPPING; :meth:`~HostDax.ranges_past` / :meth:`~HostDax.revoke_past` serve a
   truncation; :meth:`~HostDax.reset` ends the session.
 * :class:`DaxRegistry` — one per host: the sessions, one lock per inode that orders SETUPMAPPING against
-  truncation, and :meth:`~DaxRegistry.plan_shrink` over every session.
+  truncation, and :meth:`~DaxRegistry.revoke` / :meth:`~DaxRegistry.restore` over every session.
 * :func:`zero_source` — the host's zero-filled, write-sealed memfd.
 
 Two choices of ours, beyond what virtiofsd does:
@@ -30,7 +30,9 @@ change, which no file of the share can be) and replaces its file pages there —
 every ``mmap`` buffer aliasing them — with zero pages (``DaxWindow.zero``).  A stock VMM would simply map
 the zeros, which is just as safe.  SETUPMAPPING holds the same inode lock from its size check until the
 acks of its own ``SHMEM_MAP`` requests, so no mapping can slip in between the revocation and the
-truncate.  What this does not cover: a process other than the host server shrinking a file of the share
+truncate.  And each session's requests leave in the order of its table's changes
+(:attr:`HostDax.send_lock`, held from a change until its requests are acked): a revocation never
+reaches a guest after the REMOVEMAPPING of its range and the range's next SETUPMAPPING.  What this does not cover: a process other than the host server shrinking a file of the share
 (the host learns of it afterwards, by inotify at best).
 
 **Growing back restores.**  A revoked range stays in the table as a zero piece that remembers its file
@@ -49,7 +51,7 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..fuse.abi import SetupmappingFlags
@@ -131,6 +133,11 @@ class MapRequest:
     zero: bool
 
 
+#: ``send(sid, requests)``: what :meth:`DaxRegistry.revoke` and :meth:`DaxRegistry.restore` call to
+#: send a session's requests (under its :attr:`HostDax.send_lock`).
+Send = Callable[[int, list[MapRequest]], None]
+
+
 def _map_msg(fd_offset: int, shm_offset: int, length: int, writable: bool) -> ShmemMap:
     return ShmemMap(DAX_SHMID, fd_offset, shm_offset, length, SHMEM_MAP_F_WRITABLE if writable else 0)
 
@@ -162,6 +169,11 @@ class HostDax:
         self.clamp_to_eof = clamp_to_eof
         self._table = MappingTable()
         self._lock = threading.Lock()
+        #: Held from a change of the table until the requests it returned are sent (and acked):
+        #: the guest then receives them in the order of the table's changes.  Without it a
+        #: revocation planned before a REMOVEMAPPING could reach the guest after the SHMEM_MAP of
+        #: the range's next use, and cover it with zeros.  Order: an inode lock, then this.
+        self.send_lock = threading.Lock()
         self.stats = {"setup": 0, "remove": 0, "revoked": 0, "restored": 0}
 
     def __repr__(self) -> str:
@@ -398,11 +410,19 @@ class DaxRegistry:
                                                    clamp_to_eof=self.clamp_to_eof)
             return hd
 
-    def drop_session(self, sid: int) -> list[ShmemUnmap]:
-        """Forget a session; returns what :meth:`HostDax.reset` returns (nothing for an unknown one)."""
+    def drop_session(self, sid: int, send: Callable[[list[ShmemUnmap]], None] | None = None) -> list[ShmemUnmap]:
+        """Forget a session; returns what :meth:`HostDax.reset` returns (nothing for an unknown one),
+        after ``send(unmaps)`` if given — called under the session's :attr:`HostDax.send_lock`, so
+        that no request planned before (a revocation) reaches the guest after the unmap."""
         with self._lock:
             hd = self._sessions.pop(sid, None)
-        return hd.reset() if hd is not None else []
+        if hd is None:
+            return []
+        with hd.send_lock:
+            unmaps = hd.reset()
+            if send is not None and unmaps:
+                send(unmaps)
+        return unmaps
 
     def sessions(self) -> dict[int, HostDax]:
         with self._lock:
@@ -435,30 +455,49 @@ class DaxRegistry:
                 out[sid] = ranges
         return out
 
-    def plan_shrink(self, inode_key: InodeKey, new_size: int) -> dict[int, list[MapRequest]]:
-        """Per session id, the zero-source ``SHMEM_MAP`` requests to send (and have acked) before the
-        file shrinks to ``new_size`` (:meth:`HostDax.revoke_past`; tables updated)."""
-        out = {}
+    def revoke(self, inode_key: InodeKey, new_size: int, send: Send) -> int:
+        """Before the file shrinks to ``new_size``: for every session, under its
+        :attr:`HostDax.send_lock`, :meth:`HostDax.revoke_past` (table updated) and ``send(sid,
+        requests)`` (the zero-source ``SHMEM_MAP`` requests, to send and have acked before the
+        truncate).  Returns how many requests were sent.  Hold :meth:`inode_lock`."""
+        n = 0
         for sid, hd in self.sessions().items():
-            reqs = hd.revoke_past(inode_key, new_size)
-            if reqs:
-                out[sid] = reqs
-        if out:
-            self.revoked_keys.add(inode_key)
-        return out
+            with hd.send_lock:
+                reqs = hd.revoke_past(inode_key, new_size)
+                if reqs:
+                    self.revoked_keys.add(inode_key)
+                    send(sid, reqs)
+                    n += len(reqs)
+        return n
 
-    def plan_grow(self, inode_key: InodeKey, size: int, fd: int, fd_writable: bool) -> dict[int, list[MapRequest]]:
-        """Per session id, the ``SHMEM_MAP`` requests that give back the revoked pieces now inside a
-        file grown to ``size`` (:meth:`HostDax.restore_upto`; tables updated)."""
-        out = {}
+    def restore(self, inode_key: InodeKey, size: int, fd: int, fd_writable: bool, send: Send) -> int:
+        """The file grew to ``size``: for every session, under its :attr:`HostDax.send_lock`,
+        :meth:`HostDax.restore_upto` (table updated) and ``send(sid, requests)`` (``SHMEM_MAP``
+        requests of ``fd`` giving back the revoked pieces now inside the file).  Returns how many
+        requests were sent.  Hold :meth:`inode_lock`."""
+        n = 0
         left = False
         for sid, hd in self.sessions().items():
-            reqs = hd.restore_upto(inode_key, size, fd, fd_writable)
-            if reqs:
-                out[sid] = reqs
+            with hd.send_lock:
+                reqs = hd.restore_upto(inode_key, size, fd, fd_writable)
+                if reqs:
+                    send(sid, reqs)
+                    n += len(reqs)
             left = left or hd.revoked(inode_key)
         if not left:
             self.revoked_keys.discard(inode_key)
+        return n
+
+    def plan_shrink(self, inode_key: InodeKey, new_size: int) -> dict[int, list[MapRequest]]:
+        """:meth:`revoke`, collected per session id (sessions with none left out)."""
+        out: dict[int, list[MapRequest]] = {}
+        self.revoke(inode_key, new_size, out.__setitem__)
+        return out
+
+    def plan_grow(self, inode_key: InodeKey, size: int, fd: int, fd_writable: bool) -> dict[int, list[MapRequest]]:
+        """:meth:`restore`, collected per session id (sessions with none left out)."""
+        out: dict[int, list[MapRequest]] = {}
+        self.restore(inode_key, size, fd, fd_writable, out.__setitem__)
         return out
 
     def forget_revoked(self, inode_key: InodeKey) -> None:
@@ -481,5 +520,5 @@ def shrinks(fallocate_mode: int) -> bool:
     """Whether a FALLOCATE of this mode can shrink the file (COLLAPSE_RANGE: new size = size - len)."""
     return bool(fallocate_mode & FALLOC_FL_COLLAPSE_RANGE)
 
-__all__ = ["DAX_SHMID", "NO_FH", "WHOLE_WINDOW", "DaxRegistry", "HostDax", "InodeKey", "MapRequest",
+__all__ = ["DAX_SHMID", "NO_FH", "WHOLE_WINDOW", "DaxRegistry", "HostDax", "InodeKey", "MapRequest", "Send",
            "FALLOC_FL_COLLAPSE_RANGE", "is_zero_source", "shrinks", "zero_source"]

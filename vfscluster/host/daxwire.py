@@ -111,6 +111,15 @@ class DaxService:
             return -1
         return ack
 
+    def _send_maps(self, sid: int, reqs) -> None:
+        """Send a revocation's or a restore's SHMEM_MAP requests (acked, bounded; ``_send`` closes a
+        channel that fails).  A guest's refusal is only logged: the host goes on either way."""
+        for r in reqs:
+            ack = self._send(sid, BackendReq.SHMEM_MAP, r.msg, [r.fd])
+            if ack != 0:
+                log.info("session %d: DAX %s of %#x+%#x: ack %d", sid, "revocation" if r.zero else "restore",
+                         r.msg.shm_offset, r.msg.len, ack)
+
     # -- FUSE_SETUPMAPPING / FUSE_REMOVEMAPPING ------------------------------------------------
 
     def setupmapping(self, ctx, nodeid: int, fh: int, foffset: int, length: int, flags: int,
@@ -130,7 +139,7 @@ class DaxService:
             fd, writable = self.fs.handles.get(ctx.session, fh).fd, None
         hd = self.registry.session(ctx.session)
         try:
-            with self.registry.inode_lock(inode.key):
+            with self.registry.inode_lock(inode.key), hd.send_lock:
                 reqs = hd.setup(fd, writable, inode.key, foffset, length, flags, moffset)
                 for r in reqs:
                     ack = self._send(ctx.session, BackendReq.SHMEM_MAP, r.msg, [r.fd])
@@ -149,17 +158,20 @@ class DaxService:
 
     def removemapping(self, ctx, items: Sequence[tuple[int, int]]) -> None:
         """Unmap the ranges (SHMEM_UNMAP each, acked), then return."""
-        for u in self.registry.session(ctx.session).remove(items):
-            self._send(ctx.session, BackendReq.SHMEM_UNMAP, u)
+        hd = self.registry.session(ctx.session)
+        with hd.send_lock:
+            for u in hd.remove(items):
+                self._send(ctx.session, BackendReq.SHMEM_UNMAP, u)
         with self._lock:
             self.stats["removes"] += 1
 
     def end_session(self, sid: int, *, alive: bool) -> None:
         """The session ends: forget its mappings; ``alive`` (DESTROY, INIT again) also unmaps them in
         the guest."""
-        for u in self.registry.drop_session(sid):
-            if alive:
+        def send(unmaps) -> None:
+            for u in unmaps:
                 self._send(sid, BackendReq.SHMEM_UNMAP, u)
+        self.registry.drop_session(sid, send if alive else None)
 
     # -- truncation safety ---------------------------------------------------------------------
 
@@ -174,11 +186,9 @@ class DaxService:
         with self.registry.inode_lock(key):
             size = new_size() if callable(new_size) else new_size
             if size is not None:
-                for sid, reqs in self.registry.plan_shrink(key, max(0, size)).items():
-                    for r in reqs:
-                        self._send(sid, BackendReq.SHMEM_MAP, r.msg, [r.fd])
-                    with self._lock:
-                        self.stats["revoked"] += len(reqs)
+                n = self.registry.revoke(key, max(0, size), self._send_maps)
+                with self._lock:
+                    self.stats["revoked"] += n
             yield
 
     def grown(self, key, path_fd: int) -> None:
@@ -194,14 +204,9 @@ class DaxService:
             except OSError:
                 fd, writable = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC), False
             try:
-                plan = self.registry.plan_grow(key, os.fstat(fd).st_size, fd, writable)
-                for sid, reqs in plan.items():
-                    for r in reqs:
-                        ack = self._send(sid, BackendReq.SHMEM_MAP, r.msg, [r.fd])
-                        if ack != 0:    # its buffers keep their zeros; its reads map again anyway
-                            log.info("session %d: restoring a DAX range after growth: ack %d", sid, ack)
-                    with self._lock:
-                        self.stats["restored"] += len(reqs)
+                n = self.registry.restore(key, os.fstat(fd).st_size, fd, writable, self._send_maps)
+                with self._lock:
+                    self.stats["restored"] += n
             finally:
                 os.close(fd)
 
