@@ -2,34 +2,53 @@
 
 :class:`Inotify` is a thin ctypes binding (``inotify_init1`` / ``inotify_add_watch`` /
 ``inotify_rm_watch``; the fd is non-blocking and close-on-exec).  :class:`ShareWatcher` watches every
-*directory* the passthrough inode store knows (it is the store's observer: a directory is watched
-before the call that brought it into the store returns, so before anyone can read its attributes for a
-versioned reply), through ``/proc/self/fd/<its O_PATH fd>``, and turns events into bumps:
+inode the passthrough inode store knows, directories and files (and symlinks, FIFOs, ...) alike: it
+is the store's observer, so an inode is watched before the call that brought it into the store
+returns, so before anyone can read its attributes for a versioned reply; the watch is added through
+``/proc/self/fd/<its O_PATH fd>`` and removed when the inode leaves the store.  An inotify watch
+belongs to the inode, not to a name, so a file's own watch (``FILE_MASK``: MODIFY, ATTRIB,
+MOVE_SELF) sees a change made through any of its names, hard links in directories no guest ever
+looked up included.  Events become bumps:
 
-* an event about entry ``N`` of directory ``D`` bumps the inode the store knows as ``D/N``
-  (``fstatat(D, N, AT_SYMLINK_NOFOLLOW)`` -> (st_dev, st_ino) -> nodeid); ``D`` itself is bumped
-  only when its own metadata changed: a name appeared, went or moved (CREATE, DELETE, MOVED_*).
-  The answer is remembered per (watch, name) until a namespace event for that name (which is what
-  changes the inode a name stands for) or until the store drops the nodeid (nodeids are never
-  reused), so a stream of writes to one file costs no ``fstatat`` each;
-* an event about ``D`` itself (ATTRIB, MODIFY, DELETE_SELF, MOVE_SELF) bumps ``D``;
+* an event on an inode's own watch bumps it: a file's data or attributes (st_nlink too: link, unlink,
+  a rename over it) changed, or one of its names moved (ctime); a directory's attributes changed
+  (ATTRIB), it moved or went (MOVE_SELF, DELETE_SELF), or a name in it appeared, went or moved
+  (CREATE, DELETE, MOVED_*: its mtime, ctime, size);
+* an event a directory reports about one of its entries (``D/N``) bumps only ``D`` when a name came
+  or went, and nothing else: the inode ``N`` stands for, if the store has it, had its own event.
+  While every inode has its own watch, directory watches do not even ask for IN_MODIFY
+  (``DIR_MASK``), so a write raises one event (and a stream of writes coalesces into one);
 * ``IN_Q_OVERFLOW`` (events were lost) bumps every slot (``bump_all``).
 
-Limits, by construction: the child of a DELETE or MOVED_FROM is gone from ``D`` by the time the event
-is read, so only ``D`` is bumped (the target directory's MOVED_TO bumps the moved inode if that
-directory is watched); a file whose directories are all unknown to the store is not watched (no guest
-can reach it by name).  The server's own changes raise events too: those cost one extra bump (an extra
-refresh in a guest), never a missed one.
+The fallback: an inode whose watch cannot be added (the per-user watch limit, ENOSPC, logged once;
+after ENOSPC no file gets a watch until every inode without one has left the store, so what is left
+goes to directories, whose watch covers all their entries) is counted in :attr:`unwatched`; from
+the first such inode on, every directory watch also asks for IN_MODIFY (``WATCH_MASK``, for good),
+and while some inode is unwatched an event about entry ``N`` of ``D`` bumps the inode the store knows
+as ``D/N`` (``fstatat(D, N, AT_SYMLINK_NOFOLLOW)`` -> (st_dev, st_ino) -> nodeid), the answer
+remembered per (watch, name) until a namespace event for that name or until the store drops the
+nodeid (nodeids are never reused), so a stream of writes to one file costs no ``fstatat`` each.
+
+Limits: changes that raise no inotify event are not seen (writes through a shared ``mmap`` until
+they reach the file some other way, changes made by another host to a network file system); an
+inode without a watch of its own (the fallback above) is seen only through the directories the
+store knows (a change through a hard link elsewhere is missed; the child of a DELETE or MOVED_FROM
+is gone by the time the event is read).  The server's own changes raise events too: those cost one
+extra bump (an extra refresh in a guest), never a missed one; each file the store takes in costs
+one ``inotify_add_watch`` and one watch of the user's ``fs.inotify.max_user_watches``.
 
 Threading: :meth:`ShareWatcher.drain` runs in the server loop; ``added`` / ``removed`` run in whatever
 thread acquires or forgets inodes, under the store's lock.  A directory's fd is used by :meth:`drain`
 only under the watcher's lock, and ``removed`` (which the store calls before closing that fd) takes the
-same lock, so the fd is never used after it was closed.
+same lock, so the fd is never used after it was closed.  The store holds one entry per (st_dev,
+st_ino), so one per watch; should two entries ever share an inode (inotify answers the same watch
+descriptor), the watch is shared and removed with the last of them.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import select
@@ -57,9 +76,17 @@ IN_ISDIR = 0x4000_0000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
-#: What a directory watch asks for: every change of metadata or data of the directory or its entries.
+#: What a directory watch asks for once some inode of the store has no watch of its own: every change
+#: of metadata or data of the directory or its entries.
 WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+#: ... and while every inode has one: no IN_MODIFY (a directory raises none about itself; its entries'
+#: own watches report their writes), so a write raises one event, not two that never coalesce.
+DIR_MASK = WATCH_MASK & ~IN_MODIFY
+#: What the watch of a non-directory asks for: its data (MODIFY: write, truncate), its attributes
+#: (ATTRIB: chmod, chown, utimes, xattrs, and st_nlink on link / unlink / rename over it) and its
+#: ctime when one of its names moves (MOVE_SELF), whichever of its names the change went through.
+FILE_MASK = IN_MODIFY | IN_ATTRIB | IN_MOVE_SELF
 #: Events that change the watched directory's own entries (and so its mtime, ctime, size).
 NAMESPACE_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
@@ -127,7 +154,7 @@ class Inotify:
 
 
 class ShareWatcher:
-    """Watches the directories of ``inodes`` and bumps ``table`` for changes made outside the server.
+    """Watches the inodes of ``inodes`` and bumps ``table`` for changes made outside the server.
 
     Install it with ``inodes.add_observer(watcher)`` (the constructor does); call :meth:`drain` from the
     server loop before it handles requests, and when :attr:`fd` is readable.
@@ -139,11 +166,16 @@ class ShareWatcher:
         self.inotify = Inotify()
         self._lock = threading.Lock()
         self._dirs: dict[int, tuple[int, int]] = {}     # wd -> (nodeid, O_PATH fd of the directory)
+        self._files: dict[int, tuple[int, ...]] = {}    # wd -> nodeids of a non-directory (one: below)
         self._wd_of: dict[int, int] = {}                # nodeid -> wd
+        self._unwatched: set[int] = set()               # nodeids in the store without a watch
+        self._files_off = False                         # ENOSPC: no file watches while _unwatched
         self._names: dict[tuple[int, bytes], int] = {}  # (wd, name) -> nodeid it stood for
         self.events = 0
         self.overflows = 0
         self.failed_watches = 0
+        self._full = False                              # the watch limit was logged
+        self._dir_mask = DIR_MASK                       # WATCH_MASK from the first unwatched inode on
         inodes.add_observer(self)
 
     @property
@@ -152,39 +184,102 @@ class ShareWatcher:
 
     @property
     def watched(self) -> int:
-        return len(self._dirs)
+        """How many watches the watcher holds (directories and files)."""
+        return len(self._dirs) + len(self._files)
+
+    @property
+    def unwatched(self) -> int:
+        """How many inodes of the store have no watch of their own (their add failed)."""
+        return len(self._unwatched)
 
     # -- InodeObserver (called under the store's lock) -----------------------------------------
     def added(self, inode: Inode) -> None:
-        if not inode.is_dir:
-            return
+        nodeid = inode.nodeid
         with self._lock:
             if self.inotify.fd < 0:
                 return
-            try:
-                wd = self.inotify.add_watch(f"/proc/self/fd/{inode.fd}", WATCH_MASK)
-            except OSError as exc:
-                self.failed_watches += 1
-                if self.failed_watches % 1000 == 1:       # the first, then one in a thousand
-                    log.warning("cannot watch directory nodeid %d for host-side changes (%s): changes "
-                                "made outside the server there reach guests only through their own "
-                                "requests", inode.nodeid, exc)
+            if not inode.is_dir and self._files_off:
+                self._unwatch(nodeid)
                 return
-            self._dirs[wd] = (inode.nodeid, inode.fd)
-            self._wd_of[inode.nodeid] = wd
+            try:
+                wd = self.inotify.add_watch(f"/proc/self/fd/{inode.fd}",
+                                            self._dir_mask if inode.is_dir else FILE_MASK)
+            except OSError as exc:
+                self._failed(inode, exc)
+                self._unwatch(nodeid)
+                return
+            if inode.is_dir:
+                self._dirs[wd] = (nodeid, inode.fd)
+            else:       # the same wd again only if the store held one inode twice: share it
+                self._files[wd] = self._files.get(wd, ()) + (nodeid,)
+            self._wd_of[nodeid] = wd
+
+    def _unwatch(self, nodeid: int) -> None:
+        """``nodeid`` is in the store without a watch of its own: directories must report every
+        change of their entries from now on (before the caller returns, so before anyone reads its
+        attributes)."""
+        self._unwatched.add(nodeid)
+        if self._dir_mask == WATCH_MASK:
+            return
+        self._dir_mask = WATCH_MASK          # for good: flapping would cost a pass over _dirs each time
+        for wd, (dnodeid, dirfd) in self._dirs.items():
+            try:
+                again = self.inotify.add_watch(f"/proc/self/fd/{dirfd}", WATCH_MASK)
+            except OSError as exc:
+                log.warning("cannot widen the inotify watch of directory nodeid %d (%s): writes to "
+                            "its entries made on the host may go unseen", dnodeid, exc)
+                continue
+            if again != wd:                  # the same inode: the kernel answers the same wd
+                log.warning("inotify answered watch %d for directory nodeid %d, watched as %d",
+                            again, dnodeid, wd)
+
+    def _failed(self, inode: Inode, exc: OSError) -> None:
+        self.failed_watches += 1
+        if exc.errno == errno.ENOSPC and not self._files_off:
+            # the watch limit (max_user_watches): keep what is left for directories, whose watch
+            # covers every entry; file watches resume once every inode without one has left
+            self._files_off = True
+            if not self._full:
+                self._full = True
+                log.warning("inotify watch limit reached (fs.inotify.max_user_watches) at nodeid %d: "
+                            "files get no watch of their own while this lasts, so a change made on "
+                            "the host through a name in an unwatched directory is not seen",
+                            inode.nodeid)
+            return
+        if self.failed_watches % 1000 == 1:       # the first, then one in a thousand
+            log.warning("cannot watch %s nodeid %d for host-side changes (%s): changes made "
+                        "outside the server reach guests only through its directories' watches and "
+                        "their own requests", "directory" if inode.is_dir else "file",
+                        inode.nodeid, exc)
 
     def removed(self, inode: Inode) -> None:
-        if not inode.is_dir:
-            return
+        nodeid = inode.nodeid
         with self._lock:
-            wd = self._wd_of.pop(inode.nodeid, None)
-            if wd is None or self._dirs.get(wd, (None,))[0] != inode.nodeid:
+            if self._unwatched:
+                self._unwatched.discard(nodeid)
+                if not self._unwatched:
+                    self._files_off = False
+                    self._names.clear()         # only the fallback (an unwatched inode) uses them
+            wd = self._wd_of.pop(nodeid, None)
+            if wd is None:
                 return
-            del self._dirs[wd]
+            if inode.is_dir:
+                if self._dirs.get(wd, (None,))[0] != nodeid:
+                    return
+                del self._dirs[wd]
+            else:
+                nodeids = self._files.get(wd, ())
+                if nodeid not in nodeids:
+                    return
+                rest = tuple(n for n in nodeids if n != nodeid)
+                if rest:
+                    self._files[wd] = rest
+                    return
+                del self._files[wd]
             try:
                 self.inotify.rm_watch(wd)
-            except OSError as exc:       # EINVAL: the kernel dropped it already (directory deleted)
-                log.debug("inotify_rm_watch(%d) of nodeid %d: %s", wd, inode.nodeid, exc)
+            except OSError as exc:       # EINVAL: the kernel dropped it already (inode evicted)
+                log.debug("inotify_rm_watch(%d) of nodeid %d: %s", wd, nodeid, exc)
 
     # -- the server loop -----------------------------------------------------------------------
     def drain(self) -> int:
@@ -219,12 +314,18 @@ class ShareWatcher:
                 continue
             watched = self._dirs.get(wd)
             if watched is None:
+                nodeids = self._files.get(wd)
+                if nodeids is None:
+                    continue                   # a watch removed already (its IN_IGNORED, say)
+                if mask & IN_IGNORED:          # the kernel dropped it (not our rm_watch: mapped)
+                    del self._files[wd]
+                    self._lost(wd, nodeids)
+                bump.update(nodeids)
                 continue
             nodeid, dirfd = watched
-            if mask & IN_IGNORED:              # the watch is gone (directory deleted, or rm_watch)
+            if mask & IN_IGNORED:              # the watch is gone (directory evicted, unmounted)
                 del self._dirs[wd]
-                if self._wd_of.get(nodeid) == wd:
-                    del self._wd_of[nodeid]
+                self._lost(wd, (nodeid,))
                 bump.add(nodeid)
                 continue
             if not name:
@@ -232,7 +333,12 @@ class ShareWatcher:
                 continue
             if mask & NAMESPACE_EVENTS:
                 bump.add(nodeid)
-                names.pop((wd, name), None)
+                if names:
+                    names.pop((wd, name), None)
+                if not self._unwatched:        # an inode the name stands for (came, went) that
+                    continue                   # is in the store had its own event (ATTRIB, MOVE_SELF)
+            elif not self._unwatched:          # ditto: the entry's own watch reported it
+                continue
             else:
                 child = names.get((wd, name))
                 if child is not None and known(child):
@@ -244,6 +350,14 @@ class ShareWatcher:
         if bump:
             self.table.bump(bump)
         return count
+
+    def _lost(self, wd: int, nodeids: tuple[int, ...]) -> None:
+        """The kernel dropped watch ``wd`` of ``nodeids``: those still in the store are unwatched
+        (``removed`` pops ``_wd_of`` first: a nodeid mapped to ``wd`` has not been removed)."""
+        for n in nodeids:
+            if self._wd_of.get(n) == wd:
+                del self._wd_of[n]
+                self._unwatch(n)
 
     def _child(self, wd: int, dirfd: int, name: bytes) -> int | None:
         """The nodeid the store knows as entry ``name`` of the directory (remembered), or None."""
@@ -263,6 +377,8 @@ class ShareWatcher:
         self.inodes.remove_observer(self)
         with self._lock:
             self._dirs.clear()
+            self._files.clear()
             self._wd_of.clear()
+            self._unwatched.clear()
             self._names.clear()
             self.inotify.close()
