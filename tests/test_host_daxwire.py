@@ -6,6 +6,7 @@ A real passthrough file system and real files; the guest's end of the back-end c
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
@@ -89,24 +90,26 @@ def served(tmp_path):
         yield svc, guest, nodes
 
 
-def _remap_to_g(svc, nodes, errors):
-    """The guest's reclaim of range 0 and its reuse for file G, as two FUSE requests."""
+def _remap_to_g(svc, nodes, errors, remove_first=True):
+    """The guest's reuse of range 0 for file G: REMOVEMAPPING then SETUPMAPPING, or (not
+    ``remove_first``) a SETUPMAPPING straight over it, which replaces what was there."""
     try:
-        svc.removemapping(CTX, [(0, R)])
+        if remove_first:
+            svc.removemapping(CTX, [(0, R)])
         svc.setupmapping(CTX, nodes["G"][0], NO_FH, 0, R, RW, 0)
     except BaseException as exc:        # the assertion below names it
         errors.append(exc)
 
 
-def _race(svc, guest, nodes, first) -> None:
+def _race(svc, guest, nodes, first, remove_first=True) -> None:
     """``first()`` runs in a thread until its message for window range 0 is inside the send; then
-    the guest removes range 0 and maps G there (a second thread, given a second to get as far as
-    it can); then the first send goes on."""
+    the guest maps G at range 0 (a second thread, given a second to get as far as it can); then
+    the first send goes on."""
     errors: list[BaseException] = []
     a = threading.Thread(target=first)
     a.start()
     assert guest.held.wait(10)
-    b = threading.Thread(target=_remap_to_g, args=(svc, nodes, errors))
+    b = threading.Thread(target=_remap_to_g, args=(svc, nodes, errors, remove_first))
     b.start()
     b.join(1.0)                       # with the fix it waits for the first send; without, it is done
     guest.release()
@@ -118,10 +121,11 @@ def _race(svc, guest, nodes, first) -> None:
     assert guest.window[0] == nodes["G"][2], "the guest's range 0 does not map G, as the host's table says"
 
 
-def test_a_revocation_never_lands_after_the_guest_reused_its_range(served):
-    """A shrink of F revokes range 0 of the window while the guest, meanwhile, removes that range
-    and maps G there: the zeros must not cover G (the revocation is sent before the REMOVEMAPPING is
-    served, or finds nothing to revoke)."""
+@pytest.mark.parametrize("remove_first", [True, False], ids=["remove-then-setup", "setup-over"])
+def test_a_revocation_never_lands_after_the_guest_reused_its_range(served, remove_first):
+    """A shrink of F revokes range 0 of the window while the guest, meanwhile, maps G there
+    (after a REMOVEMAPPING, or straight over F): the zeros must not cover G (the revocation is
+    sent before the guest's requests are served, or finds nothing to revoke)."""
     svc, guest, nodes = served
     svc.setupmapping(CTX, nodes["F"][0], NO_FH, 0, R, RW, 0)
     assert guest.window[0] == nodes["F"][2]
@@ -130,10 +134,11 @@ def test_a_revocation_never_lands_after_the_guest_reused_its_range(served):
     def shrink():
         with svc.shrinking(nodes["F"][1].key, 0):
             os.truncate(f"/proc/self/fd/{nodes['F'][1].fd}", 0)
-    _race(svc, guest, nodes, shrink)
+    _race(svc, guest, nodes, shrink, remove_first)
 
 
-def test_a_restore_never_lands_after_the_guest_reused_its_range(served):
+@pytest.mark.parametrize("remove_first", [True, False], ids=["remove-then-setup", "setup-over"])
+def test_a_restore_never_lands_after_the_guest_reused_its_range(served, remove_first):
     """F shrinks under range 0 (zeros), then grows back: the restore of range 0 must not cover G,
     which the guest mapped there meanwhile."""
     svc, guest, nodes = served
@@ -144,7 +149,7 @@ def test_a_restore_never_lands_after_the_guest_reused_its_range(served):
     assert guest.window[0] == "zero"
     os.truncate(fd_path, 2 * R)
     guest.hold(lambda req, msg, fds: req == BackendReq.SHMEM_MAP and not is_zero_source(fds[0]))
-    _race(svc, guest, nodes, lambda: svc.grown(nodes["F"][1].key, nodes["F"][1].fd))
+    _race(svc, guest, nodes, lambda: svc.grown(nodes["F"][1].key, nodes["F"][1].fd), remove_first)
 
 
 def test_without_a_race_revocation_and_restore_follow_the_file(served):
@@ -159,3 +164,49 @@ def test_without_a_race_revocation_and_restore_follow_the_file(served):
     svc.grown(key, fd)
     assert guest.window[0] == nodes["F"][2] and key not in svc.registry.revoked_keys
     assert svc.stats["revoked"] == 1 and svc.stats["restored"] == 1
+
+
+def test_a_disconnect_does_not_wait_for_another_threads_ack(served):
+    """The guest disconnects while a SETUPMAPPING of its session waits for an ack: dropping the
+    session (on the host's loop) returns at once, and the session id stays ended — the late
+    request gets ENOTCONN from then on and does not bring the session back."""
+    svc, guest, nodes = served
+    guest.hold(lambda req, msg, fds: req == BackendReq.SHMEM_MAP)
+    errors: list[BaseException] = []
+    a = threading.Thread(target=_remap_to_g, args=(svc, nodes, errors, False))
+    a.start()
+    assert guest.held.wait(10)
+    dropped = threading.Thread(target=svc.end_session, args=(CTX.session,), kwargs={"alive": False})
+    dropped.start()
+    dropped.join(10)
+    finished = not dropped.is_alive()
+    guest.release()
+    a.join(10)
+    assert finished, "dropping the session waited for the pending ack"
+    assert not svc.active
+    with pytest.raises(OSError) as exc:
+        svc.setupmapping(CTX, nodes["G"][0], NO_FH, 0, R, RW, 0)
+    assert exc.value.errno == errno.ENOTCONN
+    with pytest.raises(OSError) as exc:
+        svc.removemapping(CTX, [(0, R)])
+    assert exc.value.errno == errno.ENOTCONN
+    assert not svc.active
+
+
+def test_a_request_that_outlived_its_session_sends_nothing(served):
+    """A SETUPMAPPING that took its session's table just before a DESTROY dropped it (same id, the
+    guest still there) finds it closed once it holds the send lock: ENOTCONN, and nothing is
+    mapped in the guest after the DESTROY's unmap of the window."""
+    svc, guest, nodes = served
+    svc.setupmapping(CTX, nodes["F"][0], NO_FH, 0, R, RW, 0)
+    hd = svc.registry.session(CTX.session)
+    real_session = svc.registry.session
+    svc.registry.session = lambda sid: hd             # the request took it before the drop...
+    svc.end_session(CTX.session, alive=True)          # ...which the DESTROY now does
+    assert hd.closed and guest.window == {}
+    with pytest.raises(OSError) as exc:
+        svc.setupmapping(CTX, nodes["G"][0], NO_FH, 0, R, RW, 0)
+    assert exc.value.errno == errno.ENOTCONN and guest.window == {}
+    svc.registry.session = real_session
+    svc.setupmapping(CTX, nodes["G"][0], NO_FH, 0, R, RW, 0)    # a new session after the INIT
+    assert guest.window[0] == nodes["G"][2]

@@ -174,6 +174,9 @@ class HostDax:
         #: revocation planned before a REMOVEMAPPING could reach the guest after the SHMEM_MAP of
         #: the range's next use, and cover it with zeros.  Order: an inode lock, then this.
         self.send_lock = threading.Lock()
+        #: set when the registry dropped the session: a request still holding this object must
+        #: neither record nor send anything (check it under :attr:`send_lock`)
+        self.closed = False
         self.stats = {"setup": 0, "remove": 0, "revoked": 0, "restored": 0}
 
     def __repr__(self) -> str:
@@ -396,31 +399,46 @@ class DaxRegistry:
         self.alignment = alignment
         self.clamp_to_eof = clamp_to_eof
         self._sessions: dict[int, HostDax] = {}
+        self._ended: set[int] = set()         # session ids dropped for good
         self._lock = threading.Lock()
         self._inode_locks: dict[InodeKey, list] = {}      # key -> [lock, users]
         #: inode keys some session may still hold revoked pieces of (checked on every WRITE: a set)
         self.revoked_keys: set[InodeKey] = set()
 
     def session(self, sid: int) -> HostDax:
-        """The session's HostDax, made on first use."""
+        """The session's HostDax, made on first use; ENOTCONN for a session that ended for good
+        (:meth:`drop_session` with ``final``): a request still in flight from a guest that
+        disconnected must not bring its session back."""
         with self._lock:
             hd = self._sessions.get(sid)
             if hd is None:
+                if sid in self._ended:
+                    raise _err(errno.ENOTCONN, f"DAX session {sid} has ended")
                 hd = self._sessions[sid] = HostDax(self.window_size, self.alignment,
                                                    clamp_to_eof=self.clamp_to_eof)
             return hd
 
-    def drop_session(self, sid: int, send: Callable[[list[ShmemUnmap]], None] | None = None) -> list[ShmemUnmap]:
-        """Forget a session; returns what :meth:`HostDax.reset` returns (nothing for an unknown one),
-        after ``send(unmaps)`` if given — called under the session's :attr:`HostDax.send_lock`, so
-        that no request planned before (a revocation) reaches the guest after the unmap."""
+    def drop_session(self, sid: int, send: Callable[[list[ShmemUnmap]], None] | None = None, *,
+                     final: bool = False) -> list[ShmemUnmap]:
+        """Forget a session (its HostDax is marked :attr:`~HostDax.closed`); returns what
+        :meth:`HostDax.reset` returns (nothing for an unknown one).  ``send(unmaps)``, if given, is
+        called under the session's :attr:`HostDax.send_lock`, so that no request planned before (a
+        revocation) reaches the guest after the unmap; without it nothing waits for that lock (the
+        guest is gone: a disconnect must not wait for another thread's ack).  ``final``: the
+        session id is never used again (the guest disconnected; a new connection gets a new id)."""
         with self._lock:
             hd = self._sessions.pop(sid, None)
+            if final:
+                self._ended.add(sid)
         if hd is None:
             return []
+        if send is None:
+            hd.closed = True
+            return hd.reset()
         with hd.send_lock:
+            hd.closed = True
             unmaps = hd.reset()
-            if send is not None and unmaps:
+            if unmaps:
                 send(unmaps)
         return unmaps
 
@@ -489,13 +507,16 @@ class DaxRegistry:
         return n
 
     def plan_shrink(self, inode_key: InodeKey, new_size: int) -> dict[int, list[MapRequest]]:
-        """:meth:`revoke`, collected per session id (sessions with none left out)."""
+        """:meth:`revoke`, collected per session id (sessions with none left out).  For tests and
+        sans-IO use only: the requests come back after the send locks were released, so sending
+        them reopens the race :attr:`HostDax.send_lock` closes."""
         out: dict[int, list[MapRequest]] = {}
         self.revoke(inode_key, new_size, out.__setitem__)
         return out
 
     def plan_grow(self, inode_key: InodeKey, size: int, fd: int, fd_writable: bool) -> dict[int, list[MapRequest]]:
-        """:meth:`restore`, collected per session id (sessions with none left out)."""
+        """:meth:`restore`, collected per session id (sessions with none left out).  For tests
+        and sans-IO use only (see :meth:`plan_shrink`)."""
         out: dict[int, list[MapRequest]] = {}
         self.restore(inode_key, size, fd, fd_writable, out.__setitem__)
         return out

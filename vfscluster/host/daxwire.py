@@ -140,6 +140,8 @@ class DaxService:
         hd = self.registry.session(ctx.session)
         try:
             with self.registry.inode_lock(inode.key), hd.send_lock:
+                if hd.closed:
+                    raise _err(errno.ENOTCONN, f"DAX session {ctx.session} has ended")
                 reqs = hd.setup(fd, writable, inode.key, foffset, length, flags, moffset)
                 for r in reqs:
                     ack = self._send(ctx.session, BackendReq.SHMEM_MAP, r.msg, [r.fd])
@@ -160,6 +162,8 @@ class DaxService:
         """Unmap the ranges (SHMEM_UNMAP each, acked), then return."""
         hd = self.registry.session(ctx.session)
         with hd.send_lock:
+            if hd.closed:
+                raise _err(errno.ENOTCONN, f"DAX session {ctx.session} has ended")
             for u in hd.remove(items):
                 self._send(ctx.session, BackendReq.SHMEM_UNMAP, u)
         with self._lock:
@@ -167,11 +171,11 @@ class DaxService:
 
     def end_session(self, sid: int, *, alive: bool) -> None:
         """The session ends: forget its mappings; ``alive`` (DESTROY, INIT again) also unmaps them in
-        the guest."""
+        the guest, else (a disconnect) the session id ends for good and nothing waits."""
         def send(unmaps) -> None:
             for u in unmaps:
                 self._send(sid, BackendReq.SHMEM_UNMAP, u)
-        self.registry.drop_session(sid, send if alive else None)
+        self.registry.drop_session(sid, send if alive else None, final=not alive)
 
     # -- truncation safety ---------------------------------------------------------------------
 
