@@ -416,6 +416,22 @@ class FuseClient(FileOps):
                 trace += ((parent, pstamp), (entry.nodeid, astamp))
         return entry
 
+    def lookup_parent(self, nodeid: int) -> EntryOut:
+        """LOOKUP ``..`` in directory ``nodeid``: its parent, pinned — unless it is the root,
+        which the server does not count and nobody pins.  Always asked of the host, never
+        cached: the kernel answers ``..`` from the dentry's parent, which follows a rename, and
+        a dentry ``..`` would not.  (A path walk needs it only to climb above the directory it
+        started in: a ``dir_fd``.)"""
+        body = self._call(Opcode.LOOKUP, nodeid, [encode_name(b"..")], EntryOut.SIZE
+                          + (EntryVerOut.SIZE if self._entryver else 0))
+        entry = EntryOut.unpack_from(self._need(body, EntryOut.SIZE))
+        if entry.nodeid == 0:
+            raise oserror(errno.ENOENT)
+        if entry.nodeid == ROOT_ID:
+            check_attr(entry.attr)
+            return entry
+        return self._entry(body, entry=entry)
+
     def _entry_stamp(self, body: bytes, offset: int, nodeid: int, pre: int) -> int:
         """The stamp of an entry's attributes: the version the host sent after the entry
         (EntryVerOut at ``offset``) when entry versions were negotiated, else ``pre`` (the

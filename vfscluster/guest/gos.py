@@ -34,11 +34,12 @@ from ..fuse.abi import InitFlags, SetattrValid, encode_dev
 from .client import FuseClient
 from .daxfiles import DaxCalls
 from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
+from .dirfd import DirFd, c_dir_fd
 from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
 from .locks import LockCalls
 from .metacalls import MetaCalls
-from .namei import LastType, Node, PathWalk, check_path, oserror
+from .namei import Last, LastType, Node, PathWalk, check_path, oserror
 from .osargs import c_int, errors, fspath, process_umask
 from .xattrcalls import XattrCalls
 
@@ -49,7 +50,7 @@ _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY
 _MKNOD_TYPES = (0, stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
-class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
+class GuestOS(DirFd, FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
     """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
 
     ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
@@ -106,8 +107,8 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
             finally:
                 f.put()
 
-    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
-        """``os.open``: a new descriptor for ``path``.
+    def open(self, path: Any, flags: int, mode: int = 0o777, *, dir_fd: Any = None) -> int:
+        """``os.open``: a new descriptor for ``path`` (relative to ``dir_fd``: :mod:`.dirfd`).
 
         fs/namei.c ``path_openat``: ``O_PATH`` keeps only O_DIRECTORY|O_NOFOLLOW; O_CREAT with
         O_DIRECTORY is EINVAL; with O_CREAT a missing last component is created (also at the
@@ -117,16 +118,16 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
         O_TRUNC) is EISDIR.  O_TRUNC truncates an existing regular file.
         """
         raw, p = fspath(path, "open")
-        flags, mode = c_int(flags), c_int(mode)
+        flags, mode, dir_fd = c_int(flags), c_int(mode), c_dir_fd(dir_fd)
         with errors(p):
-            return self._open(raw, flags, mode)
+            return self._open(raw, flags, mode, dir_fd)
 
-    def _open(self, raw: bytes, flags: int, mode: int) -> int:
+    def _open(self, raw: bytes, flags: int, mode: int, dir_fd: int | None) -> int:
         c = self.client
         if flags & os.O_PATH:
             flags &= _O_PATH_FLAGS
         if flags & _O_TMPFILE_ONLY:
-            return self._tmpfile(raw, flags)
+            return self._tmpfile(raw, flags, dir_fd)
         if flags & os.O_CREAT and flags & os.O_DIRECTORY:
             raise oserror(errno.EINVAL)
         flags &= ~os.O_CLOEXEC
@@ -137,8 +138,7 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
         must_dir = bool(flags & os.O_DIRECTORY)
         acc = flags & os.O_ACCMODE
         may_write = not is_path and (acc != os.O_RDONLY or bool(flags & os.O_TRUNC))
-        check_path(raw)
-        with PathWalk(c) as w:
+        with self._walk(raw, dir_fd) as w:
             last = w.parent(raw)
             slashed = False
             created = None
@@ -210,7 +210,7 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
             raise
         return self._fds.install(file)
 
-    def _tmpfile(self, raw: bytes, flags: int) -> int:
+    def _tmpfile(self, raw: bytes, flags: int, dir_fd: int | None) -> int:
         """O_TMPFILE (fs/open.c build_open_flags, fs/namei.c do_tmpfile): EINVAL without
         O_DIRECTORY, with O_CREAT or without write access; then the directory is looked up
         (ENOENT, ENOTDIR, ELOOP...); then EOPNOTSUPP, as a virtio-fs mount whose server has no
@@ -218,8 +218,7 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
         if flags & (os.O_TMPFILE | os.O_CREAT) != os.O_TMPFILE \
                 or flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
             raise oserror(errno.EINVAL)
-        check_path(raw)
-        with PathWalk(self.client) as w:
+        with self._walk(raw, dir_fd) as w:
             node = w.resolve(raw, follow=not flags & os.O_NOFOLLOW, must_dir=True)
         self.client.put(node.nodeid)
         raise oserror(errno.EOPNOTSUPP)
@@ -227,40 +226,48 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
     # ================================================================== metadata by path
 
     def _lookup(self, path: Any, func: str, *, follow: bool = True, must_dir: bool = False,
-                filename: Any = ..., fresh: bool = False):
-        """Context manager: resolve ``path`` and yield its pinned node (put afterwards).
-        ``fresh``: the last name is looked up afresh, because the caller changes its inode
-        (with a timed cache, the name may have moved to another inode meanwhile)."""
-        return self._resolved(path, func, follow, must_dir, filename, fresh)
+                filename: Any = ..., fresh: bool = False, dir_fd: int | None = None):
+        """Context manager: resolve ``path`` (from ``dir_fd``, converted) and yield its pinned
+        node (put afterwards).  ``fresh``: the last name is looked up afresh, because the caller
+        changes its inode (with a timed cache, the name may have moved to another inode
+        meanwhile)."""
+        return self._resolved(path, func, follow, must_dir, filename, fresh, dir_fd)
 
     @contextmanager
     def _resolved(self, path: Any, func: str, follow: bool, must_dir: bool,
-                  filename: Any, fresh: bool) -> Iterator[Node]:
+                  filename: Any, fresh: bool, dir_fd: int | None) -> Iterator[Node]:
         raw, p = fspath(path, func)
         with errors(p if filename is ... else filename):
-            with PathWalk(self.client) as w:
+            with self._walk(raw, dir_fd) as w:
                 node = w.resolve(raw, follow=follow, must_dir=must_dir, fresh=fresh)
             try:
                 yield node
             finally:
                 self.client.put(node.nodeid)
 
-    def stat(self, path: Any, *, follow_symlinks: bool = True) -> os.stat_result:
-        """``os.stat`` (an int is a descriptor).  The attributes are those the LOOKUP of the
-        last component returned, or the attribute cache's while valid.
+    def stat(self, path: Any, *, dir_fd: Any = None,
+             follow_symlinks: bool = True) -> os.stat_result:
+        """``os.stat`` (an int is a descriptor; with ``dir_fd`` too, ValueError).  The
+        attributes are those the LOOKUP of the last component returned, or the attribute
+        cache's while valid.
 
         With a cache, a path resolved before answers from the path fast cache (the kernel's
         RCU walk) while every dentry and attribute it used is still valid and this guest changed
         nothing since: no request, a few memory loads."""
+        if dir_fd is not None:
+            if not isinstance(path, int):
+                fspath(path, "stat")                # (os converts the path first)
+            dir_fd = c_dir_fd(dir_fd)
+            self._no_dir_fd_with_fd("stat", path, dir_fd)
         if isinstance(path, int):
             with self._by_fd(path, "stat", follow_symlinks=follow_symlinks, o_path=True) as f:
                 return self._stat_of(f.node, fresh=True)
         cache = self.client.cache
         fast = cache.fast
-        if fast is None:                    # _lookup() written out: this is the hot path
+        if fast is None or dir_fd is not None:      # _lookup() written out: the hot path
             raw, p = fspath(path, "stat")
             with errors(p):
-                with PathWalk(self.client) as w:
+                with self._walk(raw, dir_fd) as w:
                     node = w.resolve(raw, follow=follow_symlinks)
                 try:
                     return self._stat_of(node)
@@ -288,9 +295,9 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
             cache.store_fast(key, gen, cache.checks(trace), result)
         return result
 
-    def lstat(self, path: Any) -> os.stat_result:
+    def lstat(self, path: Any, *, dir_fd: Any = None) -> os.stat_result:
         """``os.lstat``."""
-        return self.stat(path, follow_symlinks=False)
+        return self.stat(path, dir_fd=dir_fd, follow_symlinks=False)
 
     def exists(self, path: Any) -> bool:
         """``os.path.exists``: False on any OSError or ValueError."""
@@ -300,9 +307,18 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
             return False
         return True
 
-    def readlink(self, path: Any) -> Any:
-        """``os.readlink``: the target, as str for a str path.  EINVAL for a non-symlink."""
-        with self._lookup(path, "readlink", follow=False) as node:
+    def readlink(self, path: Any, *, dir_fd: Any = None) -> Any:
+        """``os.readlink``: the target, as str for a str path.  EINVAL for a non-symlink.  An
+        empty path names ``dir_fd`` itself (readlinkat's LOOKUP_EMPTY: an ``O_PATH|O_NOFOLLOW``
+        descriptor of a symlink reads it), ENOENT unless a symlink."""
+        dir_fd = c_dir_fd(dir_fd)
+        if dir_fd is not None and not fspath(path, "readlink")[0]:
+            with errors(path), self._file(dir_fd) as f:
+                if not f.node.is_symlink:
+                    raise oserror(errno.ENOENT)
+                target = self.client.readlink(f.nodeid)
+            return os.fsdecode(target) if isinstance(os.fspath(path), str) else target
+        with self._lookup(path, "readlink", follow=False, dir_fd=dir_fd) as node:
             if not node.is_symlink:
                 raise oserror(errno.EINVAL)
             target = self.client.readlink(node.nodeid)
@@ -366,30 +382,31 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
             finally:
                 c.put(node.nodeid)
 
-    def mkdir(self, path: Any, mode: int = 0o777) -> None:
+    def mkdir(self, path: Any, mode: int = 0o777, *, dir_fd: Any = None) -> None:
         """``os.mkdir``: EEXIST for an existing name (also ``.``, ``..``, ``/`` and a dangling
         symlink)."""
         raw, p = fspath(path, "mkdir")
-        mode = c_int(mode)
-        with errors(p), self._creating(raw, want_dir=True) as (w, name):
+        mode, dir_fd = c_int(mode), c_dir_fd(dir_fd)
+        with errors(p), self._creating(raw, dir_fd, want_dir=True) as (w, name):
             entry = self.client.mkdir(w.dir.nodeid, name, mode & 0o1777 & ~self._umask,
                                       self._umask)
             self.client.put(entry.nodeid)
 
-    def mknod(self, path: Any, mode: int = 0o600, device: int = 0) -> None:
+    def mknod(self, path: Any, mode: int = 0o600, device: int = 0, *,
+              dir_fd: Any = None) -> None:
         """``os.mknod`` (MKNOD): a regular file (type 0 too), FIFO, socket, or — for root — a
         character or block device.  fs/namei.c ``may_mknod``: EPERM for a directory type, EINVAL
         for an unknown one, both before the path is walked; EEXIST for an existing name.  As
         CPython's, its errors carry no file name."""
         raw, _ = fspath(path, "mknod")
-        mode, device = c_int(mode), operator.index(device)
+        mode, device, dir_fd = c_int(mode), operator.index(device), c_dir_fd(dir_fd)
         fmt = stat.S_IFMT(mode)
         with errors():
             if fmt == stat.S_IFDIR:
                 raise oserror(errno.EPERM)
             if fmt not in _MKNOD_TYPES:
                 raise oserror(errno.EINVAL)
-            with self._creating(raw) as (w, name):
+            with self._creating(raw, dir_fd) as (w, name):
                 if fmt in (stat.S_IFCHR, stat.S_IFBLK) and self.uid != 0:
                     raise oserror(errno.EPERM)              # CAP_MKNOD
                 entry = self.client.mknod(w.dir.nodeid, name,
@@ -398,17 +415,17 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
                                           else 0, self._umask)
                 self.client.put(entry.nodeid)
 
-    def mkfifo(self, path: Any, mode: int = 0o666) -> None:
+    def mkfifo(self, path: Any, mode: int = 0o666, *, dir_fd: Any = None) -> None:
         """``os.mkfifo``: :meth:`mknod` of a FIFO.  (Opening it is ENXIO here: the guest kernel,
         not the host, would give a FIFO its pipe.)"""
-        self.mknod(path, stat.S_IFIFO | stat.S_IMODE(c_int(mode)))
+        self.mknod(path, stat.S_IFIFO | stat.S_IMODE(c_int(mode)), dir_fd=dir_fd)
 
     @contextmanager
-    def _creating(self, raw: bytes, *, want_dir: bool = False):
-        """fs/namei.c ``filename_create``: walk to the parent, EEXIST unless the last component
-        is a new name; a trailing slash is allowed only for a directory (ENOENT)."""
-        check_path(raw)
-        with PathWalk(self.client) as w:
+    def _creating(self, raw: bytes, dir_fd: int | None, *, want_dir: bool = False):
+        """fs/namei.c ``filename_create``: walk to the parent (from ``dir_fd``), EEXIST unless
+        the last component is a new name; a trailing slash is allowed only for a directory
+        (ENOENT)."""
+        with self._walk(raw, dir_fd) as w:
             last = w.parent(raw)
             if last.type is not LastType.NORM:
                 raise oserror(errno.EEXIST)
@@ -420,13 +437,13 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
                 raise oserror(errno.ENOENT)
             yield w, last.name
 
-    def rmdir(self, path: Any) -> None:
+    def rmdir(self, path: Any, *, dir_fd: Any = None) -> None:
         """``os.rmdir``: EINVAL for ``.``, ENOTEMPTY for ``..``, EBUSY for ``/``, ENOTDIR for a
         non-directory (a symlink is not followed), ENOTEMPTY from the host."""
         raw, p = fspath(path, "rmdir")
+        dir_fd = c_dir_fd(dir_fd)
         with errors(p):
-            check_path(raw)
-            with PathWalk(self.client) as w:
+            with self._walk(raw, dir_fd) as w:
                 last = w.parent(raw)
                 if last.type is not LastType.NORM:
                     raise oserror({LastType.DOT: errno.EINVAL, LastType.DOTDOT: errno.ENOTEMPTY,
@@ -439,13 +456,13 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
                 finally:
                     self.client.put(node.nodeid)
 
-    def unlink(self, path: Any) -> None:
+    def unlink(self, path: Any, *, dir_fd: Any = None) -> None:
         """``os.unlink``: EISDIR for a directory (and ``.``, ``..``, ``/``); with a trailing
         slash ENOENT / EISDIR / ENOTDIR as Linux chooses."""
         raw, p = fspath(path, "unlink")
+        dir_fd = c_dir_fd(dir_fd)
         with errors(p):
-            check_path(raw)
-            with PathWalk(self.client) as w:
+            with self._walk(raw, dir_fd) as w:
                 last = w.parent(raw)
                 if last.type is not LastType.NORM:
                     raise oserror(errno.EISDIR)
@@ -461,34 +478,42 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
 
     remove = unlink
 
-    def rename(self, src: Any, dst: Any) -> None:
-        """``os.rename`` (fs/namei.c do_renameat2, vfs_rename): EBUSY for ``.``/``..``/``/`` at
+    def rename(self, src: Any, dst: Any, *, src_dir_fd: Any = None,
+               dst_dir_fd: Any = None) -> None:
+        """``os.rename`` (fs/namei.c do_renameat2, vfs_rename; ``src`` relative to
+        ``src_dir_fd``, ``dst`` to ``dst_dir_fd``): EBUSY for ``.``/``..``/``/`` at
         either end, ENOENT for a missing source, ENOTDIR for a trailing slash on a non-directory
         source, EINVAL for moving a directory under itself, ENOTEMPTY for a target that is an
         ancestor of the source, nothing at all when both names are the same inode, then
-        ENOTDIR/EISDIR for a type mismatch with an existing target."""
+        ENOTDIR/EISDIR for a type mismatch with an existing target.  (Ancestors above a
+        ``dir_fd`` are not on the walk's chain: the host's rename refuses those moves.)"""
         raw_src, ps = fspath(src, "rename")
         raw_dst, pd = fspath(dst, "rename")
+        src_dir_fd, dst_dir_fd = c_dir_fd(src_dir_fd), c_dir_fd(dst_dir_fd)
         with errors(ps, pd):
-            with PathWalk(self.client) as wo, PathWalk(self.client) as wn:
-                check_path(raw_src)         # getname()'s errors come with each name's walk
+            # getname()'s errors and the dir_fd's come with each name's walk
+            with self._walk(raw_src, src_dir_fd) as wo:
                 lo = wo.parent(raw_src)
-                check_path(raw_dst)
-                ln = wn.parent(raw_dst)
-                if lo.type is not LastType.NORM or ln.type is not LastType.NORM:
-                    raise oserror(errno.EBUSY)
-                old = wo.lookup(lo.name, fresh=True)
-                new = None
-                try:
-                    new = wn.lookup_opt(ln.name, fresh=True)
-                    self._check_rename(wo, wn, old, new, lo.slash or ln.slash)
-                    if new is not None and new.nodeid == old.nodeid:
-                        return
-                    self.client.rename(wo.dir.nodeid, lo.name, wn.dir.nodeid, ln.name)
-                finally:
-                    self.client.put(old.nodeid)
-                    if new is not None:
-                        self.client.put(new.nodeid)
+                with self._walk(raw_dst, dst_dir_fd) as wn:
+                    ln = wn.parent(raw_dst)
+                    self._rename(wo, lo, wn, ln)
+
+    def _rename(self, wo: PathWalk, lo: Last, wn: PathWalk, ln: Last) -> None:
+        """The lookups and checks of :meth:`rename`, once both walks stand in the parents."""
+        if lo.type is not LastType.NORM or ln.type is not LastType.NORM:
+            raise oserror(errno.EBUSY)
+        old = wo.lookup(lo.name, fresh=True)
+        new = None
+        try:
+            new = wn.lookup_opt(ln.name, fresh=True)
+            self._check_rename(wo, wn, old, new, lo.slash or ln.slash)
+            if new is not None and new.nodeid == old.nodeid:
+                return
+            self.client.rename(wo.dir.nodeid, lo.name, wn.dir.nodeid, ln.name)
+        finally:
+            self.client.put(old.nodeid)
+            if new is not None:
+                self.client.put(new.nodeid)
 
     @staticmethod
     def _check_rename(wo: PathWalk, wn: PathWalk, old: Node, new: Node | None,
@@ -508,17 +533,22 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
 
     replace = rename
 
-    def link(self, src: Any, dst: Any, *, follow_symlinks: bool = True) -> None:
-        """``os.link``.  On Linux ``os.link`` calls link(2), which never follows a symlink
-        source, whatever ``follow_symlinks`` says (without dir_fd); so does this.  EPERM for a
+    def link(self, src: Any, dst: Any, *, src_dir_fd: Any = None, dst_dir_fd: Any = None,
+             follow_symlinks: bool = True) -> None:
+        """``os.link`` (``src`` relative to ``src_dir_fd``, ``dst`` to ``dst_dir_fd``).  On
+        Linux ``os.link`` calls link(2), which never follows a symlink source, unless a
+        ``dir_fd`` is given: then linkat(2) follows it as ``follow_symlinks`` says (with
+        ``follow_symlinks=False`` alone too, not following); so does this.  EPERM for a
         directory, EEXIST for an existing target."""
         raw_src, ps = fspath(src, "link")
         raw_dst, pd = fspath(dst, "link")
+        src_dir_fd, dst_dir_fd = c_dir_fd(src_dir_fd), c_dir_fd(dst_dir_fd)
+        follow = bool(follow_symlinks) and (src_dir_fd is not None or dst_dir_fd is not None)
         with errors(ps, pd):
-            with PathWalk(self.client) as w:
-                old = w.resolve(raw_src, follow=False, fresh=True)
+            with self._walk(raw_src, src_dir_fd) as w:
+                old = w.resolve(raw_src, follow=follow, fresh=True)
             try:
-                with self._creating(raw_dst) as (wn, name):
+                with self._creating(raw_dst, dst_dir_fd) as (wn, name):
                     if old.is_dir:
                         raise oserror(errno.EPERM)
                     entry = self.client.link(old.nodeid, wn.dir.nodeid, name)
@@ -526,14 +556,17 @@ class GuestOS(FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
             finally:
                 self.client.put(old.nodeid)
 
-    def symlink(self, src: Any, dst: Any, target_is_directory: bool = False) -> None:
-        """``os.symlink``: ``dst`` becomes a symlink to ``src``.  ENOENT for an empty target,
-        ENAMETOOLONG from PATH_MAX, EEXIST for an existing ``dst``."""
+    def symlink(self, src: Any, dst: Any, target_is_directory: bool = False, *,
+                dir_fd: Any = None) -> None:
+        """``os.symlink``: ``dst`` (relative to ``dir_fd``) becomes a symlink to ``src``.
+        ENOENT for an empty target, ENAMETOOLONG from PATH_MAX, EEXIST for an existing
+        ``dst``."""
         raw_src, ps = fspath(src, "symlink")
         raw_dst, pd = fspath(dst, "symlink")
+        dir_fd = c_dir_fd(dir_fd)
         with errors(ps, pd):
             check_path(raw_src)
-            with self._creating(raw_dst) as (w, name):
+            with self._creating(raw_dst, dir_fd) as (w, name):
                 entry = self.client.symlink(w.dir.nodeid, name, raw_src)
                 self.client.put(entry.nodeid)
 

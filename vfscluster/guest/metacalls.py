@@ -1,7 +1,7 @@
 """The metadata calls of :class:`~vfscluster.guest.gos.GuestOS` — ``access``, ``chmod``,
 ``chown``, ``utime``, ``truncate``, ``statvfs`` — by path or by descriptor (a mixin: GuestOS
-provides ``client``, ``uid``/``gid``/``groups``, ``_lookup``, ``_by_fd``, ``_setattr``,
-``ftruncate``).
+provides ``client``, ``uid``/``gid``/``groups``, ``_lookup``, ``_walk``, ``_by_fd``,
+``_setattr``, ``ftruncate``).  Each path may be relative to a ``dir_fd`` (:mod:`.dirfd`).
 
 Permissions are the VFS's (virtio-fs mounts with ``default_permissions``): :meth:`access`
 decides from the attributes for :attr:`uid`, including search permission on every directory the
@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from ..fuse.abi import Attr, SetattrValid
-from .namei import Node, PathWalk, oserror
+from .dirfd import c_dir_fd
+from .namei import Node, oserror
 from .osargs import c_int, c_off, check_time, errors, fspath, named, time_to_ns
 
 __all__ = ["MetaCalls", "MOUNT_FLAGS"]
@@ -44,14 +45,17 @@ def c_uid(value: Any, what: str) -> int:
 class MetaCalls:
     """access, chmod, chown, utime, truncate, statvfs; mixed into GuestOS."""
 
-    def access(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> bool:
+    def access(self, path: Any, mode: int, *, dir_fd: Any = None,
+               follow_symlinks: bool = True) -> bool:
         """``os.access``, decided the way virtio-fs (``default_permissions``) decides it: by the
-        VFS from the attributes (fs/namei.c generic_permission), for :attr:`uid`/:attr:`gid`."""
-        if c_int(mode) & ~(os.R_OK | os.W_OK | os.X_OK):
-            return False
+        VFS from the attributes (fs/namei.c generic_permission), for :attr:`uid`/:attr:`gid`.
+        False for any OSError (a bad ``dir_fd`` too)."""
         raw, p = fspath(path, "access")
+        mode, dir_fd = c_int(mode), c_dir_fd(dir_fd)
+        if mode & ~(os.R_OK | os.W_OK | os.X_OK):
+            return False
         try:
-            with errors(p), PathWalk(self.client) as w:
+            with errors(p), self._walk(raw, dir_fd) as w:
                 if self.uid != 0:           # every directory walked through must be searchable
                     w.search = self._may_search
                 node = w.resolve(raw, follow=follow_symlinks)
@@ -83,17 +87,23 @@ class MetaCalls:
             bits = attr.mode
         return not mask & ~bits & 7
 
-    def chmod(self, path: Any, mode: int, *, follow_symlinks: bool = True) -> None:
+    def chmod(self, path: Any, mode: int, *, dir_fd: Any = None,
+              follow_symlinks: bool = True) -> None:
         """``os.chmod`` (SETATTR of the mode; the kernel keeps the file type bits).  As on
         Linux (glibc 2.32+), ``follow_symlinks=False`` changes a file that is not a symlink and
-        is NotImplementedError for a symlink, whose mode Linux cannot change."""
-        mode = c_int(mode)
+        is NotImplementedError for a symlink, whose mode Linux cannot change (ValueError with
+        a ``dir_fd``: CPython then blames the pair).  A descriptor ignores
+        ``dir_fd`` (fchmod), as ``os`` does."""
+        mode, dir_fd = c_int(mode), c_dir_fd(dir_fd)
         if isinstance(path, int):                 # (os takes follow_symlinks=False with an fd)
             with self._by_fd(path, "chmod") as f:
                 self._chmod(f.node, mode)
             return
-        with self._lookup(path, "chmod", follow=follow_symlinks, fresh=True) as node:
+        with self._lookup(path, "chmod", follow=follow_symlinks, fresh=True,
+                          dir_fd=dir_fd) as node:
             if node.is_symlink:     # glibc's fchmodat(AT_SYMLINK_NOFOLLOW): EOPNOTSUPP on a link
+                if dir_fd is not None:
+                    raise ValueError("chmod: cannot use dir_fd and follow_symlinks together")
                 raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
             self._chmod(node, mode)
 
@@ -101,18 +111,22 @@ class MetaCalls:
         fmt = node.fmt
         self._setattr(node.nodeid, SetattrValid.MODE, mode=(mode & 0o7777) | fmt)
 
-    def chown(self, path: Any, uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
-        """``os.chown`` (an int is a descriptor: ``fchown``; ``follow_symlinks=False``:
-        ``lchown``): SETATTR of the owner and group; -1 leaves one unchanged.  The host's
-        chown drops set-user-ID (and group-executable set-group-ID) bits, as Linux's does."""
-        uid, gid = c_uid(uid, "uid"), c_uid(gid, "gid")
+    def chown(self, path: Any, uid: int, gid: int, *, dir_fd: Any = None,
+              follow_symlinks: bool = True) -> None:
+        """``os.chown`` (an int is a descriptor: ``fchown``, ValueError with a ``dir_fd``;
+        ``follow_symlinks=False``: ``lchown``): SETATTR of the owner and group; -1 leaves one
+        unchanged.  The host's chown drops set-user-ID (and group-executable set-group-ID)
+        bits, as Linux's does."""
+        uid, gid, dir_fd = c_uid(uid, "uid"), c_uid(gid, "gid"), c_dir_fd(dir_fd)
+        self._no_dir_fd_with_fd("chown", path, dir_fd, both=True)
         valid = (SetattrValid.UID if uid != _NO_ID else 0) | (SetattrValid.GID if gid != _NO_ID else 0)
         if isinstance(path, int):
             with self._by_fd(path, "chown", follow_symlinks=follow_symlinks) as f:
                 if valid:
                     self._setattr(f.nodeid, valid, uid=uid, gid=gid)
             return
-        with self._lookup(path, "chown", follow=follow_symlinks, fresh=True) as node:
+        with self._lookup(path, "chown", follow=follow_symlinks, fresh=True,
+                          dir_fd=dir_fd) as node:
             if valid:
                 self._setattr(node.nodeid, valid, uid=uid, gid=gid)
 
@@ -120,10 +134,12 @@ class MetaCalls:
         """``os.lchown``: :meth:`chown` of a symlink itself."""
         self.chown(path, uid, gid, follow_symlinks=False)
 
-    def utime(self, path: Any, times: Any = None, *, ns: Any = _NO_NS,
+    def utime(self, path: Any, times: Any = None, *, ns: Any = _NO_NS, dir_fd: Any = None,
               follow_symlinks: bool = True) -> None:
         """``os.utime``: ``times`` (seconds, int or float) or ``ns``; neither means now.  As
-        CPython's, its errors carry no file name; seconds past a ``time_t`` are OverflowError."""
+        CPython's, its errors carry no file name; seconds past a ``time_t`` are OverflowError;
+        a descriptor with a ``dir_fd`` is ValueError."""
+        dir_fd = c_dir_fd(dir_fd)
         if times is not None and ns is not _NO_NS:
             raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
         now = time.time_ns()
@@ -142,11 +158,13 @@ class MetaCalls:
             a_ns = m_ns = now
             valid = (SetattrValid.ATIME | SetattrValid.MTIME | SetattrValid.ATIME_NOW
                      | SetattrValid.MTIME_NOW)
+        self._no_dir_fd_with_fd("utime", path, dir_fd)
         if isinstance(path, int):
             with self._by_fd(path, "utime", follow_symlinks=follow_symlinks, filename=False) as f:
                 self._setattr(f.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
             return
-        with self._lookup(path, "utime", follow=follow_symlinks, filename=None, fresh=True) as node:
+        with self._lookup(path, "utime", follow=follow_symlinks, filename=None, fresh=True,
+                          dir_fd=dir_fd) as node:
             self._setattr(node.nodeid, valid, atime_ns=a_ns, mtime_ns=m_ns)
 
     def truncate(self, path: Any, length: int) -> None:

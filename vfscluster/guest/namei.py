@@ -6,6 +6,9 @@ kernel's ``struct nameidata``: it keeps the chain of directories from the root t
 each pinned in the :class:`~vfscluster.guest.client.FuseClient`, so that
 
 * ``..`` is resolved physically by popping the chain (``..`` of the root is the root);
+* a walk may start in a directory other than the root (a ``dir_fd``): relative paths go from
+  there, and ``..`` above it asks the host for the parent (LOOKUP ``..``: the kernel's
+  ``d_parent``, which follows renames), up to the root;
 * symbolic links are followed by reading them (READLINK) and walking their target, relative to the
   link's directory, or from the share root when absolute; more than 40 links in one resolution is
   ELOOP (MAXSYMLINKS);
@@ -112,11 +115,20 @@ def check_path(path: bytes) -> None:
 class PathWalk:
     """One path resolution in progress.  Use as a context manager: leaving it releases every
     node the walk still pins (the chain).  Nodes handed out by :meth:`lookup` and
-    :meth:`resolve` are pinned for the caller, who puts them."""
+    :meth:`resolve` are pinned for the caller, who puts them.
 
-    def __init__(self, client: FuseClient, trace: list | None = None) -> None:
+    ``start``: the directory relative paths start from (fs/namei.c ``path_init`` with a
+    ``dfd``), pinned by the caller while the walk is made (an open file's node); the walk pins
+    it once more for itself.  Default: the root."""
+
+    def __init__(self, client: FuseClient, trace: list | None = None,
+                 start: Node | None = None) -> None:
         self.client = client
-        self.stack: list[Node] = [ROOT]
+        if start is None or start.nodeid == ROOT_ID:
+            self.stack: list[Node] = [ROOT]
+        else:
+            client.hold(start.nodeid)
+            self.stack = [start]
         self.links = 0
         #: with a cache: the ``(nodeid, stamp)`` pairs the walk's answers depend on
         self.trace = trace
@@ -131,11 +143,11 @@ class PathWalk:
         self.close()
 
     def close(self) -> None:
-        """Release the chain (below the root, which is never counted)."""
+        """Release the chain (the root is never counted: putting it does nothing)."""
         stack = self.stack
-        if len(stack) > 1:
+        if len(stack) > 1 or stack[0] is not ROOT:
             self.stack = [ROOT]
-            for node in reversed(stack[1:]):
+            for node in reversed(stack):
                 self.client.put(node.nodeid)
 
     # ------------------------------------------------------------------ the chain
@@ -147,17 +159,31 @@ class PathWalk:
 
     @property
     def chain_ids(self) -> list[int]:
-        """Nodeids from the root to :attr:`dir`."""
+        """Nodeids from the root (or from the directory the walk started in, when it has not
+        climbed to the root) to :attr:`dir`: ancestors of :attr:`dir`, not necessarily all."""
         return [n.nodeid for n in self.stack]
 
     def _to_root(self) -> None:
-        while len(self.stack) > 1:
-            self.client.put(self.stack.pop().nodeid)
+        stack = self.stack
+        while len(stack) > 1:
+            self.client.put(stack.pop().nodeid)
+        if stack[0] is not ROOT:
+            bottom, stack[0] = stack[0], ROOT
+            self.client.put(bottom.nodeid)
 
     def _up(self) -> None:
-        """``..``: physically one level up; the root is its own parent."""
-        if len(self.stack) > 1:
-            self.client.put(self.stack.pop().nodeid)
+        """``..``: physically one level up; the root is its own parent.  Above the directory
+        the walk started in, the host names the parent."""
+        stack = self.stack
+        if len(stack) > 1:
+            self.client.put(stack.pop().nodeid)
+            return
+        bottom = stack[0]
+        if bottom is ROOT:
+            return
+        entry = self.client.lookup_parent(bottom.nodeid)
+        stack[0] = ROOT if entry.nodeid == ROOT_ID else Node(entry.nodeid, entry.attr)
+        self.client.put(bottom.nodeid)
 
     # ------------------------------------------------------------------ steps
 

@@ -1,0 +1,340 @@
+"""GuestOS's ``dir_fd`` keywords, ``scandir``/``listdir`` of a descriptor, ``dup2`` and
+``readv``/``writev``/``preadv``/``pwritev``: each call made on a GuestOS (loopback transport, in
+this process) and with ``os`` on a local twin tree must give the same result, the same errno and
+file names, the same TypeError / ValueError / OverflowError; lookup counts return to zero."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from loopback import make_loopback
+from vfscluster.guest.cache import CacheConfig, CacheMode, CachePolicy
+from vfscluster.guest.client import FuseClient
+from vfscluster.guest.gos import GuestOS
+
+pytestmark = pytest.mark.timeout(120)
+
+CACHES = {"none": None, "always": CacheConfig(CacheMode.ALWAYS)}
+
+
+class Pair:
+    """A GuestOS over share/ and ``os`` over local/ (the process's working directory, as the
+    share root is the guest's), with the same tree and the same named descriptors."""
+
+    def __init__(self, tmp_path, monkeypatch, cache) -> None:
+        self.share, self.local = tmp_path / "share", tmp_path / "local"
+        for root in (self.share, self.local):
+            (root / "dir" / "sub").mkdir(parents=True)
+            (root / "dir" / "sub" / "deep").write_bytes(b"deep")
+            (root / "dir" / "file").write_bytes(b"hello")
+            (root / "top").write_bytes(b"top!")
+            os.symlink("file", root / "dir" / "lfile")
+            os.symlink("../top", root / "dir" / "lup")
+            os.symlink("sub", root / "dir" / "ldir")
+            os.symlink("missing", root / "dir" / "dangling")
+        monkeypatch.chdir(self.local)
+        self.fs, _server, self.transport = make_loopback(self.share)
+        self.client = FuseClient(self.transport, CachePolicy(cache))
+        self.client.init()
+        self.g = GuestOS(self.client)
+        self.fds = {self.g: self._open_fds(self.g), os: self._open_fds(os)}
+
+    @staticmethod
+    def _open_fds(o) -> dict:
+        fds = {"dir": o.open("dir", os.O_RDONLY), "sub": o.open("dir/sub", os.O_RDONLY),
+               "opath": o.open("dir", os.O_PATH), "root": o.open(".", os.O_RDONLY),
+               "file": o.open("top", os.O_RDONLY), "lnk": o.open("dir/lfile", os.O_PATH | os.O_NOFOLLOW)}
+        spare = o.open("top", os.O_RDONLY)
+        o.close(spare)
+        fds["bad"] = spare + 100        # nothing open there
+        fds[None] = None
+        return fds
+
+    def side(self, o):
+        """``(P, F)`` for ``o``: absolute paths translated into the tree, descriptor labels."""
+        root = "" if o is self.g else str(self.local)
+
+        def P(p):
+            if isinstance(p, str) and p.startswith("/"):
+                return root + p
+            if isinstance(p, bytes) and p.startswith(b"/"):
+                return os.fsencode(root) + p
+            return p
+        fds = self.fds[o]
+        return P, (lambda label: fds[label] if label in fds else label)
+
+    def outcome(self, o, fn):
+        P, F = self.side(o)
+        try:
+            result = fn(o, P, F)
+        except OSError as exc:
+            return ("OSError", exc.errno, self._name(o, exc.filename), self._name(o, exc.filename2))
+        except (TypeError, ValueError, OverflowError, NotImplementedError, BufferError) as exc:
+            return (type(exc).__name__, str(exc))
+        return ("ok", self._result(o, result))
+
+    def _name(self, o, name):
+        if isinstance(name, int):
+            labels = [k for k, v in self.fds[o].items() if v == name]
+            return labels[0] if labels else "fd?"
+        if isinstance(name, str):
+            return name.replace(str(self.local), "")
+        if isinstance(name, bytes):
+            return name.replace(os.fsencode(self.local), b"")
+        return name
+
+    @staticmethod
+    def _result(o, result):
+        if isinstance(result, os.stat_result):
+            return (stat.S_IFMT(result.st_mode), stat.S_IMODE(result.st_mode),
+                    0 if stat.S_ISDIR(result.st_mode) else result.st_size, result.st_nlink)
+        if isinstance(result, list):
+            return sorted(result)
+        return result
+
+    def both(self, fn):
+        return self.outcome(self.g, fn), self.outcome(os, fn)
+
+    def tree(self, root) -> list:
+        out = []
+        for dirpath, dirs, files in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            for name in sorted(dirs + files):
+                st = os.lstat(os.path.join(dirpath, name))
+                size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
+                out.append((rel, name, stat.S_IFMT(st.st_mode), size, st.st_nlink))
+        return sorted(out)
+
+    def close(self) -> None:
+        for fd in self.g.open_fds():
+            self.g.close(fd)
+        for fd in self.fds[os].values():
+            if fd is not None and fd < self.fds[os]["bad"]:
+                try:
+                    os.close(fd)
+                except OSError as exc:          # closed by the test
+                    assert exc.errno == errno.EBADF
+        self.client.drop_caches()
+        self.client.flush_forgets()
+        counts = self.client.lookup_counts()
+        self.fs.close()
+        assert counts == {}
+
+
+@pytest.fixture(params=sorted(CACHES))
+def pair(tmp_path, monkeypatch, request):
+    p = Pair(tmp_path, monkeypatch, CACHES[request.param])
+    yield p
+    p.close()
+
+
+def _check(pair, calls):
+    mismatches = {}
+    for name, fn in calls:
+        g, loc = pair.both(fn)
+        if g != loc:
+            mismatches[name] = (g, loc)
+    assert mismatches == {}
+
+
+# ------------------------------------------------------------------------------------ dir_fd
+
+LABELS = ["dir", "sub", "opath", "root", "file", "lnk", "bad", None]
+PATHS = ["file", "sub", "sub/deep", "lfile", "lfile/", "lup", "ldir/deep", "dangling", "../top",
+         "../dir/file", "..", ".", "", "missing", "file/", "sub/../file", "/top", "/dir/file",
+         "/missing", "../../top", b"file", b"/top"]
+
+
+def _escapes(label, path) -> bool:
+    """Whether ``path`` from ``label``'s directory climbs above the tree's root (where the
+    guest's root is its own parent and the local one is not)."""
+    base = {"dir": "dir", "sub": "dir/sub", "opath": "dir"}.get(label, "")
+    p = os.fsdecode(path)
+    return not p.startswith("/") and os.path.normpath(os.path.join(base, p) or ".").startswith("..")
+
+
+READ_CALLS = {
+    "stat": lambda p, d: lambda o, P, F: o.stat(P(p), dir_fd=F(d)),
+    "lstat": lambda p, d: lambda o, P, F: o.lstat(P(p), dir_fd=F(d)),
+    "stat_nofollow": lambda p, d: lambda o, P, F: o.stat(P(p), dir_fd=F(d), follow_symlinks=False),
+    "access": lambda p, d: lambda o, P, F: o.access(P(p), os.R_OK, dir_fd=F(d)),
+    "access_nofollow": lambda p, d: lambda o, P, F: o.access(P(p), os.F_OK, dir_fd=F(d),
+                                                           follow_symlinks=False),
+    "readlink": lambda p, d: lambda o, P, F: o.readlink(P(p), dir_fd=F(d)),
+    "open": lambda p, d: lambda o, P, F: _open_stat(o, P(p), os.O_RDONLY, F(d)),
+    "open_path": lambda p, d: lambda o, P, F: _open_stat(o, P(p), os.O_PATH | os.O_NOFOLLOW, F(d)),
+    "open_dir": lambda p, d: lambda o, P, F: _open_stat(o, P(p), os.O_DIRECTORY, F(d)),
+    "utime": lambda p, d: lambda o, P, F: o.utime(P(p), ns=(5, 7), dir_fd=F(d)),
+    "chown": lambda p, d: lambda o, P, F: o.chown(P(p), -1, -1, dir_fd=F(d)),
+    "chmod": lambda p, d: lambda o, P, F: o.chmod(P(p), 0o644, dir_fd=F(d)),
+}
+
+
+def _open_stat(o, path, flags, dir_fd):
+    fd = o.open(path, flags, dir_fd=dir_fd)
+    try:
+        return o.fstat(fd)
+    finally:
+        o.close(fd)
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_path_calls_with_dir_fd_match_os(pair, label):
+    calls = [(f"{op}({path!r}, dir_fd={label})", make(path, label))
+             for op, make in READ_CALLS.items() for path in PATHS if not _escapes(label, path)]
+    _check(pair, calls)
+
+
+def _raised(fn, *args, **kwargs):
+    """The type of what ``fn`` raises (where the message is not this test's business)."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as exc:        # noqa: BLE001 - the type is the result
+        return type(exc).__name__
+    return None
+
+
+def test_dir_fd_arguments_are_converted_and_refused_as_os_does(pair):
+    _check(pair, [
+        ("float", lambda o, P, F: o.stat("file", dir_fd=1.0)),
+        ("str", lambda o, P, F: o.stat("file", dir_fd="3")),
+        ("huge", lambda o, P, F: o.stat("file", dir_fd=1 << 40)),
+        ("tiny", lambda o, P, F: o.stat("file", dir_fd=-(1 << 40))),
+        ("negative", lambda o, P, F: o.stat("file", dir_fd=-1)),
+        ("AT_FDCWD", lambda o, P, F: o.stat("dir/file", dir_fd=-100)),
+        ("path first", lambda o, P, F: _raised(o.stat, "x\0", dir_fd="x")),
+        ("empty, bad fd", lambda o, P, F: o.stat("", dir_fd=F("bad"))),
+        ("empty, file fd", lambda o, P, F: o.mkdir("", dir_fd=F("file"))),
+        ("too long, bad fd", lambda o, P, F: o.stat("x" * 5000, dir_fd=F("bad"))),
+        ("stat fd+dir_fd", lambda o, P, F: o.stat(F("file"), dir_fd=F("dir"))),
+        ("stat fd+dir_fd None", lambda o, P, F: o.stat(F("file"), dir_fd=None)),
+        ("utime fd+dir_fd", lambda o, P, F: o.utime(F("file"), dir_fd=F("dir"))),
+        ("chown fd+dir_fd", lambda o, P, F: o.chown(F("file"), -1, -1, dir_fd=F("dir"))),
+        ("chmod fd+dir_fd", lambda o, P, F: o.chmod(F("file"), 0o644, dir_fd=F("dir"))),
+        ("chmod nofollow dir_fd", lambda o, P, F: o.chmod("file", 0o644, dir_fd=F("dir"),
+                                                          follow_symlinks=False)),
+        ("chmod nofollow AT_FDCWD", lambda o, P, F: o.chmod("top", 0o644, dir_fd=-100,
+                                                            follow_symlinks=False)),
+        ("access float", lambda o, P, F: o.access("file", os.R_OK, dir_fd=1.5)),
+        ("access bad", lambda o, P, F: o.access("file", os.R_OK, dir_fd=F("bad"))),
+        ("mknod bad", lambda o, P, F: o.mknod("n", dir_fd=F("bad"))),
+        ("mkfifo bad", lambda o, P, F: o.mkfifo("n", dir_fd=F("bad"))),
+        ("utime bad", lambda o, P, F: o.utime("file", dir_fd=F("bad"))),
+        ("rename float", lambda o, P, F: o.rename("file", "x", src_dir_fd=F("dir"),
+                                                  dst_dir_fd=1.0)),
+        ("rename bad dst, missing src", lambda o, P, F: o.rename("nope", "x", src_dir_fd=F("dir"),
+                                                                 dst_dir_fd=F("bad"))),
+        ("rename file dst fd", lambda o, P, F: o.rename("file", "x", src_dir_fd=F("dir"),
+                                                        dst_dir_fd=F("file"))),
+        ("link bad src", lambda o, P, F: o.link("file", "x", src_dir_fd=F("bad"),
+                                                dst_dir_fd=F("dir"))),
+        ("symlink bad", lambda o, P, F: o.symlink("t", "s", dir_fd=F("bad"))),
+    ])
+
+
+def test_namespace_calls_with_dir_fd_match_os(pair):
+    steps = [
+        ("mkdir", lambda o, P, F: o.mkdir("n1", dir_fd=F("dir"))),
+        ("mkdir again", lambda o, P, F: o.mkdir("n1", dir_fd=F("opath"))),
+        ("mkdir in file", lambda o, P, F: o.mkdir("n2", dir_fd=F("file"))),
+        ("mkdir absolute, bad fd", lambda o, P, F: o.mkdir(P("/n3"), 0o700, dir_fd=F("bad"))),
+        ("mkdir ..", lambda o, P, F: o.mkdir("..", dir_fd=F("sub"))),
+        ("mknod", lambda o, P, F: o.mknod("nod", 0o640, dir_fd=F("dir"))),
+        ("mknod exists", lambda o, P, F: o.mknod("nod", dir_fd=F("dir"))),
+        ("mkfifo", lambda o, P, F: o.mkfifo("fifo", dir_fd=F("opath"))),
+        ("symlink", lambda o, P, F: o.symlink("file", "sl", dir_fd=F("dir"))),
+        ("symlink up", lambda o, P, F: o.symlink("../file", "slup", dir_fd=F("sub"))),
+        ("readlink", lambda o, P, F: o.readlink("sl", dir_fd=F("dir"))),
+        ("read through", lambda o, P, F: _open_stat(o, "slup", os.O_RDONLY, F("sub"))),
+        ("link", lambda o, P, F: o.link("file", "hl", src_dir_fd=F("dir"), dst_dir_fd=F("sub"))),
+        ("link follows with dir_fd", lambda o, P, F: o.link("lfile", "hl2", src_dir_fd=F("dir"),
+                                                             dst_dir_fd=F("dir"))),
+        ("link dst_dir_fd only", lambda o, P, F: o.link("dir/lfile", "hl3", dst_dir_fd=F("root"))),
+        ("link AT_FDCWD", lambda o, P, F: o.link("dir/lfile", "hl4", src_dir_fd=-100)),
+        ("link nofollow", lambda o, P, F: o.link("lfile", "hl5", src_dir_fd=F("dir"),
+                                                 follow_symlinks=False)),
+        ("link exists", lambda o, P, F: o.link("file", "hl", src_dir_fd=F("dir"),
+                                               dst_dir_fd=F("sub"))),
+        ("rename", lambda o, P, F: o.rename("hl", "../hl6", src_dir_fd=F("sub"),
+                                            dst_dir_fd=F("sub"))),
+        ("rename to root", lambda o, P, F: o.rename("n1", "n1x", src_dir_fd=F("dir"),
+                                                    dst_dir_fd=F("root"))),
+        ("rename into itself", lambda o, P, F: o.rename("sub", "sub/x", src_dir_fd=F("dir"),
+                                                        dst_dir_fd=F("dir"))),
+        ("rename ancestor into fd", lambda o, P, F: o.rename("dir", "inside",
+                                                             src_dir_fd=F("root"),
+                                                             dst_dir_fd=F("sub"))),
+        ("replace", lambda o, P, F: o.replace("hl6", "hl2", src_dir_fd=F("dir"),
+                                              dst_dir_fd=F("opath"))),
+        ("rename .", lambda o, P, F: o.rename(".", "x", src_dir_fd=F("sub"))),
+        ("unlink", lambda o, P, F: o.unlink("hl2", dir_fd=F("dir"))),
+        ("remove", lambda o, P, F: o.remove("hl", dir_fd=F("sub"))),
+        ("unlink missing", lambda o, P, F: o.unlink("hl", dir_fd=F("sub"))),
+        ("unlink dir", lambda o, P, F: o.unlink("sub", dir_fd=F("dir"))),
+        ("unlink bad", lambda o, P, F: o.unlink("nod", dir_fd=F("bad"))),
+        ("unlink in file", lambda o, P, F: o.unlink("nod", dir_fd=F("file"))),
+        ("rmdir", lambda o, P, F: o.rmdir("n1x", dir_fd=F("root"))),
+        ("rmdir ..", lambda o, P, F: o.rmdir("..", dir_fd=F("sub"))),
+        ("rmdir .", lambda o, P, F: o.rmdir(".", dir_fd=F("sub"))),
+        ("rmdir not empty", lambda o, P, F: o.rmdir("sub", dir_fd=F("dir"))),
+        ("rmdir absolute", lambda o, P, F: o.rmdir(P("/n3"), dir_fd=F("file"))),
+        ("open creat", lambda o, P, F: _open_stat(o, "new", os.O_CREAT | os.O_WRONLY, F("sub"))),
+        ("open creat excl", lambda o, P, F: _open_stat(o, "new", os.O_CREAT | os.O_EXCL
+                                                       | os.O_WRONLY, F("sub"))),
+        ("chmod", lambda o, P, F: o.chmod("new", 0o600, dir_fd=F("sub"))),
+        ("chmod dir", lambda o, P, F: o.chmod(".", 0o750, dir_fd=F("sub"))),
+        ("stat after", lambda o, P, F: o.stat("sub/new", dir_fd=F("opath"))),
+        ("utime nofollow", lambda o, P, F: o.utime("lfile", ns=(1, 2), dir_fd=F("dir"),
+                                                   follow_symlinks=False)),
+        ("chown nofollow", lambda o, P, F: o.chown("lfile", -1, -1, dir_fd=F("dir"),
+                                                   follow_symlinks=False)),
+        ("mtime", lambda o, P, F: o.stat("lfile", dir_fd=F("dir"), follow_symlinks=False).st_mtime_ns),
+    ]
+    _check(pair, steps)
+    assert pair.tree(pair.share) == pair.tree(pair.local)
+
+
+def test_dir_fd_of_a_moved_directory_walks_from_its_new_place(pair):
+    """``..`` above the descriptor's directory is its parent now (the kernel's d_parent), not
+    where it was opened."""
+    _check(pair, [
+        ("move", lambda o, P, F: o.rename("dir", "moved")),
+        ("mkdir", lambda o, P, F: o.mkdir("other")),
+        ("move again", lambda o, P, F: o.rename("moved", "other/m")),
+        ("stat ..", lambda o, P, F: o.stat("../..", dir_fd=F("sub")).st_ino == o.stat("other").st_ino),
+        ("stat up", lambda o, P, F: o.stat("../../m/file", dir_fd=F("sub"))),
+        ("lup now dangles", lambda o, P, F: o.stat("lup", dir_fd=F("dir"))),
+        ("readlink", lambda o, P, F: o.readlink("../lup", dir_fd=F("sub"))),
+    ])
+
+
+def test_dir_fd_keeps_lookup_counts_balanced_on_errors(tmp_path):
+    share = tmp_path / "share"
+    (share / "d" / "e").mkdir(parents=True)
+    fs, _server, transport = make_loopback(share)
+    client = FuseClient(transport)
+    client.init()
+    g = GuestOS(client)
+    d = g.open("d/e", os.O_RDONLY)
+    before = client.lookup_counts()
+    seen = set()
+    for path in ("../../x/y", "..", "../e/..", "nope/x", "../e/../../d"):
+        for call in (g.stat, g.rmdir, g.unlink, g.mkdir, g.readlink):
+            try:
+                call(path, dir_fd=d)
+                seen.add("ok")
+            except OSError as exc:
+                seen.add(exc.errno)
+    assert {"ok", errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY} <= seen
+    client.flush_forgets()
+    # the open directory's node only, pinned once (it owes the host each LOOKUP made of it)
+    assert {k: pins for k, (_n, pins) in client.lookup_counts().items()} == \
+        {k: pins for k, (_n, pins) in before.items()}
+    g.close(d)
+    client.flush_forgets()
+    assert client.lookup_counts() == {}
+    fs.close()
