@@ -274,6 +274,42 @@ def test_cluster_guests_see_each_other_and_the_host(tmp_path):
         assert cached.os.stat("d/g").st_mtime_ns == 7 * 10**9
 
 
+def _poll_mtime(gos, path, want_ns, seconds):
+    """Runs in the guest: stat ``path`` until its mtime is ``want_ns`` or ``seconds`` passed;
+    returns (last mtime, stats made, requests they cost)."""
+    import time as _time
+    before = gos.client.requests
+    deadline = _time.monotonic() + seconds
+    polls = 0
+    while True:
+        mtime = gos.stat(path).st_mtime_ns
+        polls += 1
+        if mtime == want_ns or _time.monotonic() > deadline:
+            return mtime, polls, gos.client.requests - before
+        _time.sleep(0.001)
+
+
+@pytest.mark.timeout(120)
+def test_cluster_guest_sees_a_host_change_through_a_hard_link_elsewhere(tmp_path):
+    """A host program changes a file through a hard link in a directory no guest looked up (so
+    no directory watch of vfs-hostd sees it): the file's own watch does, and a versions=on guest
+    with cache=always, which asks nothing while the slot holds, sees the change on its own."""
+    from vfscluster import Cluster, Topology
+    share = tmp_path / "share"
+    (share / "d").mkdir(parents=True)
+    (share / "hidden").mkdir()
+    (share / "d" / "f").write_bytes(b"x")
+    os.link(share / "d" / "f", share / "hidden" / "l")
+    topo = Topology(share, [{"name": "cached", "cache": "always", "versions": True}])
+    with Cluster.start(topo) as c:
+        (cached,) = c.guests
+        mode, _, again, _, n = cached.run(_stat_twice_counting, "d/f")
+        assert mode == again and n == 0                          # cached: the slot holds
+        os.utime(share / "hidden" / "l", ns=(10**9, 7 * 10**9))   # behind vfs-hostd's back
+        mtime, polls, asked = cached.run(_poll_mtime, "d/f", 7 * 10**9, 10.0)
+        assert mtime == 7 * 10**9 and asked >= 1, (polls, asked)
+
+
 def _make_and_change(gos, n: int, deadline_ns: int):
     """Runs in the writer guest: create h/n<i> (0o600), then chmod it 0o640; returns when each
     create and each chmod had completed."""
