@@ -338,3 +338,63 @@ def test_dir_fd_keeps_lookup_counts_balanced_on_errors(tmp_path):
     client.flush_forgets()
     assert client.lookup_counts() == {}
     fs.close()
+
+
+# ------------------------------------------------------------------- scandir / listdir of an fd
+
+def _scan(o, fd):
+    with o.scandir(fd) as it:
+        entries = list(it)
+    return sorted((e.name, e.path, os.fspath(e), e.is_dir(), e.is_file(), e.is_symlink(),
+                   e.is_dir(follow_symlinks=False), e.inode() == o.stat(e.name, dir_fd=fd,
+                                                                        follow_symlinks=False).st_ino,
+                   Pair._result(o, e.stat(follow_symlinks=False)),
+                   _or_errno(lambda: Pair._result(o, e.stat())))
+                  for e in entries)
+
+
+def _or_errno(fn):
+    try:
+        return fn()
+    except OSError as exc:
+        return ("OSError", exc.errno, exc.filename)
+
+
+def test_scandir_and_listdir_of_a_descriptor_match_os(pair):
+    _check(pair, [
+        ("listdir dir", lambda o, P, F: o.listdir(F("dir"))),
+        ("listdir root", lambda o, P, F: o.listdir(F("root"))),
+        ("listdir -1 is the working directory", lambda o, P, F: o.listdir(-1)),
+        ("listdir -2", lambda o, P, F: o.listdir(-2)),
+        ("listdir bad", lambda o, P, F: o.listdir(F("bad"))),
+        ("listdir file", lambda o, P, F: o.listdir(F("file"))),
+        ("listdir opath", lambda o, P, F: o.listdir(F("opath"))),
+        ("scandir dir", lambda o, P, F: _scan(o, F("dir"))),
+        ("scandir sub", lambda o, P, F: _scan(o, F("sub"))),
+        ("scandir -1", lambda o, P, F: sorted(e.path for e in o.scandir(-1))),
+        ("scandir -100", lambda o, P, F: list(o.scandir(-100))),
+        ("scandir bad", lambda o, P, F: o.scandir(F("bad"))),
+        ("scandir file", lambda o, P, F: o.scandir(F("file"))),
+        ("scandir opath is refused at the first entry", lambda o, P, F: o.scandir(F("opath"))
+         is not None),
+        ("scandir opath next", lambda o, P, F: next(o.scandir(F("opath")))),
+        ("scandir float", lambda o, P, F: o.scandir(1.0)),
+        ("scandir huge", lambda o, P, F: o.scandir(1 << 40)),
+        ("scandir then the position", lambda o, P, F: (o.lseek(F("dir"), 0, os.SEEK_SET),
+                                                       len(list(o.scandir(F("dir")))),
+                                                       o.lseek(F("dir"), 0, os.SEEK_CUR))),
+        ("listdir then the position", lambda o, P, F: (len(o.listdir(F("sub"))),
+                                                       o.lseek(F("sub"), 0, os.SEEK_CUR))),
+    ])
+
+
+def test_scandir_entries_of_a_descriptor_stat_through_it(pair):
+    """DirEntry.stat() uses the descriptor scandir was given: closed, it is EBADF."""
+    def run(o, P, F):
+        fd = o.open("dir", os.O_RDONLY)
+        entries = {e.name: e for e in o.scandir(fd)}
+        kept = entries["file"].stat().st_size
+        o.close(fd)
+        return kept, _or_errno(lambda: entries["sub"].stat()), entries["sub"].is_dir(), \
+            _or_errno(lambda: entries["lup"].stat()), entries["lup"].is_symlink()
+    _check(pair, [("run", run)])

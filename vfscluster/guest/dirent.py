@@ -3,8 +3,9 @@
 :func:`read_directory` reads a whole open directory (fs/fuse/readdir.c: a page per request,
 continuing from the cookie of the last record, until an empty reply), with READDIR or
 READDIRPLUS.  :class:`DirEntry` behaves like ``os.DirEntry``: ``name``, ``path`` (the scandir
-argument joined with the name), ``inode()``, ``is_dir()``/``is_file()``/``is_symlink()`` from the
-entry's type where it can, and ``stat()`` asked from the host the first time, then kept.
+argument joined with the name; just the name when scandir was given a descriptor), ``inode()``, ``is_dir()``/``is_file()``/``is_symlink()`` from the
+entry's type where it can, and ``stat()`` asked from the host the first time (relative to
+the descriptor scandir was given, if any), then kept.
 """
 
 from __future__ import annotations
@@ -65,16 +66,18 @@ def read_directory(client: FuseClient, nodeid: int, fh: int, *, plus: bool) -> l
 class DirEntry:
     """An ``os.DirEntry`` look-alike for an entry listed by :meth:`GuestOS.scandir`."""
 
-    __slots__ = ("name", "path", "_gos", "_rec", "_stat", "_lstat")
+    __slots__ = ("name", "path", "_gos", "_rec", "_stat", "_lstat", "_dir_fd")
 
-    def __init__(self, gos: GuestOS, dirpath: Any, rec: DirRecord) -> None:
+    def __init__(self, gos: GuestOS, dirpath: Any, rec: DirRecord, *,
+                 dir_fd: int | None = None) -> None:
         self._gos = gos
         self._rec = rec
+        self._dir_fd = dir_fd
         if isinstance(dirpath, bytes):
             self.name: Any = rec.name
         else:
             self.name = os.fsdecode(rec.name)
-        self.path: Any = os.path.join(dirpath, self.name)
+        self.path: Any = self.name if dir_fd is not None else os.path.join(dirpath, self.name)
         self._stat: os.stat_result | None = None
         self._lstat: os.stat_result | None = None
 
@@ -111,10 +114,10 @@ class DirEntry:
         """``stat`` (or ``lstat``) of the entry's path, asked once and then kept."""
         if follow_symlinks and self.is_symlink():
             if self._stat is None:
-                self._stat = self._gos.stat(self.path)
+                self._stat = self._gos.stat(self.path, dir_fd=self._dir_fd)
             return self._stat
         if self._lstat is None:
-            self._lstat = self._gos.lstat(self.path)
+            self._lstat = self._gos.lstat(self.path, dir_fd=self._dir_fd)
         return self._lstat
 
     def __fspath__(self) -> Any:
@@ -125,15 +128,21 @@ class DirEntry:
 
 
 class ScandirIterator:
-    """The iterator :meth:`GuestOS.scandir` returns (a context manager, with ``close``)."""
+    """The iterator :meth:`GuestOS.scandir` returns (a context manager, with ``close``).
+    ``error``: raised by the first ``next()`` instead of an entry (a directory that could be
+    opened but not read)."""
 
-    def __init__(self, entries: list[DirEntry]) -> None:
+    def __init__(self, entries: list[DirEntry], *, error: OSError | None = None) -> None:
         self._it = iter(entries)
+        self._error = error
 
     def __iter__(self) -> ScandirIterator:
         return self
 
     def __next__(self) -> DirEntry:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         return next(self._it)
 
     def close(self) -> None:

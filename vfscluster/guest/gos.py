@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from ..fuse.abi import InitFlags, SetattrValid, encode_dev
 from .client import FuseClient
 from .daxfiles import DaxCalls
-from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
+from .dircalls import DirCalls
 from .dirfd import DirFd, c_dir_fd
 from .fdcalls import FdCalls
 from .files import FdTable, OpenFile
@@ -50,7 +50,7 @@ _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY
 _MKNOD_TYPES = (0, stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
-class GuestOS(DirFd, FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
+class GuestOS(DirFd, DirCalls, FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
     """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
 
     ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
@@ -325,62 +325,6 @@ class GuestOS(DirFd, FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
         return os.fsdecode(target) if isinstance(os.fspath(path), str) else target
 
     # ================================================================== directories
-
-    def listdir(self, path: Any = None) -> list:
-        """``os.listdir`` (READDIR): names without ``.`` and ``..``, str unless ``path`` is
-        bytes.  An int is a directory descriptor."""
-        if path is None:
-            path = "."
-        if isinstance(path, int):                 # os: dup() (EBADF, unnamed), fdopendir()
-            with errors():
-                f = self._fds.get(path)
-            try:
-                with errors(path):
-                    if not f.is_dir or f.is_path:
-                        raise oserror(errno.ENOTDIR if not f.is_dir else errno.EBADF)
-                    records = read_directory(self.client, f.nodeid, f.fh, plus=False)
-            finally:
-                f.put()
-            return [os.fsdecode(r.name) for r in records]
-        raw, p = fspath(path, "listdir")
-        records = self._list_dir(p, raw, plus=False)
-        return [r.name if isinstance(p, bytes) else os.fsdecode(r.name) for r in records]
-
-    def scandir(self, path: Any = ".") -> ScandirIterator:
-        """``os.scandir``: DirEntry objects (READDIRPLUS when the server offers it, as the
-        kernel does for a first read).  Their ``stat()`` asks the host when first called."""
-        if path is None:
-            path = "."
-        raw, p = fspath(path, "scandir")
-        records = self._list_dir(p, raw, plus=True)
-        return ScandirIterator([DirEntry(self, p, r) for r in records])
-
-    def _list_dir(self, p: Any, raw: bytes, *, plus: bool) -> list[DirRecord]:
-        """Resolve (following symlinks; ENOTDIR unless a directory), OPENDIR, read it all,
-        RELEASEDIR."""
-        c = self.client
-        flags = os.O_RDONLY | os.O_DIRECTORY
-        with errors(p):
-            with PathWalk(c) as w:
-                node = w.resolve(raw, follow=True, must_dir=True)
-            try:
-                cache = c.cache
-                if not plus:
-                    listing = cache.get_listing(node.nodeid)
-                    if listing is not None:
-                        return listing
-                stamp = cache.stamp(node.nodeid) if cache.enabled else 0
-                since = cache.local_gen
-                opened = c.opendir(node.nodeid, flags)
-                try:
-                    records = read_directory(c, node.nodeid, opened.fh, plus=plus)
-                finally:
-                    c.releasedir(node.nodeid, opened.fh, flags)
-                if not plus:
-                    cache.store_listing(node.nodeid, records, stamp, since)
-                return records
-            finally:
-                c.put(node.nodeid)
 
     def mkdir(self, path: Any, mode: int = 0o777, *, dir_fd: Any = None) -> None:
         """``os.mkdir``: EEXIST for an existing name (also ``.``, ``..``, ``/`` and a dangling
