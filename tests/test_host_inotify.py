@@ -52,9 +52,12 @@ def versions(table, *nodeids):
 
 
 def kernel_watches(w) -> int:
-    """The watches the kernel holds for the watcher's inotify instance (its fdinfo lists them)."""
-    with open(f"/proc/self/fdinfo/{w.fd}") as f:
-        return sum(1 for line in f if line.startswith("inotify wd:"))
+    """The watches the kernel holds for the watcher's inotify instances (their fdinfo lists them)."""
+    n = 0
+    for fd in {w.inotify.fd, w.file_inotify.fd}:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            n += sum(1 for line in f if line.startswith("inotify wd:"))
+    return n
 
 
 def test_parse_events():
@@ -135,7 +138,7 @@ def test_a_deleted_directory_is_unwatched_when_forgotten(rig, tree):
 def test_overflow_bumps_everything(rig):
     fs, table, w = rig
     gen = table._words[2]
-    w._apply(EVENT.pack(-1, IN_Q_OVERFLOW, 0, 0))
+    w._apply(EVENT.pack(-1, IN_Q_OVERFLOW, 0, 0), w._dirs, w._files)
     assert table._words[2] == gen + 1 and table.version(12345) == 1 and w.overflows == 1
 
 
@@ -243,6 +246,57 @@ def test_two_entries_of_one_inode_share_its_watch(rig, tree):
         os.close(twin.fd)
 
 
+def test_a_stream_of_changes_to_one_file_coalesces(rig, tree):
+    """The kernel merges an event with the one queued last only: files' watches have a queue of
+    their own, so the directory's event about ``f`` and ``f``'s own do not alternate."""
+    fs, table, w = rig
+    f = fs.lookup(CTX, ROOT_ID, b"f").nodeid
+    w.drain()
+    v = table.version(f)
+    fd = os.open(tree / "f", os.O_WRONLY)
+    try:
+        for i in range(16):
+            os.utime(fd, ns=(i, i))
+        for i in range(16):
+            os.pwrite(fd, b"x", 0)
+    finally:
+        os.close(fd)
+    assert w.drain() == 3 and table.version(f) == v + 1     # ATTRIB f in the root; ATTRIB, MODIFY
+
+
+def test_one_inotify_instance_will_do(tree, linked, monkeypatch):
+    """Without a second instance (max_user_instances) files share the directories' one."""
+    from vfscluster.host import inotify
+    made = []
+
+    class OneOnly(Inotify):
+        def __init__(self):
+            if made:
+                raise OSError(errno.EMFILE, "inotify_init1: Too many open files")
+            super().__init__()
+            made.append(self)
+    monkeypatch.setattr(inotify, "Inotify", OneOnly)
+    fs = PassthroughFs(tree)
+    table = VersionTable(f"/vfsc-{os.getpid()}-{secrets.token_hex(3)}-vt", slots=1024, unlink_name=True)
+    w = ShareWatcher(fs.inodes, table)
+    try:
+        assert w.file_inotify is w.inotify and w.fd == w.inotify.fd
+        f = fs.lookup(CTX, ROOT_ID, b"f").nodeid
+        d = fs.lookup(CTX, ROOT_ID, b"d").nodeid
+        w.drain()
+        v = versions(table, f, d)
+        os.chmod(linked / "hidden" / "l", 0o600)
+        os.chmod(linked / "d", 0o700)
+        w.drain()
+        assert versions(table, f, d) == [v[0] + 1, v[1] + 1]
+        fs.forget(CTX, f, 1)
+        assert w.watched == kernel_watches(w) == 2
+    finally:
+        w.close()
+        fs.close()
+        table.close()
+
+
 def test_named_events_of_entries_with_their_own_watch_cost_no_stat(rig, tree, monkeypatch):
     fs, table, w = rig
     d = fs.lookup(CTX, ROOT_ID, b"d").nodeid
@@ -260,14 +314,13 @@ def test_named_events_of_entries_with_their_own_watch_cost_no_stat(rig, tree, mo
 
 def _fail_file_watches(w, monkeypatch, calls):
     """add_watch of a non-directory fails with ENOSPC, as at the inotify watch limit."""
-    real = w.inotify.add_watch
-
-    def add_watch(path, mask):
-        calls.append(path)
-        if not stat.S_ISDIR(os.stat(path).st_mode):
-            raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device")
-        return real(path, mask)
-    monkeypatch.setattr(w.inotify, "add_watch", add_watch)
+    for queue in {w.inotify, w.file_inotify}:
+        def add_watch(path, mask, real=queue.add_watch):
+            calls.append(path)
+            if not stat.S_ISDIR(os.stat(path).st_mode):
+                raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device")
+            return real(path, mask)
+        monkeypatch.setattr(queue, "add_watch", add_watch)
 
 
 def test_no_room_for_file_watches_falls_back_to_directory_watches(rig, tree, monkeypatch, caplog):

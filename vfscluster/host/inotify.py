@@ -16,8 +16,11 @@ looked up included.  Events become bumps:
   (CREATE, DELETE, MOVED_*: its mtime, ctime, size);
 * an event a directory reports about one of its entries (``D/N``) bumps only ``D`` when a name came
   or went, and nothing else: the inode ``N`` stands for, if the store has it, had its own event.
-  While every inode has its own watch, directory watches do not even ask for IN_MODIFY
-  (``DIR_MASK``), so a write raises one event (and a stream of writes coalesces into one);
+  Until some inode goes without a watch of its own, directory watches do not even ask for
+  IN_MODIFY (``DIR_MASK``), so a write raises one event.  Files' watches live in an inotify instance of
+  their own (the kernel merges an event only with the one queued last: in one queue a directory's
+  ATTRIB about ``f`` and ``f``'s own would alternate), so a stream of writes, or of attribute
+  changes, to one file coalesces; :attr:`ShareWatcher.fd` is then an epoll fd over the two;
 * ``IN_Q_OVERFLOW`` (events were lost) bumps every slot (``bump_all``).
 
 The fallback: an inode whose watch cannot be added (the per-user watch limit, ENOSPC, logged once;
@@ -29,8 +32,8 @@ as ``D/N`` (``fstatat(D, N, AT_SYMLINK_NOFOLLOW)`` -> (st_dev, st_ino) -> nodeid
 remembered per (watch, name) until a namespace event for that name or until the store drops the
 nodeid (nodeids are never reused), so a stream of writes to one file costs no ``fstatat`` each.
 
-Limits: changes that raise no inotify event are not seen (writes through a shared ``mmap`` until
-they reach the file some other way, changes made by another host to a network file system); an
+Limits: changes that raise no inotify event are not seen (a host program's writes through a shared
+``mmap``, changes made by another machine to a network file system); an
 inode without a watch of its own (the fallback above) is seen only through the directories the
 store knows (a change through a hard link elsewhere is missed; the child of a DELETE or MOVED_FROM
 is gone by the time the event is read).  The server's own changes raise events too: those cost one
@@ -163,7 +166,24 @@ class ShareWatcher:
     def __init__(self, inodes: InodeStore, table: VersionTable) -> None:
         self.inodes = inodes
         self.table = table
-        self.inotify = Inotify()
+        self.inotify = Inotify()                        # directories' watches
+        self.file_inotify = self._second_queue()        # files' (the same one if none can be had)
+        self._queues = {self.inotify.fd: self.inotify}
+        self._poll = select.poll()
+        self._poll.register(self.inotify.fd, select.POLLIN)
+        self._epoll: select.epoll | None = None         # what :attr:`fd` is when there are two
+        if self.file_inotify is not self.inotify:
+            try:
+                self._epoll = select.epoll()
+            except OSError as exc:
+                log.warning("no epoll fd over two inotify instances (%s): files share one", exc)
+                self.file_inotify.close()
+                self.file_inotify = self.inotify
+        if self._epoll is not None:
+            self._queues[self.file_inotify.fd] = self.file_inotify
+            self._poll.register(self.file_inotify.fd, select.POLLIN)
+            self._epoll.register(self.inotify.fd, select.EPOLLIN)
+            self._epoll.register(self.file_inotify.fd, select.EPOLLIN)
         self._lock = threading.Lock()
         self._dirs: dict[int, tuple[int, int]] = {}     # wd -> (nodeid, O_PATH fd of the directory)
         self._files: dict[int, tuple[int, ...]] = {}    # wd -> nodeids of a non-directory (one: below)
@@ -178,8 +198,23 @@ class ShareWatcher:
         self._dir_mask = DIR_MASK                       # WATCH_MASK from the first unwatched inode on
         inodes.add_observer(self)
 
+    def _second_queue(self) -> Inotify:
+        """An inotify instance of its own for the files' watches: the kernel coalesces an event with
+        the one queued last only, so with one queue a directory's event about its entry ``f`` and
+        ``f``'s own would alternate and a stream of changes to ``f`` would never coalesce.  Without
+        one (``fs.inotify.max_user_instances``, EMFILE) files share the directories' instance."""
+        try:
+            return Inotify()
+        except OSError as exc:
+            log.warning("no second inotify instance (%s): a stream of attribute changes to a file "
+                        "costs two events each", exc)
+            return self.inotify
+
     @property
     def fd(self) -> int:
+        """Readable when events are queued (one inotify fd, or an epoll fd over the two)."""
+        if self._epoll is not None:
+            return -1 if self._epoll.closed else self._epoll.fileno()
         return self.inotify.fd
 
     @property
@@ -202,8 +237,10 @@ class ShareWatcher:
                 self._unwatch(nodeid)
                 return
             try:
-                wd = self.inotify.add_watch(f"/proc/self/fd/{inode.fd}",
-                                            self._dir_mask if inode.is_dir else FILE_MASK)
+                if inode.is_dir:
+                    wd = self.inotify.add_watch(f"/proc/self/fd/{inode.fd}", self._dir_mask)
+                else:
+                    wd = self.file_inotify.add_watch(f"/proc/self/fd/{inode.fd}", FILE_MASK)
             except OSError as exc:
                 self._failed(inode, exc)
                 self._unwatch(nodeid)
@@ -277,7 +314,7 @@ class ShareWatcher:
                     return
                 del self._files[wd]
             try:
-                self.inotify.rm_watch(wd)
+                (self.inotify if inode.is_dir else self.file_inotify).rm_watch(wd)
             except OSError as exc:       # EINVAL: the kernel dropped it already (inode evicted)
                 log.debug("inotify_rm_watch(%d) of nodeid %d: %s", wd, nodeid, exc)
 
@@ -285,22 +322,31 @@ class ShareWatcher:
     def drain(self) -> int:
         """Read every queued event (non-blocking) and bump the slots they concern; returns the
         number of events read (0: nothing was queued, at the cost of one zero-timeout poll)."""
-        if not self.inotify.pending():
-            return 0
-        data = self.inotify.read()
-        if not data:
+        ready = self._poll.poll(0)
+        if not ready:
             return 0
         count = 0
         with self._lock:
-            while data:
-                count += self._apply(data)
-                if len(data) <= READ_SIZE - 2 * _MAX_EVENT:     # a short read: the queue was empty
-                    break
-                data = self.inotify.read()
+            for fd, _ in ready:
+                queue = self._queues.get(fd)
+                if queue is None or queue.fd < 0:
+                    continue                   # closed meanwhile
+                # (watch descriptors are per instance: each queue's name only its own watches)
+                dirs = self._dirs if queue is self.inotify else {}
+                files = self._files if queue is self.file_inotify else {}
+                data = queue.read()
+                while data:
+                    count += self._apply(data, dirs, files)
+                    if len(data) <= READ_SIZE - 2 * _MAX_EVENT:     # a short read: queue empty
+                        break
+                    data = queue.read()
         self.events += count
         return count
 
-    def _apply(self, data: bytes) -> int:
+    def _apply(self, data: bytes, dirs: dict[int, tuple[int, int]],
+               files: dict[int, tuple[int, ...]]) -> int:
+        """Bump what the events in ``data`` concern; ``dirs`` / ``files``: the watches of the queue
+        ``data`` was read from (``_dirs`` / ``_files``, or {})."""
         bump: set[int] = set()
         count = 0
         names = self._names
@@ -312,19 +358,19 @@ class ShareWatcher:
                 log.warning("inotify queue overflowed: every version slot is bumped")
                 self.table.bump_all()
                 continue
-            watched = self._dirs.get(wd)
+            watched = dirs.get(wd)
             if watched is None:
-                nodeids = self._files.get(wd)
+                nodeids = files.get(wd)
                 if nodeids is None:
                     continue                   # a watch removed already (its IN_IGNORED, say)
                 if mask & IN_IGNORED:          # the kernel dropped it (not our rm_watch: mapped)
-                    del self._files[wd]
+                    del files[wd]
                     self._lost(wd, nodeids)
                 bump.update(nodeids)
                 continue
             nodeid, dirfd = watched
             if mask & IN_IGNORED:              # the watch is gone (directory evicted, unmounted)
-                del self._dirs[wd]
+                del dirs[wd]
                 self._lost(wd, (nodeid,))
                 bump.add(nodeid)
                 continue
@@ -373,7 +419,7 @@ class ShareWatcher:
         return child
 
     def close(self) -> None:
-        """Stop observing the store and close the inotify fd (watches go with it)."""
+        """Stop observing the store and close the inotify fds (watches go with them)."""
         self.inodes.remove_observer(self)
         with self._lock:
             self._dirs.clear()
@@ -381,4 +427,9 @@ class ShareWatcher:
             self._wd_of.clear()
             self._unwatched.clear()
             self._names.clear()
+            self._queues.clear()
+            if self._epoll is not None:
+                self._epoll.close()
+            if self.file_inotify is not self.inotify:
+                self.file_inotify.close()
             self.inotify.close()
