@@ -12,13 +12,15 @@ import stat
 import pytest
 
 from loopback import make_loopback
+from vfscluster.fuse.abi import Opcode
 from vfscluster.guest.cache import CacheConfig, CacheMode, CachePolicy
 from vfscluster.guest.client import FuseClient
 from vfscluster.guest.gos import GuestOS
 
 pytestmark = pytest.mark.timeout(120)
 
-CACHES = {"none": None, "always": CacheConfig(CacheMode.ALWAYS)}
+CACHES = {"none": None, "always": CacheConfig(CacheMode.ALWAYS),
+          "always-writeback": CacheConfig(CacheMode.ALWAYS, writeback=True)}
 
 
 class Pair:
@@ -398,3 +400,61 @@ def test_scandir_entries_of_a_descriptor_stat_through_it(pair):
         return kept, _or_errno(lambda: entries["sub"].stat()), entries["sub"].is_dir(), \
             _or_errno(lambda: entries["lup"].stat()), entries["lup"].is_symlink()
     _check(pair, [("run", run)])
+
+
+# ------------------------------------------------------------------------------------- dup2
+
+def test_dup2_matches_os(pair):
+    def fresh(o):
+        fd = o.open("top", os.O_RDONLY)
+        o.close(fd)
+        return fd
+
+    def onto_open(o, P, F):
+        a = o.open("dir/file", os.O_RDWR)
+        b = o.open("top", os.O_RDONLY)
+        r = o.dup2(a, b)
+        o.read(a, 2)
+        pos = o.lseek(b, 0, os.SEEK_CUR)
+        o.write(b, b"XY")
+        o.close(a)
+        data = o.read(b, 10)
+        o.close(b)
+        return r == b, pos, data
+
+    def onto_free(o, P, F):
+        a = o.open("top", os.O_RDONLY)
+        free = fresh(o) + 7
+        r = o.dup2(a, free, inheritable=False)
+        o.close(a)
+        data = o.read(free, 10)
+        o.close(free)
+        return r == free, data, _or_errno(lambda: o.close(free))
+
+    _check(pair, [
+        ("same fd", lambda o, P, F: o.dup2(F("file"), F("file")) == F("file")),
+        ("same bad fd", lambda o, P, F: o.dup2(F("bad"), F("bad"))),
+        ("bad onto open", lambda o, P, F: o.dup2(F("bad"), F("file"))),
+        ("onto -1", lambda o, P, F: o.dup2(F("file"), -1)),
+        ("from -1", lambda o, P, F: o.dup2(-1, F("file"))),
+        ("onto huge", lambda o, P, F: o.dup2(F("file"), 1 << 31)),
+        ("float", lambda o, P, F: o.dup2(F("file"), 1.0)),
+        ("str", lambda o, P, F: o.dup2("3", F("file"))),
+        ("onto an open fd", onto_open),
+        ("onto a free fd", onto_free),
+        ("opath", lambda o, P, F: (lambda n: (o.fstat(n).st_size, o.close(n)))(
+            o.dup2(F("lnk"), fresh(o) + 3))),
+    ])
+
+
+def test_dup2_onto_an_open_fd_releases_its_file(pair):
+    g, counts = pair.g, pair.transport.counts
+    a = g.open("top", os.O_RDONLY)
+    b = g.open("dir/file", os.O_RDONLY)
+    released, flushed = counts[Opcode.RELEASE], counts[Opcode.FLUSH]
+    assert g.dup2(a, b) == b
+    assert counts[Opcode.RELEASE] == released + 1 and counts[Opcode.FLUSH] == flushed + 1
+    assert g.read(b, 10) == b"top!"
+    g.close(a)
+    g.close(b)
+    assert counts[Opcode.RELEASE] == released + 2

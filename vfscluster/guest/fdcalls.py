@@ -1,6 +1,6 @@
 """The descriptor calls of :class:`~vfscluster.guest.gos.GuestOS` (``fs/read_write.c``,
-``fs/open.c``, ``fs/sync.c``): close, read/write at the position or at an offset, lseek,
-ftruncate, fsync, fstat.
+``fs/open.c``, ``fs/sync.c``, ``fs/file.c``): dup, dup2, close, read/write at the position or at
+an offset, lseek, ftruncate, fsync, fstat.
 
 Checks are made in the kernel's order: the argument checks CPython and the system call make
 before looking at the descriptor (a negative length or offset is EINVAL even for a bad
@@ -68,23 +68,49 @@ class FdCalls:
             file = self._fds.get(fd)            # its reference becomes the new descriptor's
             return self._fds.install(file)
 
+    def dup2(self, fd: int, fd2: int, inheritable: bool = True) -> int:
+        """``os.dup2``: ``fd2`` becomes a descriptor of ``fd``'s open file (as :meth:`dup`);
+        returns ``fd2``.  A file ``fd2`` had is closed first, as :meth:`close` closes it, but
+        its errors are lost (fs/file.c ``do_dup2`` ignores ``filp_close``'s result).  ``fd ==
+        fd2``: nothing, if ``fd`` is open.  EBADF (unnamed) for a ``fd`` that is not open or a
+        negative ``fd2``.  ``inheritable`` means nothing to a guest, which never execs."""
+        fd, fd2 = c_int(fd), c_int(fd2)
+        with errors():
+            if fd2 < 0:
+                raise oserror(errno.EBADF)
+            file = self._fds.get(fd)            # its reference becomes fd2's
+            if fd == fd2:
+                file.put()
+                return fd2
+            old = self._fds.install_at(fd2, file)
+        if old is not None:
+            try:
+                with errors():
+                    self._close_file(old)
+            except OSError:
+                pass                            # do_dup2(): a FLUSH error is lost, as on Linux
+        return fd2
+
     def close(self, fd: int) -> None:
         """``os.close``: FLUSH (regular files, unless the server said FOPEN_NOFLUSH) — which
         drops this process's POSIX locks on the file (``lock_owner``) —, then release the file
         once no operation uses it.  EBADF; FLUSH's error is reported."""
         with errors():
-            file = self._fds.remove(fd)
-            try:
-                if file.writable and not file.is_dir:
-                    self.client.cache.pages.flush(self.client, file.nodeid)     # write-back
-                noflush = file.open_flags & OpenOutFlags.NOFLUSH
-                flushed = not file.is_path and not file.is_dir and not noflush
-                if flushed:
-                    self.client.flush(file.nodeid, file.fh, self.lock_owner)
-                if not file.is_path:
-                    self._unlock_on_close(file, flushed)
-            finally:
-                file.put()
+            self._close_file(self._fds.remove(fd))
+
+    def _close_file(self, file: OpenFile) -> None:
+        """Close a file taken out of the table (its table reference is the caller's)."""
+        try:
+            if file.writable and not file.is_dir:
+                self.client.cache.pages.flush(self.client, file.nodeid)     # write-back
+            noflush = file.open_flags & OpenOutFlags.NOFLUSH
+            flushed = not file.is_path and not file.is_dir and not noflush
+            if flushed:
+                self.client.flush(file.nodeid, file.fh, self.lock_owner)
+            if not file.is_path:
+                self._unlock_on_close(file, flushed)
+        finally:
+            file.put()
 
     @contextmanager
     def _file(self, fd: int) -> Iterator[OpenFile]:

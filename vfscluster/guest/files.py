@@ -107,6 +107,14 @@ class FdTable:
             file.get()
             return file
 
+    def install_at(self, fd: int, file: OpenFile) -> OpenFile | None:
+        """Give ``file`` (with its table reference) descriptor ``fd`` (``dup2``): the file that
+        had it, whose table reference the caller inherits, or None."""
+        with self._lock:
+            old = self._files.get(fd)
+            self._files[fd] = file
+            return old
+
     def peek(self, fd: int) -> OpenFile | None:
         """The file of ``fd`` with NO reference taken (None if there is none): for the DAX fast paths,
         which use only its node and modes and stay harmless if the file is closed meanwhile."""
