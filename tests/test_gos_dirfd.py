@@ -458,3 +458,127 @@ def test_dup2_onto_an_open_fd_releases_its_file(pair):
     g.close(a)
     g.close(b)
     assert counts[Opcode.RELEASE] == released + 2
+
+
+# ------------------------------------------------------------------ readv / writev / preadv / pwritev
+
+def _vec_calls():
+    def filled(n_list, o, fd, reader, *args):
+        bufs = [bytearray(n) for n in n_list]
+        n = reader(fd, bufs, *args)
+        return n, [bytes(b) for b in bufs], o.lseek(fd, 0, os.SEEK_CUR)
+
+    def opened(flags, path="dir/file"):
+        def wrap(fn):
+            def call(o, P, F):
+                fd = o.open(path, flags)
+                try:
+                    return fn(o, fd, F)
+                finally:
+                    o.close(fd)
+            return call
+        return wrap
+
+    rw, ro, wo = os.O_RDWR, os.O_RDONLY, os.O_WRONLY
+    app = os.O_WRONLY | os.O_APPEND
+    many = 1025
+    return [
+        ("readv", opened(rw)(lambda o, fd, F: filled([2, 0, 10], o, fd, o.readv))),
+        ("readv twice", opened(ro)(lambda o, fd, F: (filled([3], o, fd, o.readv),
+                                                     filled([3, 3], o, fd, o.readv)))),
+        ("readv empty", opened(rw)(lambda o, fd, F: o.readv(fd, []))),
+        ("readv tuple", opened(rw)(lambda o, fd, F: filled([1], o, fd, lambda f, b: o.readv(f, tuple(b))))),
+        ("readv memoryview", opened(rw)(lambda o, fd, F: o.readv(fd, [memoryview(bytearray(3))]))),
+        ("readv not a sequence", opened(rw)(lambda o, fd, F: o.readv(fd, 5))),
+        ("readv iterator", opened(rw)(lambda o, fd, F: o.readv(fd, iter([bytearray(2)])))),
+        ("readv bytes", opened(rw)(lambda o, fd, F: o.readv(fd, [b"ab"]))),
+        ("readv str", opened(rw)(lambda o, fd, F: o.readv(fd, "ab"))),
+        ("readv write-only", opened(wo)(lambda o, fd, F: o.readv(fd, [bytearray(2)]))),
+        ("readv write-only empty", opened(wo)(lambda o, fd, F: o.readv(fd, []))),
+        ("readv bad", lambda o, P, F: o.readv(F("bad"), [bytearray(2)])),
+        ("readv bad empty", lambda o, P, F: o.readv(F("bad"), [])),
+        ("readv dir", lambda o, P, F: o.readv(F("dir"), [bytearray(2)])),
+        ("readv dir empty", lambda o, P, F: o.readv(F("dir"), [])),
+        ("readv opath", lambda o, P, F: o.readv(F("lnk"), [])),
+        ("readv too many", opened(rw)(lambda o, fd, F: o.readv(fd, [bytearray(1)] * many))),
+        ("readv 1024", opened(rw)(lambda o, fd, F: o.readv(fd, [bytearray(1)] * 1024))),
+        ("readv float fd", lambda o, P, F: o.readv(1.0, [])),
+        ("writev", opened(rw)(lambda o, fd, F: (o.writev(fd, [b"ab", bytearray(b"cd"),
+                                                             memoryview(b"ef"), b""]),
+                                                o.lseek(fd, 0, os.SEEK_CUR)))),
+        ("writev after", lambda o, P, F: o.stat("dir/file").st_size),
+        ("writev empty", opened(rw)(lambda o, fd, F: o.writev(fd, []))),
+        ("writev append", opened(app)(lambda o, fd, F: (o.writev(fd, [b"++", b"!"]),
+                                                        o.lseek(fd, 0, os.SEEK_CUR)))),
+        ("writev not a sequence", opened(rw)(lambda o, fd, F: o.writev(fd, 5))),
+        ("writev iterator", opened(rw)(lambda o, fd, F: o.writev(fd, iter([b"a"])))),
+        ("writev int", opened(rw)(lambda o, fd, F: o.writev(fd, [1]))),
+        ("writev str", opened(rw)(lambda o, fd, F: o.writev(fd, "ab"))),
+        ("writev read-only", opened(ro)(lambda o, fd, F: o.writev(fd, [b"x"]))),
+        ("writev read-only empty", opened(ro)(lambda o, fd, F: o.writev(fd, []))),
+        ("writev bad empty", lambda o, P, F: o.writev(F("bad"), [])),
+        ("writev dir", lambda o, P, F: o.writev(F("dir"), [b"x"])),
+        ("writev opath", lambda o, P, F: o.writev(F("lnk"), [])),
+        ("writev too many", opened(rw)(lambda o, fd, F: o.writev(fd, [b"x"] * many))),
+        ("preadv", opened(rw)(lambda o, fd, F: filled([2, 3], o, fd, o.preadv, 1))),
+        ("preadv -1 is the position", opened(rw)(lambda o, fd, F: (o.lseek(fd, 2, 0), filled(
+            [2], o, fd, o.preadv, -1)))),
+        ("preadv -2", opened(rw)(lambda o, fd, F: o.preadv(fd, [bytearray(2)], -2))),
+        ("preadv -2 bad", lambda o, P, F: o.preadv(F("bad"), [bytearray(2)], -2)),
+        ("preadv past the end", opened(rw)(lambda o, fd, F: filled([4], o, fd, o.preadv, 100))),
+        ("preadv largest", opened(rw)(lambda o, fd, F: o.preadv(fd, [bytearray(2)], (1 << 63) - 1))),
+        ("preadv overflow", opened(rw)(lambda o, fd, F: o.preadv(fd, [bytearray(2)], 1 << 63))),
+        ("preadv float", opened(rw)(lambda o, fd, F: o.preadv(fd, [bytearray(2)], 1.0))),
+        ("preadv not a sequence", opened(rw)(lambda o, fd, F: o.preadv(fd, 5, 0))),
+        ("preadv flags", opened(rw)(lambda o, fd, F: [filled([2], o, fd, o.preadv, 0, fl)
+                                                      for fl in (os.RWF_HIPRI, os.RWF_DSYNC,
+                                                                 os.RWF_SYNC)])),
+        ("preadv unknown flag", opened(rw)(lambda o, fd, F: o.preadv(fd, [bytearray(2)], 0,
+                                                                     1 << 20))),
+        ("preadv unknown flag, bad fd", lambda o, P, F: o.preadv(F("bad"), [bytearray(2)], 0,
+                                                                 1 << 20)),
+        ("preadv empty", opened(rw)(lambda o, fd, F: o.preadv(fd, [], 3))),
+        ("pwritev", opened(rw)(lambda o, fd, F: (o.pwritev(fd, [b"AB", b"C"], 1),
+                                                 o.lseek(fd, 0, os.SEEK_CUR)))),
+        ("pwritev -1", opened(rw)(lambda o, fd, F: (o.lseek(fd, 3, 0), o.pwritev(fd, [b"Z"], -1),
+                                                    o.lseek(fd, 0, os.SEEK_CUR)))),
+        ("pwritev -3", opened(rw)(lambda o, fd, F: o.pwritev(fd, [b"Z"], -3))),
+        ("pwritev O_APPEND", opened(app)(lambda o, fd, F: (o.pwritev(fd, [b"$"], 0),
+                                                           o.lseek(fd, 0, os.SEEK_CUR)))),
+        ("pwritev RWF_APPEND", opened(rw)(lambda o, fd, F: (o.pwritev(fd, [b"&"], 0, os.RWF_APPEND),
+                                                            o.lseek(fd, 0, os.SEEK_CUR)))),
+        ("pwritev sync flags", opened(rw)(lambda o, fd, F: [o.pwritev(fd, [b"s"], 2, fl)
+                                                            for fl in (os.RWF_DSYNC, os.RWF_SYNC,
+                                                                       os.RWF_HIPRI)])),
+        ("pwritev unknown flag", opened(rw)(lambda o, fd, F: o.pwritev(fd, [b"x"], 0, 1 << 20))),
+        ("pwritev largest", opened(rw)(lambda o, fd, F: o.pwritev(fd, [b"x"], (1 << 63) - 1))),
+        ("pwritev read-only", opened(ro)(lambda o, fd, F: o.pwritev(fd, [b"x"], 0))),
+        ("pwritev empty", opened(rw)(lambda o, fd, F: o.pwritev(fd, [], 0))),
+        ("content", lambda o, P, F: _open_read(o, "dir/file")),
+    ]
+
+
+def _open_read(o, path):
+    fd = o.open(path, os.O_RDONLY)
+    try:
+        return o.read(fd, 100)
+    finally:
+        o.close(fd)
+
+
+def test_vectored_io_matches_os(pair):
+    _check(pair, _vec_calls())
+
+
+def test_writev_of_many_buffers_is_one_write(pair):
+    g, counts = pair.g, pair.transport.counts
+    fd = g.open("top", os.O_RDWR)
+    writes = counts[Opcode.WRITE]
+    assert g.writev(fd, [b"a", b"b", b"c" * 1000]) == 1002
+    g.fsync(fd)                             # (a write-back cache sends it now)
+    assert counts[Opcode.WRITE] == writes + 1
+    g.lseek(fd, 0, os.SEEK_SET)
+    bufs = [bytearray(1), bytearray(1), bytearray(2000)]
+    assert g.readv(fd, bufs) == 1002
+    assert bufs[0] == b"a" and bufs[1] == b"b" and bytes(bufs[2][:1000]) == b"c" * 1000
+    g.close(fd)

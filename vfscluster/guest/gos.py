@@ -41,6 +41,7 @@ from .locks import LockCalls
 from .metacalls import MetaCalls
 from .namei import Last, LastType, Node, PathWalk, check_path, oserror
 from .osargs import c_int, errors, fspath, process_umask
+from .vectorcalls import VectorCalls
 from .xattrcalls import XattrCalls
 
 __all__ = ["GuestOS"]
@@ -50,7 +51,8 @@ _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY
 _MKNOD_TYPES = (0, stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
-class GuestOS(DirFd, DirCalls, FdCalls, MetaCalls, XattrCalls, LockCalls, DaxCalls):
+class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, LockCalls,
+              DaxCalls):
     """The ``os``-like API over one mount's :class:`~vfscluster.guest.client.FuseClient`.
 
     ``umask``: the guest process's file-creation mask (default: this process's).  ``uid``,
