@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 
 import pytest
 
-from loopback import make_loopback
+from loopback import LoopbackTransport, make_loopback
+from vfscluster.fuse.passthrough import PassthroughFs
+from vfscluster.fuse.server import Server
 from vfscluster.fuse.abi import Opcode
 from vfscluster.guest.cache import CacheConfig, CacheMode, CachePolicy
 from vfscluster.guest.client import FuseClient
 from vfscluster.guest.gos import GuestOS
+from vfscluster.guest.versions import VersionView
+from vfscluster.host.versions import VersionTable
 
 pytestmark = pytest.mark.timeout(120)
 
 CACHES = {"none": None, "always": CacheConfig(CacheMode.ALWAYS),
-          "always-writeback": CacheConfig(CacheMode.ALWAYS, writeback=True)}
+          "always-writeback": CacheConfig(CacheMode.ALWAYS, writeback=True),
+          "versions": CacheConfig(CacheMode.ALWAYS, versions=True)}
 
 
 class Pair:
@@ -39,8 +45,16 @@ class Pair:
             os.symlink("sub", root / "dir" / "ldir")
             os.symlink("missing", root / "dir" / "dangling")
         monkeypatch.chdir(self.local)
-        self.fs, _server, self.transport = make_loopback(self.share)
-        self.client = FuseClient(self.transport, CachePolicy(cache))
+        self.table = self.view = None
+        if cache is not None and cache.versions:      # (as test_conformance makes one)
+            self.table = VersionTable(f"/vfsc-dirfd-{os.getpid()}-{secrets.token_hex(4)}",
+                                      1 << 12, unlink_name=True)
+            self.view = VersionView(self.table.fd)
+            self.fs = PassthroughFs(str(self.share))
+            self.transport = LoopbackTransport(Server(self.fs, versions=self.table))
+        else:
+            self.fs, _server, self.transport = make_loopback(self.share)
+        self.client = FuseClient(self.transport, CachePolicy(cache, versions=self.view))
         self.client.init()
         self.g = GuestOS(self.client)
         self.fds = {self.g: self._open_fds(self.g), os: self._open_fds(os)}
@@ -124,6 +138,9 @@ class Pair:
         self.client.flush_forgets()
         counts = self.client.lookup_counts()
         self.fs.close()
+        if self.table is not None:
+            self.view.close()
+            self.table.close()
         assert counts == {}
 
 
@@ -582,3 +599,13 @@ def test_writev_of_many_buffers_is_one_write(pair):
     assert g.readv(fd, bufs) == 1002
     assert bufs[0] == b"a" and bufs[1] == b"b" and bytes(bufs[2][:1000]) == b"c" * 1000
     g.close(fd)
+
+
+def test_dot_of_a_dir_fd_has_the_directorys_current_attributes(pair):
+    _check(pair, [
+        ("chmod", lambda o, P, F: o.chmod("dir", 0o700)),
+        ("stat .", lambda o, P, F: o.stat(".", dir_fd=F("dir"))),
+        ("chmod through the fd", lambda o, P, F: o.chmod(".", 0o751, dir_fd=F("opath"))),
+        ("stat . again", lambda o, P, F: stat.S_IMODE(o.stat(".", dir_fd=F("dir")).st_mode)),
+        ("access as root", lambda o, P, F: o.access("sub", os.X_OK, dir_fd=F("dir"))),
+    ])

@@ -25,7 +25,7 @@ from typing import Any
 
 from .client import FuseClient
 from .files import FdTable
-from .namei import PathWalk, check_path, oserror
+from .namei import Node, PathWalk, check_path, oserror
 
 __all__ = ["AT_FDCWD", "c_dir_fd", "DirFd"]
 
@@ -63,7 +63,9 @@ class DirFd:
         try:
             if not f.is_dir:
                 raise oserror(errno.ENOTDIR)
-            return PathWalk(self.client, trace, start=f.node)
+            # without the attributes the file was opened with: whoever needs them (stat of
+            # ".", access's search permission) asks for the current ones, as for the root
+            return PathWalk(self.client, trace, start=Node(f.nodeid))
         finally:
             f.put()
 

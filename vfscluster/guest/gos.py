@@ -1,7 +1,7 @@
 """GuestOS: the file API a guest workload uses, shaped like the ``os`` module.
 
 Paths are inside the mount: ``/`` is the share root, and relative paths are relative to it too
-(the working directory never moves).  ``str`` or ``bytes`` (or path-like) paths are accepted and
+(the working directory never moves), unless a ``dir_fd`` names the directory they start from.  ``str`` or ``bytes`` (or path-like) paths are accepted and
 results come back in the caller's type, as ``os`` does.  File descriptors are guest-local ints,
 lowest free first, from 3.
 
@@ -9,10 +9,12 @@ Errors are ``OSError`` with exactly the errno ``os`` raises for the same call on
 file system, and the same ``filename`` / ``filename2``.  That takes a kernel-like VFS in front of
 FUSE, which is what this module and its helpers are (``fs/open.c``, ``fs/namei.c``,
 ``fs/read_write.c``, ``fs/xattr.c``, ``fs/stat.c``): the argument checks and their order
-(:mod:`~vfscluster.guest.osargs`), path walking (:mod:`~vfscluster.guest.namei`), the checks the
-VFS makes before it asks the file system, the descriptor table (:mod:`~vfscluster.guest.files`)
-and the descriptor calls (:mod:`~vfscluster.guest.fdcalls`).  A malformed reply from the host is
-EIO, as the kernel makes it.
+(:mod:`~vfscluster.guest.osargs`), path walking (:mod:`~vfscluster.guest.namei`) — from the root
+or from a ``dir_fd`` (:mod:`~vfscluster.guest.dirfd`) —, the checks the VFS makes before it asks
+the file system, the descriptor table (:mod:`~vfscluster.guest.files`), the descriptor calls
+(:mod:`~vfscluster.guest.fdcalls`, vectored ones in :mod:`~vfscluster.guest.vectorcalls`) and
+directory listings, by path or descriptor (:mod:`~vfscluster.guest.dircalls`).  A malformed
+reply from the host is EIO, as the kernel makes it.
 
 What is kept between calls (dentries, attributes, directory listings, file data) is the mount's
 :class:`~vfscluster.guest.cache.CachePolicy`'s business: nothing with ``cache=none``.  Locks
