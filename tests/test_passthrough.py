@@ -780,3 +780,43 @@ def test_sessions_in_threads(fs, tree):
         t.join(timeout=60)
     assert not errors
     assert len(fs.inodes) == 1 and fs.handles.count() == 0 and _open_fds() == base
+
+
+def test_a_chmod_of_a_new_file_is_not_undone_by_its_create(fs, tree, monkeypatch):
+    """CREATE makes the file (open O_CREAT|O_EXCL), then gives it the guest's permission bits
+    if the host umask took some away (_adopt: fstat, chmod).  Another session can find the new
+    name in between and chmod it (the host serves CREATE and SETATTR on its thread pool while DAX
+    is active); that chmod completed, so it must win — _adopt must not take it for the umask's
+    doing and "restore" the create's mode (the stale stats of `vfscluster stress --dax always
+    --cache always --versions`: a lost chmod, the host's file keeps the create's mode)."""
+    import threading
+
+    real_open = os.open
+    done = threading.Event()
+    state = {}
+
+    def chmod_from_another_session():
+        e = fs.lookup(CTX1, ROOT_ID, b"new")
+        fs.setattr(CTX1, e.nodeid, SetattrChanges(mode=0o600), None)
+        state["nodeid"] = e.nodeid
+        done.set()
+
+    def racing_open(path, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(path, flags, mode, dir_fd=dir_fd)
+        if path == b"new" and flags & os.O_CREAT and flags & os.O_EXCL and not state:
+            state["started"] = True
+            t = threading.Thread(target=chmod_from_another_session)
+            t.start()
+            state["thread"] = t
+            done.wait(0.3)        # the chmod lands here unless the create keeps it out
+        return fd
+
+    monkeypatch.setattr(os, "open", racing_open)
+    e, fh, _ = fs.create(CTX, ROOT_ID, b"new", 0o644, os.O_RDWR | os.O_EXCL, 0)
+    monkeypatch.setattr(os, "open", real_open)
+    state["thread"].join(5)
+    assert done.is_set() and state["nodeid"] == e.nodeid
+    # the chmod returned after the file existed: it is the last change of the mode
+    assert stat.S_IMODE(os.stat(tree / "share" / "new").st_mode) == 0o600
+    assert stat.S_IMODE(fs.getattr(CTX, e.nodeid, None)[0].st_mode) == 0o600
+    fs.release(CTX, e.nodeid, fh, 0, False, False, None)

@@ -96,6 +96,11 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
         self.locks = HostLocks()
         self._writeback_sessions: set[int] = set()
         self._lock = threading.Lock()
+        #: held from a creating call until its new inode has its permission bits (:meth:`_adopt`)
+        #: and by every chmod of :meth:`setattr`: a chmod of the new name by another session
+        #: (SETATTR and CREATE may run at once on the host's thread pool) comes before the
+        #: creating call or after its adopt, never in between to be taken for the umask's work
+        self._mode_lock = threading.Lock()
         self._as_root = os.geteuid() == 0
         self._fopen = {"none": OpenOutFlags.DIRECT_IO, "auto": 0, "always": OpenOutFlags.KEEP_CACHE}[cache]
         self._fopen_dir = OpenOutFlags.KEEP_CACHE | OpenOutFlags.CACHE_DIR if cache == "always" else 0
@@ -166,7 +171,9 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
     def _adopt(path_or_fd: str | int, st: os.stat_result, perm: int | None) -> os.stat_result:
         """Give a new inode the permission bits ``perm`` the host's own umask may have taken
         away; its new stat.  Called inside :meth:`_caller`: a chmod by a caller outside the
-        file's group drops set-group-ID, as Linux's does."""
+        file's group drops set-group-ID, as Linux's does.  The caller holds ``_mode_lock`` since
+        before the inode was made: ``st`` must show the mode the creating call gave, not a
+        chmod another session made since (which this would undo)."""
         if perm is not None:
             if stat.S_ISDIR(st.st_mode):
                 perm |= st.st_mode & stat.S_ISGID  # inherited, keep it
@@ -270,10 +277,11 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
         path = proc_path(inode.fd)
         c = changes
         if c.mode is not None:
-            if handle is not None:
-                os.fchmod(handle.fd, stat.S_IMODE(c.mode))
-            else:
-                os.chmod(path, stat.S_IMODE(c.mode))
+            with self._mode_lock:           # not between a create and its _adopt
+                if handle is not None:
+                    os.fchmod(handle.fd, stat.S_IMODE(c.mode))
+                else:
+                    os.chmod(path, stat.S_IMODE(c.mode))
         if c.uid is not None or c.gid is not None:
             os.chown(path, -1 if c.uid is None else c.uid, -1 if c.gid is None else c.gid)
         if c.size is not None:
@@ -324,7 +332,7 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
         p = self._inode(ctx, parent)
         check_name(name)
         perm = mode & ~umask & 0o7777
-        with self._caller(ctx):
+        with self._caller(ctx), self._mode_lock:
             os.mknod(name, stat.S_IFMT(mode) | perm, rdev, dir_fd=p.fd)
             return self._new_entry(ctx, p, name, perm)
 
@@ -332,7 +340,7 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
         p = self._inode(ctx, parent)
         check_name(name)
         perm = mode & ~umask & 0o7777
-        with self._caller(ctx):
+        with self._caller(ctx), self._mode_lock:
             os.mkdir(name, perm, dir_fd=p.fd)
             return self._new_entry(ctx, p, name, perm)
 
@@ -392,7 +400,13 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
                 | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC)
         with self._caller(ctx):          # virtiofsd's lo_create: the whole open as the caller
             try:
-                fd = os.open(name, base | os.O_EXCL, perm, dir_fd=p.fd)
+                with self._mode_lock:
+                    fd = os.open(name, base | os.O_EXCL, perm, dir_fd=p.fd)
+                    try:
+                        st = self._adopt(fd, os.fstat(fd), perm)
+                    except BaseException:
+                        os.close(fd)
+                        raise
                 created = True
             except FileExistsError:
                 if flags & os.O_EXCL:
@@ -411,9 +425,8 @@ class PassthroughFs(HandleOps, LockOps, DaxHooks, FileSystem):
                     os.close(opath)
                 created = False
             try:
-                st = os.fstat(fd)
-                if created:
-                    st = self._adopt(fd, st, perm)
+                if not created:
+                    st = os.fstat(fd)
                 opath = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
             except BaseException:
                 os.close(fd)
