@@ -486,6 +486,79 @@ class ConformanceMachine(RuleBasedStateMachine):
     def do_fsync(self, i):
         self.fd_op(self._fd(i), "fsync")
 
+    @precondition(_has_fd)
+    @rule(i=st.integers(0, 7), sizes=st.lists(st.integers(0, 40), max_size=4),
+          offset=st.sampled_from([None, -1, 0, 3, 200]))
+    @_logged
+    def do_readv(self, i, sizes, offset):
+        """readv (offset None) or preadv: the count and what each buffer got."""
+        f = self._fd(i)
+
+        def call(mod, fd):
+            bufs = [bytearray(n) for n in sizes]
+            n = mod.readv(fd, bufs) if offset is None else mod.preadv(fd, bufs, offset)
+            return n, [bytes(b) for b in bufs]
+        self.both(lambda: call(self.g, f.guest), lambda: call(os, f.local))
+        self.both(lambda: self.g.lseek(f.guest, 0, os.SEEK_CUR),
+                  lambda: os.lseek(f.local, 0, os.SEEK_CUR))
+
+    @precondition(_has_fd)
+    @rule(i=st.integers(0, 7), datas=st.lists(DATA, max_size=3),
+          offset=st.sampled_from([None, -1, 0, 5, 300]))
+    @_logged
+    def do_writev(self, i, datas, offset):
+        """writev (offset None) or pwritev."""
+        if offset is None:
+            self.fd_op(self._fd(i), "writev", datas)
+        else:
+            self.fd_op(self._fd(i), "pwritev", datas, offset)
+
+    @precondition(_has_fd)
+    @rule(i=st.integers(0, 7))
+    @_logged
+    def do_listdir_fd(self, i):
+        """listdir and scandir of a descriptor (ENOTDIR, EBADF for O_PATH...), and the position
+        after (rewound)."""
+        f = self._fd(i)
+        self.fd_op(f, "listdir", post=sorted)
+        self.both(lambda: sorted((e.name, e.path, e.is_dir(), e.is_symlink(),
+                                  _stat_fields(e.stat(follow_symlinks=False)))
+                                 for e in self.g.scandir(f.guest)),
+                  lambda: sorted((e.name, e.path, e.is_dir(), e.is_symlink(),
+                                  _stat_fields(e.stat(follow_symlinks=False)))
+                                 for e in os.scandir(f.local)))
+        self.both(lambda: self.g.lseek(f.guest, 0, os.SEEK_CUR),
+                  lambda: os.lseek(f.local, 0, os.SEEK_CUR))
+
+    @precondition(_has_fd)
+    @rule(i=st.integers(0, 7), path=NAMES, other=NAMES,
+          op=st.sampled_from(["stat", "lstat", "readlink", "access", "mkdir", "rmdir", "unlink",
+                              "open", "chmod", "symlink", "rename", "link"]))
+    @_logged
+    def do_at(self, i, op, path, other):
+        """A path call relative to an open descriptor (``dir_fd``; ENOTDIR for a file's)."""
+        f = self._fd(i)
+
+        def call(mod, fd):
+            if op in ("stat", "lstat"):
+                return _stat_fields(getattr(mod, op)(path, dir_fd=fd))
+            if op == "access":
+                return mod.access(path, os.R_OK, dir_fd=fd)
+            if op == "open":
+                new = mod.open(path, os.O_RDONLY, dir_fd=fd)
+                try:
+                    return _stat_fields(mod.fstat(new))
+                finally:
+                    mod.close(new)
+            if op == "chmod":
+                return mod.chmod(path, 0o751, dir_fd=fd)
+            if op == "symlink":
+                return mod.symlink(other, path, dir_fd=fd)
+            if op in ("rename", "link"):
+                return getattr(mod, op)(path, other, src_dir_fd=fd, dst_dir_fd=fd)
+            return getattr(mod, op)(path, dir_fd=fd)
+        self.both(lambda: call(self.g, f.guest), lambda: call(os, f.local))
+
     @rule()
     @_logged
     def check_tree(self):
