@@ -271,7 +271,8 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
         if fast is None or dir_fd is not None:      # _lookup() written out: the hot path
             raw, p = fspath(path, "stat")
             with errors(p):
-                with self._walk(raw, dir_fd) as w:
+                # (resolve checks the path itself; _walk checks it before the dir_fd's errors)
+                with PathWalk(self.client) if dir_fd is None else self._walk(raw, dir_fd) as w:
                     node = w.resolve(raw, follow=follow_symlinks)
                 try:
                     return self._stat_of(node)
