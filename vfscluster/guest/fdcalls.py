@@ -8,6 +8,11 @@ descriptor), then EBADF (unknown descriptor, ``O_PATH`` file, not open for readi
 the file type (EISDIR reading a directory, EINVAL truncating what is not a regular file open for
 writing).  An ``O_APPEND`` write goes to the end of the file as the host reports it, and leaves the
 position there (``pwrite`` too appends, as on Linux).
+
+An open FIFO (:mod:`.fifo`) is a stream: once its descriptor is found (EBADF), read, write,
+pread/pwrite (ESPIPE), lseek (ESPIPE), fsync (EINVAL) are the ``os`` calls on its guest-local
+pipe, with the kernel's own pipe semantics; fstat, fchmod... are the FIFO node's (the host's);
+close sends no FLUSH and the last close no RELEASE (the host never opened it).
 """
 
 from __future__ import annotations
@@ -101,6 +106,9 @@ class FdCalls:
     def _close_file(self, file: OpenFile) -> None:
         """Close a file taken out of the table (its table reference is the caller's)."""
         try:
+            if file.pipe_fd is not None:            # a FIFO: pipe_release, nothing to the host
+                self._unlock_on_close(file, False)
+                return
             if file.writable and not file.is_dir:
                 self.client.cache.pages.flush(self.client, file.nodeid)     # write-back
             noflush = file.open_flags & OpenOutFlags.NOFLUSH
@@ -129,6 +137,8 @@ class FdCalls:
         if c_ssize(n) < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
+            if f.pipe_fd is not None:
+                return os.read(f.pipe_fd, min(n, f.pipe_size))
             self._check_readable(f, f.pos, n)
             if n == 0:
                 return b""
@@ -150,6 +160,8 @@ class FdCalls:
         if n < 0 or offset < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
+            if f.pipe_fd is not None:
+                return os.pread(f.pipe_fd, min(n, f.pipe_size), offset)
             self._check_readable(f, offset, n)
             if n == 0:
                 return b""
@@ -199,6 +211,8 @@ class FdCalls:
         position then is the new end).  EBADF when not open for writing."""
         view = memoryview(data)
         with self._file(fd) as f:
+            if f.pipe_fd is not None:
+                return os.write(f.pipe_fd, view)
             if not f.writable:
                 raise oserror(errno.EBADF)
             if not view.nbytes:
@@ -217,6 +231,8 @@ class FdCalls:
         if c_off(offset) < 0:
             raise named(oserror(errno.EINVAL))
         with self._file(fd) as f:
+            if f.pipe_fd is not None:
+                return os.pwrite(f.pipe_fd, view, offset)
             if not f.writable:
                 raise oserror(errno.EBADF)
             if not view.nbytes:
@@ -262,6 +278,8 @@ class FdCalls:
         negative result, ENXIO for DATA/HOLE past the end."""
         pos, how = c_off(pos), c_int(how)
         with self._file(fd) as f:
+            if f.pipe_fd is not None:
+                return os.lseek(f.pipe_fd, pos, how)
             if f.is_path:
                 raise oserror(errno.EBADF)
             with f.pos_lock:
@@ -319,6 +337,8 @@ class FdCalls:
 
     def _fsync(self, fd: Any, datasync: bool) -> None:
         with self._file(fileno_of(fd)) as f:
+            if f.pipe_fd is not None:
+                return (os.fdatasync if datasync else os.fsync)(f.pipe_fd)
             if f.is_path:
                 raise oserror(errno.EBADF)
             if f.is_dir:

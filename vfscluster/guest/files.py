@@ -5,7 +5,9 @@ An :class:`OpenFile` holds what ``open`` settled: the node (pinned in the client
 file lives), the FUSE file handle, the open flags, the access mode and the file position.  A file
 is reference counted: the descriptor table holds one reference, and every operation in progress
 holds one, so ``close`` on one thread while another still reads the descriptor releases the FUSE
-handle only after the read (as ``fput`` does).  :class:`FdTable` hands out the lowest free
+handle only after the read (as ``fput`` does).  An open FIFO is a
+:class:`~vfscluster.guest.fifo.FifoFile`: no FUSE handle, a descriptor of a guest-local pipe
+(``pipe_fd``, None for every other file).  :class:`FdTable` hands out the lowest free
 descriptor number, from 3 (0, 1, 2 are the guest process's standard streams).
 """
 
@@ -35,6 +37,9 @@ class OpenFile:
 
     __slots__ = ("node", "fh", "flags", "open_flags", "readable", "writable", "pos", "pos_lock",
                  "_refs", "_lock", "_released")
+
+    #: the guest-local pipe's descriptor of an open FIFO (:mod:`.fifo`); None here
+    pipe_fd: int | None = None
 
     def __init__(self, node: Node, fh: int | None, flags: int, open_flags: int,
                  released: Callable[[OpenFile], None]) -> None:

@@ -14,7 +14,9 @@ or from a ``dir_fd`` (:mod:`~vfscluster.guest.dirfd`) —, the checks the VFS ma
 the file system, the descriptor table (:mod:`~vfscluster.guest.files`), the descriptor calls
 (:mod:`~vfscluster.guest.fdcalls`, vectored ones in :mod:`~vfscluster.guest.vectorcalls`) and
 directory listings, by path or descriptor (:mod:`~vfscluster.guest.dircalls`).  A malformed
-reply from the host is EIO, as the kernel makes it.
+reply from the host is EIO, as the kernel makes it.  Opening a FIFO sends nothing to the host:
+it gives a pipe local to the mount, shared by every opener in this guest and by no other guest
+(:mod:`~vfscluster.guest.fifo`).
 
 What is kept between calls (dentries, attributes, directory listings, file data) is the mount's
 :class:`~vfscluster.guest.cache.CachePolicy`'s business: nothing with ``cache=none``.  Locks
@@ -38,6 +40,7 @@ from .daxfiles import DaxCalls
 from .dircalls import DirCalls
 from .dirfd import DirFd, c_dir_fd
 from .fdcalls import FdCalls
+from .fifo import FifoFile, fifos_of
 from .files import FdTable, OpenFile
 from .locks import LockCalls
 from .metacalls import MetaCalls
@@ -72,6 +75,7 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
                                 (os.getgroups() if uid is None and creds is None else ()))
         self._umask = process_umask() if umask is None else umask & 0o777
         self._fds = FdTable()
+        self._fifos = fifos_of(client)         # the mount's FIFO pipes, shared by its GuestOSes
         self._lock = threading.Lock()
         #: st_dev of every stat result (the mount's anonymous device number)
         self.st_dev = 0
@@ -119,7 +123,10 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
         end of a dangling symlink), a trailing slash is EISDIR, O_EXCL makes any existing name
         EEXIST (symlinks are not followed); O_NOFOLLOW on a symlink is ELOOP; O_DIRECTORY or a
         trailing slash on a non-directory is ENOTDIR; a directory opened for writing (or with
-        O_TRUNC) is EISDIR.  O_TRUNC truncates an existing regular file.
+        O_TRUNC) is EISDIR.  O_TRUNC truncates an existing regular file.  A FIFO opens the
+        guest-local pipe (:mod:`.fifo`: a blocking O_RDONLY / O_WRONLY waits for the other end,
+        O_NONBLOCK O_WRONLY without a reader is ENXIO), after the permission check the VFS makes
+        (EACCES), since no OPEN goes to the host.
         """
         raw, p = fspath(path, "open")
         flags, mode, dir_fd = c_int(flags), c_int(mode), c_dir_fd(dir_fd)
@@ -195,6 +202,8 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
             return self._fds.install(OpenFile(node, None, flags, 0, self._released))
         if node.is_symlink:
             raise oserror(errno.ELOOP)
+        if node.fmt == stat.S_IFIFO:
+            return self._fds.install(self._open_fifo(node, flags))
         if node.is_dir and may_write:
             raise oserror(errno.EISDIR)
         if node.is_dir:
@@ -213,6 +222,19 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
             file.put()
             raise
         return self._fds.install(file)
+
+    def _open_fifo(self, node: Node, flags: int) -> FifoFile:
+        """fs/namei.c ``may_open`` of a FIFO (the permission is the guest's to decide: the host
+        sees no OPEN; O_TRUNC asks for write permission and is then ignored), then ``fifo_open``
+        (:mod:`.fifo`): an open file of the node's pipe, which pins the node as any open file."""
+        acc = flags & os.O_ACCMODE
+        mask = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(acc, os.R_OK | os.W_OK)
+        if flags & os.O_TRUNC:
+            mask |= os.W_OK
+        if not self._permitted(self._attr(node), mask):
+            raise oserror(errno.EACCES)
+        pipe, fd = self._fifos.open(node.nodeid, flags)
+        return FifoFile(node, flags, self._fifos, pipe, fd, self._released)
 
     def _tmpfile(self, raw: bytes, flags: int, dir_fd: int | None) -> int:
         """O_TMPFILE (fs/open.c build_open_flags, fs/namei.c do_tmpfile): EINVAL without
@@ -365,8 +387,8 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
                 self.client.put(entry.nodeid)
 
     def mkfifo(self, path: Any, mode: int = 0o666, *, dir_fd: Any = None) -> None:
-        """``os.mkfifo``: :meth:`mknod` of a FIFO.  (Opening it is ENXIO here: the guest kernel,
-        not the host, would give a FIFO its pipe.)"""
+        """``os.mkfifo``: :meth:`mknod` of a FIFO.  Opening it gives a pipe of this guest's
+        (:mod:`.fifo`), as a guest kernel does; another guest opening it gets its own."""
         self.mknod(path, stat.S_IFIFO | stat.S_IMODE(c_int(mode)), dir_fd=dir_fd)
 
     @contextmanager

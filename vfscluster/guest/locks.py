@@ -23,7 +23,9 @@ EAGAIN for ``flock`` with LOCK_NB), a wait that would deadlock EDEADLK.
 Where locks live: with the host's POSIX_LOCKS (resp. FLOCK_LOCKS) granted — vfs-hostd grants them
 to a guest with a notification queue — they are the host's, shared by every guest of the host
 (GETLK reports the holder's pid as its guest sent it: a guest process's pid).  Otherwise they are
-guest-local (:class:`LocalLocks`), as Linux keeps them when the server has no lock support.
+guest-local (:class:`LocalLocks`), as Linux keeps them when the server has no lock support.  Locks
+on an open FIFO are always guest-local: its file operations are the pipe's (fs/pipe.c), which
+leave locking to fs/locks.c.
 
 ``timeout`` (seconds, None: no limit) bounds a wait (F_SETLKW, F_LOCK, a flock without LOCK_NB):
 when it passes the request is withdrawn (FUSE_INTERRUPT) and the call fails with EINTR — unless
@@ -214,7 +216,7 @@ class LockCalls:
             c = self.client
             with self._lock_state:
                 self._flocked[id(f)] = f
-            if c.flags & InitFlags.FLOCK_LOCKS:
+            if c.flags & InitFlags.FLOCK_LOCKS and f.pipe_fd is None:
                 lock = FileLock(0, OFFSET_MAX, ltype, 0 if ltype == F_UNLCK else self._lock_pid())
                 c.setlk(f.nodeid, f.fh, _owner_id(f), lock, flock=True,
                         sleep=not nonblock and ltype != F_UNLCK, timeout=timeout)
@@ -256,13 +258,13 @@ class LockCalls:
         return bool(self.client.flags & InitFlags.POSIX_LOCKS)
 
     def _getlk(self, f: OpenFile, lock: FileLock) -> FileLock:
-        if self._remote_posix():
+        if self._remote_posix() and f.pipe_fd is None:
             return self.client.getlk(f.nodeid, f.fh, self.lock_owner, lock)
         return self.client.local_locks.getlk(f.nodeid, self.lock_owner, lock)
 
     def _setlk(self, f: OpenFile, lock: FileLock, sleep: bool, timeout: float | None) -> None:
         c = self.client
-        if not self._remote_posix():
+        if not self._remote_posix() or f.pipe_fd is not None:
             c.local_locks.setlk(f.nodeid, self.lock_owner, lock, sleep, timeout)
             return
         with self._lock_state:
@@ -277,7 +279,7 @@ class LockCalls:
     def _unlock_on_close(self, f: OpenFile, flushed: bool) -> None:
         """``close`` of a descriptor of ``f``: drop this process's POSIX locks on the file
         (FLUSH did it on the host when ``flushed``)."""
-        if not self._granted() & InitFlags.POSIX_LOCKS:
+        if not self._granted() & InitFlags.POSIX_LOCKS or f.pipe_fd is not None:
             local = getattr(self.client, "_local_locks", None)    # made by the first local lock
             if local is not None:
                 local.release_owner(f.nodeid, self.lock_owner)
@@ -295,7 +297,7 @@ class LockCalls:
             used = self._flocked.pop(id(f), None) is not None
         if not used:
             return 0, 0
-        if not self._granted() & InitFlags.FLOCK_LOCKS:
+        if not self._granted() & InitFlags.FLOCK_LOCKS or f.pipe_fd is not None:
             self.client.local_locks.release_file(id(f))
             return 0, 0
         return RELEASE_FLOCK_UNLOCK, _owner_id(f)

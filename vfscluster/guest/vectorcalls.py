@@ -20,6 +20,8 @@ the kernel's order:
   ``RWF_ATOMIC``, ``RWF_DONTCACHE`` and unknown bits are EOPNOTSUPP (a FUSE file has neither
   FMODE_NOWAIT nor atomic or uncached writes); a directory takes no flag but ``RWF_HIPRI``
   (EOPNOTSUPP), else it is EISDIR.
+
+An open FIFO's vectored calls are the ``os`` calls on its guest-local pipe (:mod:`.fifo`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ def _release(views: list[memoryview]) -> None:
         view.release()
 
 
+def _pipe_vector(fd: int, views: list[memoryview], func: str, offset: int, flags: int) -> int:
+    """The vectored call ``func`` on a FIFO's pipe descriptor, as ``os`` makes it."""
+    if func == "readv":
+        return os.readv(fd, views)
+    if func == "writev":
+        return os.writev(fd, views)
+    if func == "preadv2":
+        return os.preadv(fd, views, offset, flags)
+    return os.pwritev(fd, views, offset, flags)
+
+
 def _offset(offset: Any) -> int:
     """``preadv``/``pwritev``'s offset: -1 is the file position; below it EINVAL (unnamed)."""
     offset = c_off(offset)
@@ -116,6 +129,8 @@ class VectorCalls:
         try:
             _offset(offset)
             with self._file(fd) as f:
+                if f.pipe_fd is not None:
+                    return _pipe_vector(f.pipe_fd, views, func, offset, flags)
                 if not (f.readable if read else f.writable):
                     raise oserror(errno.EBADF)
                 if len(views) > UIO_MAXIOV:
