@@ -497,3 +497,42 @@ def test_dax_in_a_toml_guest_table(tmp_path):
                                      '[[guests]]\n')
     t = Topology.load(tmp_path / "t.toml")
     assert [(g.dax, g.window_size) for g in t.guests] == [("always", 64 << 20), ("never", 1 << 30)]
+
+
+def g_pwrite_with_shrink_after_size_fetch(gos, name, offset, data):
+    """pwrite through DAX; between the guest's size fetch (GETATTR after the open) and its store
+    through the window, the file is cut to 3 bytes through the host (a SETATTR the guest's
+    DaxFiles does not hear of: what another guest's truncate is to this one)."""
+    from vfscluster.fuse.abi import SetattrIn, SetattrValid
+    dax = gos.client.dax
+    real_fetch = dax._fetch
+
+    def fetch_then_shrink(nodeid, fh):
+        size = real_fetch(nodeid, fh)
+        gos.client.setattr(nodeid, SetattrIn(valid=int(SetattrValid.SIZE), size=3))
+        return size
+
+    dax._fetch = fetch_then_shrink
+    fd = gos.open(name, os.O_WRONLY)
+    try:
+        return gos.pwrite(fd, data, offset)
+    finally:
+        dax._fetch = real_fetch
+        gos.close(fd)
+
+
+def test_a_dax_write_racing_a_shrink_is_one_write(tmp_path):
+    """A write that reaches past the size the guest knows goes to the host whole.  It used to be
+    split: the part inside the known size stored through the window, the rest sent as an extending
+    FUSE_WRITE; a shrink by another guest between the two kept the tail past a hole of zeros and
+    lost the head, stored past the host's new end (found by a mixed-mode stress run)."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "f").write_bytes(b"abcdefghij")     # the DAX guest knows 10 bytes; the write ends at 14
+    with Cluster.start(Topology(share, [{"dax": "always"}, {"cache": "none"}],
+                                window_size=16 << 20)) as c:
+        dax_guest, reader = c.guests
+        assert dax_guest.run(g_pwrite_with_shrink_after_size_fetch, "f", 6, b"[10.127]") == 8
+        # all of the write before the truncate, or all of it after: never half of each
+        assert reader.run(g_pread, "f", 64, 0) in (b"abc", b"abc\0\0\0[10.127]")
+    assert (share / "f").read_bytes() in (b"abc", b"abc\0\0\0[10.127]")

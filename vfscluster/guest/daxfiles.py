@@ -23,9 +23,10 @@ become visible; reads inside the known size send no request at all once their ch
 shrinking truncation by another guest is safe: the host has replaced the pages past the new end with
 zeros in our window first, so a read inside our stale size returns zeros there.
 
-Writes: the part of a write inside the known size is stored through the window; the rest (extending the
-file) goes out as FUSE_WRITE (the size change must happen on the host); O_APPEND writes always go
-through FUSE_WRITE.  Reads and writes fall back to FUSE_READ / FUSE_WRITE when the window has no room
+Writes: a write inside the known size is stored through the window; a write reaching past it (extending
+the file) goes out whole as FUSE_WRITE (the size change must happen on the host, and a write split in
+two could be cut in half by another guest's truncation landing between its parts); O_APPEND writes always
+go through FUSE_WRITE.  Reads and writes fall back to FUSE_READ / FUSE_WRITE when the window has no room
 (ENOMEM: every range pinned) or the host cannot map (ENOSYS, EOPNOTSUPP).
 """
 
@@ -170,20 +171,24 @@ class DaxFiles:
             raise
 
     def write(self, nodeid: int, fh: int, offset: int, view: memoryview) -> int:
-        """Store the prefix of ``view`` inside the known size through the window; returns its length
-        (the caller sends FUSE_WRITE for the rest)."""
+        """Store all of ``view`` through the window and return its length, or store nothing
+        that counts and return 0 (the caller then sends all of it as FUSE_WRITE).  Never a
+        prefix: a write split into a window store and an extending FUSE_WRITE is two writes, and
+        another guest's truncation between them (our known size is older than it) would keep
+        the tail, past a hole, and lose the head, stored past the host's new end of file."""
         size = self._sizes.get(nodeid)
         if size is not None and self.gdax.write_fast(nodeid, offset, view, size):
             return len(view)
         size = self.size(nodeid, fh)
-        if offset >= size:
-            return 0
+        if offset + len(view) > size:
+            return 0                    # extending: the host writes all of it, at once
         try:
-            return self.gdax.write(nodeid, NO_FH, offset, view, size)
+            n = self.gdax.write(nodeid, NO_FH, offset, view, size)
         except OSError as exc:
             if exc.errno in _FALLBACK:
                 return 0
             raise
+        return n if n == len(view) else 0   # (the FUSE_WRITE rewrites the prefix stored)
 
     def mmap(self, nodeid: int, offset: int, length: int, writable: bool):
         return self.gdax.mmap(nodeid, NO_FH, offset, length, writable)
