@@ -339,8 +339,9 @@ class _Engine:
                 c, m = ins[v]
                 out.append((("exists", p), True))
                 out.append((("stat", p), (ANY if c is ANY else len(c), m)))
-        for ino, c, _ in inodes:
+        for ino, c, m in inodes:
             out.append((("content", ino), c))
+            out.append((("attrs", ino), (ANY if c is ANY else len(c), m)))
         facts = self._proj[sid] = frozenset(out)
         return facts
 

@@ -48,15 +48,19 @@ def _check_read(eng: _Engine, op: Operation):
             return _UNCHECKED                         # a fixed directory's own attributes
     elif k == "listdir":
         return _UNCHECKED                             # listing what is not a directory
+    elif k == "stat" and op.errno is not None:
+        need(("stat", p), None, f"size/mode of {p}")
     elif k == "stat":
-        value = None if op.errno is not None else (int(op.result[0]), int(op.result[1]) & 0o7777)
-        need(("stat", p), value, f"size/mode of {p}")
+        # two steps, as stat(2) takes them (and a guest: a dentry, then GETATTR of its inode):
+        # the path named an inode at some instant, that inode had these attributes at another
+        _check_through_inode(eng, op, ("attrs", (int(op.result[0]), int(op.result[1]) & 0o7777)),
+                             f"size/mode of {p}", failures)
     elif k == "exists":
         need(("exists", p), bool(op.result), f"existence of {p}")
     elif op.errno is not None:                        # read → ENOENT
         need(("bind", p), _ABSENT, f"content of {p}")
     else:
-        _check_content(eng, op, failures)
+        _check_through_inode(eng, op, ("content", bytes(op.result)), f"content of {p}", failures)
     if not failures:
         return None
     measured = [(rs - b[0], b[1]) for _, _, b in failures if b is not None]
@@ -82,9 +86,12 @@ def _check_listing(eng: _Engine, op: Operation, need, failures) -> None:
                  f"listing of {where}: {name} {'listed' if shown else 'missing'}")
 
 
-def _check_content(eng: _Engine, op: Operation, failures) -> None:
-    """Some inode the path named during the read held exactly this content during the read."""
-    p, rs, data = op.path, op.start_ns, bytes(op.result)
+def _check_through_inode(eng: _Engine, op: Operation, fact: tuple, register: str,
+                         failures) -> None:
+    """Some inode the path named during the read held exactly this value (``fact``: the kind of
+    register, ``"content"`` or ``"attrs"``, and the value) during the read."""
+    p, rs = op.path, op.start_ns
+    kind, data = fact
     bind = ("bind", p)
     best = None                 # the latest instant a candidate inode stopped explaining the read
     seen = set()
@@ -101,7 +108,7 @@ def _check_content(eng: _Engine, op: Operation, failures) -> None:
             continue
         seen.add(b)
         ok1, end1 = eng.window(bind, b, rs)
-        ok2, end2 = (True, None) if b is ANY else eng.window(("content", b), data, rs)
+        ok2, end2 = (True, None) if b is ANY else eng.window((kind, b), data, rs)
         if ok1 and ok2:
             return
         if (not ok1 and end1 is None) or (not ok2 and end2 is None):
@@ -114,5 +121,5 @@ def _check_content(eng: _Engine, op: Operation, failures) -> None:
         if b is _ABSENT or b is ANY:
             possible.append(b)
         else:
-            possible.extend(eng.possible(("content", b)))
-    failures.append((f"content of {p}", tuple(possible), best))
+            possible.extend(eng.possible((kind, b)))
+    failures.append((register, tuple(possible), best))
