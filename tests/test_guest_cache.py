@@ -491,3 +491,14 @@ def test_fast_path_sees_own_changes_and_errors_keep_their_names(guest_factory):
     with pytest.raises(OSError) as e:
         g.os.stat("dir/missing")
     assert e.value.errno == errno.ENOENT and e.value.filename == "dir/missing"
+
+
+@pytest.mark.parametrize("t", [float("inf"), 1e300, float("nan"), -1])
+def test_a_timeout_the_guest_cannot_use_is_a_config_error(tmp_path, t):
+    """``vfscluster stress --cache auto --timeout inf`` crashed every guest at start
+    (OverflowError in CachePolicy: int(inf * 1e9)) instead of failing as a bad option."""
+    from vfscluster.cluster.topology import Topology
+    with pytest.raises(ConfigError):
+        Topology(tmp_path, 1, cache="auto", timeout=t)
+    with pytest.raises(ConfigError):
+        CacheConfig(CacheMode.AUTO, timeout=t)

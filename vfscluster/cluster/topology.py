@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
+from ..guest.cache import MAX_TIMEOUT
 from ..guest.daxmap import FUSE_DAX_SZ
 from ..virtio.fs_config import check_tag
 
@@ -72,8 +73,9 @@ class GuestSpec:
         if not isinstance(self.ram_size, int) or self.ram_size < (4 << 20) or self.ram_size % 4096:
             raise ConfigError(f"guest {self.name!r}: ram_size must be a multiple of 4096 of at least 4 MiB")
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
-                or not self.timeout >= 0:           # (NaN is not)
-            raise ConfigError(f"guest {self.name!r}: timeout must be a number >= 0")
+                or not 0 <= self.timeout <= MAX_TIMEOUT:    # (NaN is not; inf is not either)
+            raise ConfigError(f"guest {self.name!r}: timeout must be a number of seconds in "
+                              f"0..{MAX_TIMEOUT:g}")
 
 
 _GUEST_KEYS = {f.name for f in fields(GuestSpec)} - {"name"}

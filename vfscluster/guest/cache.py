@@ -59,6 +59,8 @@ NEGATIVE = 0
 _FAST_MAX = 1 << 16
 _TOUCHED_MAX = 1 << 12      # nodes whose last local change is remembered one by one
 _NS = 1_000_000_000
+#: the longest cache=auto timeout (a century: monotonic_ns() + it stays an int; inf would not)
+MAX_TIMEOUT = 100 * 365 * 86400
 
 
 class CacheMode(str, enum.Enum):
@@ -87,8 +89,9 @@ class CacheConfig:
         object.__setattr__(self, "mode", self._mode(self.mode))
         if self.versions and self.mode is CacheMode.NONE:
             raise ConfigError("versions=on needs cache=auto or cache=always (cache=none keeps nothing)")
-        if not isinstance(self.timeout, (int, float)) or self.timeout < 0:
-            raise ConfigError(f"cache timeout must be a number >= 0, not {self.timeout!r}")
+        if not isinstance(self.timeout, (int, float)) or not 0 <= self.timeout <= MAX_TIMEOUT:
+            raise ConfigError(f"cache timeout must be a number of seconds in 0..{MAX_TIMEOUT:g}, "
+                              f"not {self.timeout!r}")
 
     @staticmethod
     def _mode(value: Any) -> CacheMode:
