@@ -19,6 +19,7 @@ from vfscluster.fuse.abi import Opcode
 from vfscluster.guest.cache import CacheConfig, CacheMode, CachePolicy
 from vfscluster.guest.client import FuseClient
 from vfscluster.guest.gos import GuestOS
+from vfscluster.guest.vectorcalls import RWF_NOAPPEND
 from vfscluster.guest.versions import VersionView
 from vfscluster.host.versions import VersionTable
 
@@ -451,6 +452,8 @@ def test_dup2_matches_os(pair):
     _check(pair, [
         ("same fd", lambda o, P, F: o.dup2(F("file"), F("file")) == F("file")),
         ("same bad fd", lambda o, P, F: o.dup2(F("bad"), F("bad"))),
+        ("same fd, not inheritable", lambda o, P, F: o.dup2(F("file"), F("file"), inheritable=False)),
+        ("same bad fd, not inheritable", lambda o, P, F: o.dup2(F("bad"), F("bad"), False)),
         ("bad onto open", lambda o, P, F: o.dup2(F("bad"), F("file"))),
         ("onto -1", lambda o, P, F: o.dup2(F("file"), -1)),
         ("from -1", lambda o, P, F: o.dup2(-1, F("file"))),
@@ -609,3 +612,19 @@ def test_dot_of_a_dir_fd_has_the_directorys_current_attributes(pair):
         ("stat . again", lambda o, P, F: stat.S_IMODE(o.stat(".", dir_fd=F("dir")).st_mode)),
         ("access as root", lambda o, P, F: o.access("sub", os.X_OK, dir_fd=F("dir"))),
     ])
+
+
+def test_pwritev_noappend_on_an_o_append_file_is_refused_not_appended(pair):
+    """Linux writes at the offset; the host's handle is open O_APPEND too, so its write would
+    land at the end: GuestOS refuses the flag there (EOPNOTSUPP) and the file stays as it was.
+    Without O_APPEND the flag changes nothing, as on Linux."""
+    g = pair.g
+    fd = g.open("top", os.O_WRONLY | os.O_APPEND)
+    before = g.stat("top").st_size
+    with pytest.raises(OSError) as exc:
+        g.pwritev(fd, [b"AB"], 0, RWF_NOAPPEND)
+    assert exc.value.errno == errno.EOPNOTSUPP
+    assert g.fstat(fd).st_size == before
+    g.close(fd)
+    _check(pair, [("noappend without O_APPEND", lambda o, P, F: (lambda fd: (
+        o.pwritev(fd, [b"AB"], 1, RWF_NOAPPEND), o.close(fd)))(o.open("top", os.O_WRONLY)))])

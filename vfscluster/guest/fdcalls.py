@@ -77,12 +77,14 @@ class FdCalls:
         """``os.dup2``: ``fd2`` becomes a descriptor of ``fd``'s open file (as :meth:`dup`);
         returns ``fd2``.  A file ``fd2`` had is closed first, as :meth:`close` closes it, but
         its errors are lost (fs/file.c ``do_dup2`` ignores ``filp_close``'s result).  ``fd ==
-        fd2``: nothing, if ``fd`` is open.  EBADF (unnamed) for a ``fd`` that is not open or a
+        fd2``: nothing, if ``fd`` is open (EINVAL with ``inheritable`` false: CPython's ``dup3``).  EBADF (unnamed) for a ``fd`` that is not open or a
         negative ``fd2``.  ``inheritable`` means nothing to a guest, which never execs."""
         fd, fd2 = c_int(fd), c_int(fd2)
         with errors():
             if fd2 < 0:
                 raise oserror(errno.EBADF)
+            if not inheritable and fd == fd2:   # CPython's dup3(), which refuses it first
+                raise oserror(errno.EINVAL)
             file = self._fds.get(fd)            # its reference becomes fd2's
             if fd == fd2:
                 file.put()
@@ -337,15 +339,20 @@ class FdCalls:
 
     def _fsync(self, fd: Any, datasync: bool) -> None:
         with self._file(fileno_of(fd)) as f:
-            if f.pipe_fd is not None:
-                return (os.fdatasync if datasync else os.fsync)(f.pipe_fd)
-            if f.is_path:
-                raise oserror(errno.EBADF)
-            if f.is_dir:
-                self.client.fsyncdir(f.nodeid, f.fh, datasync)
-            else:
-                self.client.cache.pages.flush(self.client, f.nodeid)
-                self.client.fsync(f.nodeid, f.fh, datasync)
+            self._fsync_file(f, datasync)
+
+    def _fsync_file(self, f: OpenFile, datasync: bool) -> None:
+        """FSYNC (FSYNCDIR) of an open file the caller holds, this guest's dirty data first (a
+        FIFO: the pipe's own answer)."""
+        if f.pipe_fd is not None:
+            return (os.fdatasync if datasync else os.fsync)(f.pipe_fd)
+        if f.is_path:
+            raise oserror(errno.EBADF)
+        if f.is_dir:
+            self.client.fsyncdir(f.nodeid, f.fh, datasync)
+        else:
+            self.client.cache.pages.flush(self.client, f.nodeid)
+            self.client.fsync(f.nodeid, f.fh, datasync)
 
     def fstat(self, fd: int) -> os.stat_result:
         """``os.fstat`` (GETATTR of the file's node, as fs/fuse/dir.c fuse_getattr sends it)."""

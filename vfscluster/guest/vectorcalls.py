@@ -16,7 +16,9 @@ the kernel's order:
   and whatever the flags; then EINVAL past the largest offset;
 * flags (``RWF_*``): ``RWF_HIPRI`` means nothing here, ``RWF_DSYNC``/``RWF_SYNC`` make a write
   reach the host's disk (FSYNC after it, as ``generic_write_sync``), ``RWF_APPEND`` writes at the
-  end and ``RWF_NOAPPEND`` at the offset even with ``O_APPEND`` (both: EINVAL); ``RWF_NOWAIT``,
+  end (with ``RWF_NOAPPEND`` too: EINVAL); ``RWF_NOAPPEND`` on an ``O_APPEND`` file is
+  EOPNOTSUPP, where Linux writes at the offset (the host's handle is open ``O_APPEND`` as well,
+  so the write would land at the end); ``RWF_NOWAIT``,
   ``RWF_ATOMIC``, ``RWF_DONTCACHE`` and unknown bits are EOPNOTSUPP (a FUSE file has neither
   FMODE_NOWAIT nor atomic or uncached writes); a directory takes no flag but ``RWF_HIPRI``
   (EOPNOTSUPP), else it is EISDIR.
@@ -100,6 +102,7 @@ class VectorCalls:
     _write: Callable
     _size: Callable
     _fsync: Callable
+    _fsync_file: Callable
 
     def readv(self, fd: int, buffers: Any) -> int:
         """``os.readv``: fill ``buffers`` (writable bytes-like objects, in order) from the file
@@ -143,8 +146,8 @@ class VectorCalls:
                         n, f.pos = self._transfer(f, views, f.pos, total, flags, read, True)
                 else:
                     n, _ = self._transfer(f, views, offset, total, flags, read, False)
-            if not read and flags & (RWF_DSYNC | RWF_SYNC):
-                self._fsync(fd, not flags & RWF_SYNC)
+                if not read and flags & (RWF_DSYNC | RWF_SYNC):
+                    self._fsync_file(f, not flags & RWF_SYNC)      # this file, whatever fd is now
             return n
         finally:
             _release(views)
@@ -169,7 +172,10 @@ class VectorCalls:
                 if done == len(data):
                     break
             return len(data), offset + len(data)
-        appending = (f.flags & os.O_APPEND and not flags & RWF_NOAPPEND) or flags & RWF_APPEND
+        if flags & RWF_NOAPPEND and f.flags & os.O_APPEND:
+            # the host's handle is open O_APPEND too: its write would land at the end
+            raise oserror(errno.EOPNOTSUPP)
+        appending = f.flags & os.O_APPEND or flags & RWF_APPEND
         if appending:
             offset = self._size(f)
         n = self._write(f, offset, memoryview(b"".join(views)))
