@@ -37,10 +37,10 @@ _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 
-
 def _ns(seconds: int, nsec: int) -> int:
     """A fuse_attr time (u64 two's complement seconds, nanoseconds) in signed nanoseconds."""
     return (seconds - (1 << 64) if seconds >> 63 else seconds) * 1_000_000_000 + nsec
+
 
 class FdCalls:
     """Descriptor calls; mixed into GuestOS, which provides ``client``, ``_fds``, ``lock_owner``,
@@ -77,8 +77,9 @@ class FdCalls:
         """``os.dup2``: ``fd2`` becomes a descriptor of ``fd``'s open file (as :meth:`dup`);
         returns ``fd2``.  A file ``fd2`` had is closed first, as :meth:`close` closes it, but
         its errors are lost (fs/file.c ``do_dup2`` ignores ``filp_close``'s result).  ``fd ==
-        fd2``: nothing, if ``fd`` is open (EINVAL with ``inheritable`` false: CPython's ``dup3``).  EBADF (unnamed) for a ``fd`` that is not open or a
-        negative ``fd2``.  ``inheritable`` means nothing to a guest, which never execs."""
+        fd2``: nothing, if ``fd`` is open (EINVAL with ``inheritable`` false: CPython's
+        ``dup3``).  EBADF (unnamed) for a ``fd`` that is not open or a negative ``fd2``.
+        Otherwise ``inheritable`` means nothing to a guest, which never execs."""
         fd, fd2 = c_int(fd), c_int(fd2)
         with errors():
             if fd2 < 0:

@@ -217,7 +217,7 @@ class InodeStore:
     def close(self) -> None:
         """Close every fd, the root's included (the store is unusable afterwards)."""
         with self._lock:
-            self._observer = None
+            self._observers.clear()
             fds = [inode.fd for inode in self._by_id.values() if inode.fd >= 0]
             for inode in self._by_id.values():
                 inode.fd = -1
