@@ -65,9 +65,14 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def send_frame(sock: socket.socket, obj: Any) -> None:
+def frame(obj: Any) -> bytes:
+    """``obj`` packed, behind its length."""
     data = pack(obj)
-    sock.sendall(_LEN.pack(len(data)) + data)
+    return _LEN.pack(len(data)) + data
+
+
+def send_frame(sock: socket.socket, obj: Any) -> None:
+    sock.sendall(frame(obj))
 
 
 def recv_frame(sock: socket.socket) -> Any:
@@ -127,12 +132,27 @@ class ControlServer:
                         payload = "".join(traceback.format_exception(exc))
                     reply = [rid, ERROR, payload]
                 try:
-                    send_frame(conn, reply)
+                    conn.sendall(self._reply_frame(method, reply))
                 except OSError:
                     return
         finally:
             self._conns.discard(conn)
             conn.close()
+
+    @staticmethod
+    def _reply_frame(method: Any, reply: list) -> bytes:
+        """The frame of ``reply``; when its value cannot travel (dill cannot pickle it, or it packs
+        to more than ``MAX_FRAME``), an ERROR reply that says so, so the connection lives on."""
+        rid = reply[0]
+        try:
+            data = frame(reply)
+        except Exception as exc:        # pickling fails in many ways: PicklingError, TypeError, ...
+            return frame([rid, ERROR, f"the reply to {method!r} cannot be sent back: "
+                                      f"{type(exc).__name__}: {exc}"])
+        if len(data) - _LEN.size > MAX_FRAME:
+            return frame([rid, ERROR, f"the reply to {method!r} is {len(data) - _LEN.size} bytes, "
+                                      f"over the control channel's {MAX_FRAME}"])
+        return data
 
     def close(self) -> None:
         self.closed.set()

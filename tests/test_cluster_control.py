@@ -1,0 +1,58 @@
+"""The control channel (cluster/control.py) over a real Unix socket, server and client in one
+process: replies, errors, and replies that cannot travel."""
+
+import ctypes
+import errno
+import os
+import threading
+
+import pytest
+
+from vfscluster.cluster.control import MAX_FRAME, ControlClient, ControlServer, RemoteError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def channel(tmp_path):
+    def handler(method, args, kwargs):
+        if method == "echo":
+            return args[0]
+        if method == "ctypes_type":
+            return ctypes.c_ubyte * 4            # dill cannot pickle it (PyCArrayType)
+        if method == "huge":
+            return b"x" * (MAX_FRAME + 1)
+        if method == "enoent":
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "f")
+        raise ValueError(method)
+
+    server = ControlServer(str(tmp_path / "ctl"), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    client = ControlClient(server.path)
+    yield client
+    client.close()
+    server.close()
+    t.join(5)
+
+
+def test_values_and_errors_come_back(channel):
+    assert channel.call("echo", (1, "a", b"b")) == (1, "a", b"b")
+    assert channel.call("echo", os.stat_result(range(10))).st_mode == 0
+    with pytest.raises(FileNotFoundError) as e:
+        channel.call("enoent")
+    assert e.value.errno == errno.ENOENT and e.value.filename == "f"
+    with pytest.raises(ValueError, match="nope"):
+        channel.call("nope")
+
+
+def test_a_reply_that_cannot_be_pickled_is_an_error_and_the_connection_lives_on(channel):
+    with pytest.raises(RemoteError, match="cannot be sent back"):
+        channel.call("ctypes_type")
+    assert channel.call("echo", 5) == 5          # the same connection, still served
+
+
+def test_a_reply_over_the_frame_limit_is_an_error_not_a_dead_connection(channel):
+    with pytest.raises(RemoteError, match="over the control channel"):
+        channel.call("huge")
+    assert channel.call("echo", 6) == 6
