@@ -536,3 +536,43 @@ def test_a_dax_write_racing_a_shrink_is_one_write(tmp_path):
         # all of the write before the truncate, or all of it after: never half of each
         assert reader.run(g_pread, "f", 64, 0) in (b"abc", b"abc\0\0\0[10.127]")
     assert (share / "f").read_bytes() in (b"abc", b"abc\0\0\0[10.127]")
+
+
+def g_keep_open(gos, name):
+    gos._test_fd = gos.open(name, os.O_RDWR)
+
+
+def g_kept_pread(gos, n, offset):
+    return gos.pread(gos._test_fd, n, offset)
+
+
+def g_kept_pwrite(gos, data, offset):
+    return gos.pwrite(gos._test_fd, data, offset)
+
+
+def g_kept_close(gos):
+    gos.close(gos._test_fd)
+
+
+def test_a_versions_dax_guest_sees_another_guests_shrink_at_once(share):
+    """With versions=on a DAX guest checks the file's version slot before trusting the size it
+    knows: after another guest's shrink its read stops at the new end (it read the zeros past it),
+    and a write past the new end goes to the host (it was stored past the host's end of file and
+    lost)."""
+    (share / "f").write_bytes(b"a" * (2 * PAGE))
+    topo = Topology(share, [{"name": "a", "dax": "always", "cache": "always", "versions": True,
+                             "window_size": 16 << 20}, {"name": "b"}])
+    with Cluster.start(topo) as c:
+        a, b = c.guests
+        a.run(g_keep_open, "f")
+        assert a.run(g_kept_pread, 8, 0) == b"a" * 8          # size known, chunk mapped
+        asked = a.run(lambda gos: gos.client.requests)
+        assert a.run(g_kept_pread, 8, 8) == b"a" * 8
+        assert a.run(lambda gos: gos.client.requests) == asked   # no change: no request
+        b.run(lambda gos: gos.truncate("f", 100))
+        assert a.run(g_kept_pread, 200, 0) == b"a" * 100
+        b.run(lambda gos: gos.truncate("f", 10))
+        assert a.run(g_kept_pwrite, b"xyz", 200) == 3
+        assert a.run(g_kept_pread, 300, 0) == b"a" * 10 + bytes(190) + b"xyz"
+        a.run(g_kept_close)
+    assert (share / "f").read_bytes() == b"a" * 10 + bytes(190) + b"xyz"

@@ -21,7 +21,12 @@ GETATTR on the first DAX access after an open, then kept up to date by this gues
 truncations.  A read reaching past the known size asks the host once (GETATTR): appends by other guests
 become visible; reads inside the known size send no request at all once their chunks are mapped.  A
 shrinking truncation by another guest is safe: the host has replaced the pages past the new end with
-zeros in our window first, so a read inside our stale size returns zeros there.
+zeros in our window first, so a read inside our stale size returns zeros there.  With ``versions=on``
+the known size is kept with the file's slot in the metadata-version table, read before the GETATTR
+(DESIGN §4's rule), and a DAX read or write first compares the slot (one load from shared memory): a
+change by anyone — another guest's truncation or append, a host program — costs one GETATTR at
+the next access, so such a guest sees the new size at once, as it sees every other change (a read
+stops at the new end; a write past it goes to the host and is not lost past the end of file).
 
 Writes: a write inside the known size is stored through the window; a write reaching past it (extending
 the file) goes out whole as FUSE_WRITE (the size change must happen on the host, and a write split in
@@ -68,6 +73,9 @@ class DaxFiles:
         self.window = DaxWindow(size)
         self.gdax = GuestDax(self.window, self._setup, self._remove)
         self._sizes: dict[int, int] = {}
+        #: versions=on: the mount's version table, and each known size's slot version
+        self._view = client.cache.view
+        self._seen: dict[int, int] = {}
         self._lock = threading.Lock()
         device.set_shmem_handler(0, self.gdax.shmem_handler)
         device.on_failure.append(self.gdax.slots.abort)     # a read waiting for a range must not outlive the host
@@ -107,16 +115,28 @@ class DaxFiles:
         """An open of the file: its size is asked again at the next DAX access (close-to-open)."""
         with self._lock:
             self._sizes.pop(nodeid, None)
+            self._seen.pop(nodeid, None)
 
     def _fetch(self, nodeid: int, fh: int | None) -> int:
+        view = self._view
+        seen = view.version(nodeid) if view is not None else 0     # before the GETATTR
         size = self.client.getattr(nodeid, fh).attr.size
         with self._lock:
             self._sizes[nodeid] = size
+            self._seen[nodeid] = seen
+        return size
+
+    def _known(self, nodeid: int) -> int | None:
+        """The known size of ``nodeid``, or None: none yet, or (versions=on) its slot moved
+        since it was fetched.  Lock-free: dict reads and the slot load are atomic."""
+        size = self._sizes.get(nodeid)
+        view = self._view
+        if view is not None and size is not None and view.version(nodeid) != self._seen.get(nodeid):
+            return None
         return size
 
     def size(self, nodeid: int, fh: int | None) -> int:
-        with self._lock:
-            known = self._sizes.get(nodeid)
+        known = self._known(nodeid)
         return self._fetch(nodeid, fh) if known is None else known
 
     def grew(self, nodeid: int, end: int) -> None:
@@ -134,6 +154,7 @@ class DaxFiles:
         """The inode is evicted: its unpinned chunks go (REMOVEMAPPING) before the FORGET."""
         with self._lock:
             self._sizes.pop(nodeid, None)
+            self._seen.pop(nodeid, None)
         try:
             self.gdax.forget(nodeid)
         except OSError as exc:
@@ -143,19 +164,19 @@ class DaxFiles:
 
     def read_quick(self, nodeid: int, offset: int, n: int) -> bytes | None:
         """:meth:`GuestDax.read_fast` within the known size, or None."""
-        size = self._sizes.get(nodeid)                   # (a dict read is atomic)
+        size = self._known(nodeid)
         if size is None or offset + n > size:
             return None
         return self.gdax.read_fast(nodeid, offset, n, size)
 
     def write_quick(self, nodeid: int, offset: int, view: memoryview) -> bool:
         """:meth:`GuestDax.write_fast` within the known size; False: nothing stored."""
-        size = self._sizes.get(nodeid)
+        size = self._known(nodeid)
         return size is not None and self.gdax.write_fast(nodeid, offset, view, size)
 
     def read(self, nodeid: int, fh: int, offset: int, n: int) -> bytes | None:
         """Up to ``n`` bytes at ``offset`` through the window; None: use FUSE_READ instead."""
-        size = self._sizes.get(nodeid)                   # (a dict read is atomic)
+        size = self._known(nodeid)
         if size is not None and offset + n <= size:
             data = self.gdax.read_fast(nodeid, offset, n, size)
             if data is not None:
@@ -176,7 +197,7 @@ class DaxFiles:
         prefix: a write split into a window store and an extending FUSE_WRITE is two writes, and
         another guest's truncation between them (our known size is older than it) would keep
         the tail, past a hole, and lose the head, stored past the host's new end of file."""
-        size = self._sizes.get(nodeid)
+        size = self._known(nodeid)
         if size is not None and self.gdax.write_fast(nodeid, offset, view, size):
             return len(view)
         size = self.size(nodeid, fh)
