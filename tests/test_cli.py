@@ -172,6 +172,7 @@ def test_bench_dax_runs_and_prints_its_goals():
     out = " ".join(r.stdout.split())
     assert "dax=always" in out and "FUSE_READ" in out and "os.pread on the host" in out
     assert out.count("met:") + out.count("missed:") == 2 and "goal ≥ 10" in out and "goal ≥ 1)" in out
+    assert "256 placements of one buffer" in out and "window copy is the slower at" in out
 
 
 def test_bench_queues_runs_and_prints_its_ratios():

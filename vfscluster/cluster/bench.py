@@ -335,8 +335,8 @@ def main(which: str, *, seconds: float = 2.0, plot: str | None = None, dax_mib: 
         return 0
     if which == "dax":
         from .benchdax import bench_dax, report
-        groups, huge = bench_dax(seconds, dax_mib << 20, console)
-        report(groups, huge, dax_mib << 20, console)
+        groups, huge, places = bench_dax(seconds, dax_mib << 20, console)
+        report(groups, huge, dax_mib << 20, console, places)
         if plot:
             _plot(plot, "file reads: DAX vs FUSE_READ vs the host", [r for g in groups for r, _ in g])
             console.print(f"plot written to {plot}")

@@ -22,15 +22,24 @@ the kernel's copy does — so separate loops in separate processes mostly measur
 
 Goals (issue 5): DAX 4 KiB random ≥ 10× faster than FUSE_READ, DAX 1 MiB sequential at least as
 fast as the host's ``os.pread`` (on the file in 2 MiB folios).
+
+How much that last ratio owes to the destination, :func:`_placements` shows: the same 1 MiB copies —
+out of the DAX window (a read-only ``GuestOS.mmap`` of the file, whose bytes are the window's pages)
+and by the host kernel (``os.preadv`` of the host's file) — into one buffer moved through every
+16-byte step of a page.  The report gives the spread of kernel / window over those placements; a
+``pread`` result lands wherever malloc put the process's 1 MiB block, one of them.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import random
+import statistics
 import time
 
 from rich.console import Console
 
+from ..guest.memcopy import data_address
 from .launcher import Cluster, scratch_dir
 from .topology import Topology
 
@@ -40,6 +49,8 @@ SMALL = 4096
 LARGE = 1 << 20
 HUGE = 2 << 20
 TURN = 16          # reads per turn when two readers take turns (_in_turns)
+PAGE = mmap.PAGESIZE
+PLACE_STEP = 16    # _placements: the destination moves through its page in steps of this
 
 
 def _offsets(size: int, step: int, n: int, rnd: bool, stream: int = 0,
@@ -130,6 +141,49 @@ def _guest_vs_host(gos, name: str, host_path: str, size: int, step: int, rnd: bo
         gos.close(fd)
 
 
+def _placements(gos, name: str, host_path: str, size: int, reads: int) -> list:
+    """In a guest: 1 MiB copies out of the DAX window (a read-only ``gos.mmap`` of the whole file, in
+    two halves as :func:`~vfscluster.guest.memcopy.read_out` copies) and by the kernel (``os.preadv``
+    of the host's file) into one buffer placed at each ``PLACE_STEP`` of a page, ``reads`` of each per
+    placement, taking turns on two streams half the file apart (cold pages for both).  Returns
+    ``[(offset in the page, µs of the window copy, µs of the kernel's)]``."""
+    fd = gos.open(name, os.O_RDONLY)
+    hfd = os.open(host_path, os.O_RDONLY)
+    try:
+        with gos.mmap(fd, size, 0, mmap.PROT_READ) as m:
+            src = memoryview(m)
+            buf = bytearray(LARGE + 2 * PAGE)
+            view = memoryview(buf)
+            pad = (-data_address(buf)) % PAGE
+            clock, half, rows, j = time.perf_counter_ns, LARGE // 2, [], 0
+            for off in range(0, size, LARGE):            # map every chunk first
+                view[pad:pad + LARGE] = src[off:off + LARGE]
+            for d in range(0, PAGE, PLACE_STEP):
+                dst = view[pad + d:pad + d + LARGE]
+                lo, hi = dst[:half], dst[half:]
+                window = kernel = 0
+                for _ in range(reads):
+                    a, b = (j * LARGE) % size, (j * LARGE + size // 2) % size
+                    if j % 2:
+                        a, b = b, a
+                    j += 1
+                    t0 = clock()
+                    lo[:] = src[a:a + half]
+                    hi[:] = src[a + half:a + LARGE]
+                    t1 = clock()
+                    os.preadv(hfd, [dst], b)
+                    kernel += clock() - t1
+                    window += t1 - t0
+                rows.append((d, window / reads / 1e3, kernel / reads / 1e3))
+                dst.release(), lo.release(), hi.release()
+            view.release()
+            src.release()
+        return rows
+    finally:
+        os.close(hfd)
+        gos.close(fd)
+
+
 def _write_file(path: str, size: int, piece: int) -> None:
     """``size`` bytes (one random ``piece`` over and over) in ``write`` calls of ``piece`` bytes: the
     page cache keeps the file in folios of that size (ext4 on Linux 6.16+; smaller elsewhere),
@@ -155,10 +209,10 @@ def _huge_mapped(gos) -> int:
 
 
 def bench_dax(seconds: float = 2.0, size: int = 64 << 20, console: Console | None = None) -> tuple:
-    """``(groups, huge)``: groups of rows ``(Result, requests)`` — 4 KiB random and 1 MiB sequential
-    reads of a file cached in 2 MiB folios (host, DAX, FUSE_READ), then 1 MiB sequential reads of
-    one cached in 4 KiB pages (host, DAX) — and how many bytes of the first the DAX guest mapped
-    with 2 MiB pages."""
+    """``(groups, huge, places)``: groups of rows ``(Result, requests)`` — 4 KiB random and 1 MiB
+    sequential reads of a file cached in 2 MiB folios (host, DAX, FUSE_READ), then 1 MiB sequential
+    reads of one cached in 4 KiB pages (host, DAX) — how many bytes of the first the DAX guest mapped
+    with 2 MiB pages, and :func:`_placements` of that file."""
     from .bench import Result
     console = console or Console()
     groups = []
@@ -183,10 +237,11 @@ def bench_dax(seconds: float = 2.0, size: int = 64 << 20, console: Console | Non
                                                     False, seconds)
                 groups.append([(Result(f"{label}: os.pread on the host", hus, hn), 0),
                                (Result(f"{label}: guest pread, dax=always", dus, dn), req)])
-    return groups, huge
+                places = dax.run(_placements, FILE, path, size, max(2, min(16, int(seconds * 8))))
+    return groups, huge, places
 
 
-def report(groups: list, huge: int, size: int, console: Console) -> bool:
+def report(groups: list, huge: int, size: int, console: Console, places: list = ()) -> bool:
     from rich.table import Table
     t = Table(title="file reads: DAX window vs FUSE_READ vs the host")
     t.add_column("measurement")
@@ -210,6 +265,13 @@ def report(groups: list, huge: int, size: int, console: Console) -> bool:
     console.print(f"1 MiB sequential: FUSE_READ / DAX = {f1.us / d1.us:.3g}")
     console.print(f"the DAX guest mapped {huge >> 20} of the file's {size >> 20} MiB with 2 MiB pages; "
                   f"for the file in 4 KiB pages, host os.pread / DAX = {hs.us / ds.us:.3g}")
+    if places:
+        ratios = [k / w for _, w, k in places]
+        slower = sum(r < 1 for r in ratios)
+        console.print(f"the same 1 MiB copy into {len(places)} placements of one buffer in its page "
+                      f"(every {PLACE_STEP} bytes): kernel (os.preadv) / DAX window copy median "
+                      f"{statistics.median(ratios):.3g}, from {min(ratios):.3g} to {max(ratios):.3g}; "
+                      f"the window copy is the slower at {slower} of {len(places)}")
     return ok
 
 
