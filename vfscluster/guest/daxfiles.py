@@ -128,10 +128,15 @@ class DaxFiles:
 
     def _known(self, nodeid: int) -> int | None:
         """The known size of ``nodeid``, or None: none yet, or (versions=on) its slot moved
-        since it was fetched.  Lock-free: dict reads and the slot load are atomic."""
-        size = self._sizes.get(nodeid)
+        since it was fetched.  Lock-free: dict reads and the slot load are atomic, and the version
+        is read before the size (``_fetch`` stores them the other way round), so a size is never
+        taken with a version newer than its own."""
         view = self._view
-        if view is not None and size is not None and view.version(nodeid) != self._seen.get(nodeid):
+        if view is None:
+            return self._sizes.get(nodeid)
+        seen = self._seen.get(nodeid)
+        size = self._sizes.get(nodeid)
+        if size is None or view.version(nodeid) != seen:
             return None
         return size
 
