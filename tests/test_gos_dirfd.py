@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import secrets
 import stat
 
@@ -458,6 +459,8 @@ def test_dup2_matches_os(pair):
         ("onto -1", lambda o, P, F: o.dup2(F("file"), -1)),
         ("from -1", lambda o, P, F: o.dup2(-1, F("file"))),
         ("onto huge", lambda o, P, F: o.dup2(F("file"), 1 << 31)),
+        ("onto the RLIMIT_NOFILE limit", lambda o, P, F: o.dup2(F("file"), _nofile())),
+        ("bad onto the limit", lambda o, P, F: o.dup2(F("bad"), _nofile())),
         ("float", lambda o, P, F: o.dup2(F("file"), 1.0)),
         ("str", lambda o, P, F: o.dup2("3", F("file"))),
         ("onto an open fd", onto_open),
@@ -465,6 +468,41 @@ def test_dup2_matches_os(pair):
         ("opath", lambda o, P, F: (lambda n: (o.fstat(n).st_size, o.close(n)))(
             o.dup2(F("lnk"), fresh(o) + 3))),
     ])
+
+
+def _nofile() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def test_descriptors_run_out_with_emfile_as_on_linux(pair):
+    """Past the descriptor limit (RLIMIT_NOFILE, here lowered on the guest's table): open and
+    dup are EMFILE before anything is sent — no OPEN, and O_CREAT creates nothing; dup2 onto the
+    limit is EBADF; a closed descriptor is free again.  Lookup counts return to zero (the pair's
+    check at the end)."""
+    g, counts = pair.g, pair.transport.counts
+    g._fds.limit = max(g.open_fds()) + 3           # two numbers free
+    a = g.open("top", os.O_RDONLY)
+    b = g.open("dir/file", os.O_RDONLY)
+    opens, lookups = counts[Opcode.OPEN], counts[Opcode.LOOKUP]
+    for what, call in (("open", lambda: g.open("dir/sub/deep", os.O_RDONLY)),
+                       ("create", lambda: g.open("new", os.O_CREAT | os.O_WRONLY, 0o644)),
+                       ("opath", lambda: g.open("dir", os.O_PATH)),
+                       ("dup", lambda: g.dup(a))):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EMFILE, what
+    assert counts[Opcode.OPEN] == opens and counts[Opcode.LOOKUP] == lookups
+    assert not (pair.share / "new").exists()
+    with pytest.raises(OSError) as e:
+        g.dup2(a, g._fds.limit)
+    assert e.value.errno == errno.EBADF
+    assert g.dup2(a, b) == b                       # below the limit: fine
+    assert g.read(b, 4) == b"top!"
+    g.close(b)
+    c = g.dup(a)
+    assert c == b and g.read(c, 10) == b""         # the same file and position
+    g.close(a)
+    g.close(c)
 
 
 def test_dup2_onto_an_open_fd_releases_its_file(pair):

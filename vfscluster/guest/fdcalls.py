@@ -66,19 +66,29 @@ class FdCalls:
         finally:
             c.put(file.nodeid)
 
+    def _install(self, file: OpenFile) -> int:
+        """The lowest free descriptor for ``file``, which gives the table its reference; EMFILE:
+        that reference is put (the file is released if it was the last)."""
+        try:
+            return self._fds.install(file)
+        except OSError:
+            file.put()
+            raise
+
     def dup(self, fd: int) -> int:
         """``os.dup``: the lowest free descriptor, for the same open file (one position, one
-        set of flock locks; RELEASE only when the last of them is closed).  EBADF."""
+        set of flock locks; RELEASE only when the last of them is closed).  EBADF, EMFILE."""
         with errors():
             file = self._fds.get(fd)            # its reference becomes the new descriptor's
-            return self._fds.install(file)
+            return self._install(file)
 
     def dup2(self, fd: int, fd2: int, inheritable: bool = True) -> int:
         """``os.dup2``: ``fd2`` becomes a descriptor of ``fd``'s open file (as :meth:`dup`);
         returns ``fd2``.  A file ``fd2`` had is closed first, as :meth:`close` closes it, but
         its errors are lost (fs/file.c ``do_dup2`` ignores ``filp_close``'s result).  ``fd ==
         fd2``: nothing, if ``fd`` is open (EINVAL with ``inheritable`` false: CPython's
-        ``dup3``).  EBADF (unnamed) for a ``fd`` that is not open or a negative ``fd2``.
+        ``dup3``).  EBADF (unnamed) for a ``fd`` that is not open, a negative ``fd2`` or one at
+        or past the ``RLIMIT_NOFILE`` limit.
         Otherwise ``inheritable`` means nothing to a guest, which never execs."""
         fd, fd2 = c_int(fd), c_int(fd2)
         with errors():
@@ -90,7 +100,11 @@ class FdCalls:
             if fd == fd2:
                 file.put()
                 return fd2
-            old = self._fds.install_at(fd2, file)
+            try:
+                old = self._fds.install_at(fd2, file)
+            except OSError:
+                file.put()
+                raise
         if old is not None:
             try:
                 with errors():

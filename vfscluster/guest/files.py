@@ -8,13 +8,16 @@ holds one, so ``close`` on one thread while another still reads the descriptor r
 handle only after the read (as ``fput`` does).  An open FIFO is a
 :class:`~vfscluster.guest.fifo.FifoFile`: no FUSE handle, a descriptor of a guest-local pipe
 (``pipe_fd``, None for every other file).  :class:`FdTable` hands out the lowest free
-descriptor number, from 3 (0, 1, 2 are the guest process's standard streams).
+descriptor number, from 3 (0, 1, 2 are the guest process's standard streams), below the
+process's ``RLIMIT_NOFILE`` soft limit as Linux does (EMFILE when none is free; ``dup2`` onto a
+number past it is EBADF).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import resource
 import threading
 from collections.abc import Callable
 
@@ -83,22 +86,42 @@ class OpenFile:
             self._released(self)
 
 
-class FdTable:
-    """Descriptor number -> :class:`OpenFile`, thread-safe, lowest free number first."""
+def nofile_limit() -> int:
+    """This process's ``RLIMIT_NOFILE`` soft limit: descriptor numbers stay below it (unlimited:
+    the kernel's default ``fs.nr_open``, 1048576)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
-    def __init__(self, first: int = FIRST_FD) -> None:
+
+class FdTable:
+    """Descriptor number -> :class:`OpenFile`, thread-safe, lowest free number first, every
+    number below ``limit`` (default: :func:`nofile_limit`, read when the table is made)."""
+
+    def __init__(self, first: int = FIRST_FD, limit: int | None = None) -> None:
         self._first = first
+        self.limit = nofile_limit() if limit is None else limit
         self._files: dict[int, OpenFile] = {}
         self._lock = threading.Lock()
 
     def install(self, file: OpenFile) -> int:
-        """Give ``file`` (with its table reference) the lowest free descriptor."""
+        """Give ``file`` (with its table reference) the lowest free descriptor; EMFILE when every
+        number below the limit is taken (the caller keeps its reference then)."""
         with self._lock:
             fd = self._first
             while fd in self._files:
                 fd += 1
+            if fd >= self.limit:
+                raise oserror(errno.EMFILE)
             self._files[fd] = file
             return fd
+
+    def check_free(self) -> None:
+        """EMFILE when no number from the first to the limit is free: ``open`` and ``dup`` ask
+        first, as Linux takes the descriptor before it opens anything (``get_unused_fd_flags``)."""
+        with self._lock:
+            used = sum(1 for fd in self._files if self._first <= fd < self.limit)
+        if used >= self.limit - self._first:
+            raise oserror(errno.EMFILE)
 
     def get(self, fd: int) -> OpenFile:
         """The file of ``fd`` with a reference for the caller (who puts it); EBADF.  ``fd`` is
@@ -114,7 +137,10 @@ class FdTable:
 
     def install_at(self, fd: int, file: OpenFile) -> OpenFile | None:
         """Give ``file`` (with its table reference) descriptor ``fd`` (``dup2``): the file that
-        had it, whose table reference the caller inherits, or None."""
+        had it, whose table reference the caller inherits, or None.  EBADF for a number at or past
+        the limit (fs/file.c ``ksys_dup3``; the caller keeps its reference then)."""
+        if fd >= self.limit:
+            raise oserror(errno.EBADF)
         with self._lock:
             old = self._files.get(fd)
             self._files[fd] = file

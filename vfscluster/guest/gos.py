@@ -141,6 +141,7 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
             return self._tmpfile(raw, flags, dir_fd)
         if flags & os.O_CREAT and flags & os.O_DIRECTORY:
             raise oserror(errno.EINVAL)
+        self._fds.check_free()          # EMFILE before anything is looked up, opened or created
         flags &= ~os.O_CLOEXEC
         is_path = bool(flags & os.O_PATH)
         creat = bool(flags & os.O_CREAT) and not is_path
@@ -178,18 +179,21 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
             if c.dax is not None:
                 c.dax.opened(node.nodeid)
             if created is not None:
-                return self._fds.install(OpenFile(node, created[1].fh, flags,
-                                                  created[1].open_flags, self._released))
-            return self._open_node(node, flags, creat, excl, must_dir or slashed, may_write)
+                file = OpenFile(node, created[1].fh, flags, created[1].open_flags, self._released)
+            else:
+                file = self._open_node(node, flags, creat, excl, must_dir or slashed, may_write)
         except BaseException:
             if created is not None:
                 c.release(node.nodeid, created[1].fh, flags)
             c.put(node.nodeid)
             raise
+        return self._install(file)      # the file owns the node (put with it on EMFILE)
 
     def _open_node(self, node: Node, flags: int, creat: bool, excl: bool, must_dir: bool,
-                   may_write: bool) -> int:
-        """fs/namei.c ``do_open`` and ``may_open`` for an existing node, then OPEN/OPENDIR."""
+                   may_write: bool) -> OpenFile:
+        """fs/namei.c ``do_open`` and ``may_open`` for an existing node, then OPEN/OPENDIR: the
+        open file, which owns ``node``; on failure nothing is left open and ``node`` is still
+        the caller's to put."""
         c = self.client
         if creat:
             if excl:
@@ -199,18 +203,17 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
         if must_dir and not node.is_dir:
             raise oserror(errno.ENOTDIR)
         if flags & os.O_PATH:
-            return self._fds.install(OpenFile(node, None, flags, 0, self._released))
+            return OpenFile(node, None, flags, 0, self._released)
         if node.is_symlink:
             raise oserror(errno.ELOOP)
         if node.fmt == stat.S_IFIFO:
-            return self._fds.install(self._open_fifo(node, flags))
+            return self._open_fifo(node, flags)
         if node.is_dir and may_write:
             raise oserror(errno.EISDIR)
         if node.is_dir:
             opened = c.opendir(node.nodeid, flags)
         else:
             opened = c.open(node.nodeid, flags)
-        file = OpenFile(node, opened.fh, flags, opened.open_flags, self._released)
         try:
             if flags & os.O_TRUNC and node.is_reg and not c.flags & InitFlags.ATOMIC_O_TRUNC:
                 # fs/open.c handle_truncate; fs/fuse/dir.c sends no FATTR_MTIME for it
@@ -219,9 +222,9 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
             elif flags & os.O_TRUNC and node.is_reg and c.dax is not None:
                 c.dax.truncated(node.nodeid, 0)
         except BaseException:
-            file.put()
+            c.release(node.nodeid, opened.fh, flags)    # (the node stays the caller's)
             raise
-        return self._fds.install(file)
+        return OpenFile(node, opened.fh, flags, opened.open_flags, self._released)
 
     def _open_fifo(self, node: Node, flags: int) -> FifoFile:
         """fs/namei.c ``may_open`` of a FIFO (the permission is the guest's to decide: the host
