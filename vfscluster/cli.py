@@ -8,6 +8,7 @@
     vfscluster bench queues           1 vs 4 request queues from 1-8 threads; lock handoff guest/local
     vfscluster bench dax              DAX vs FUSE_READ vs host os.pread (4 KiB random, 1 MiB sequential)
     vfscluster stress --guests N …    random operations from N guests, checked for stale reads
+    vfscluster top [--cluster ID]     live per-guest and per-virtqueue figures of a running cluster
     vfscluster clean [--all]          remove what dead clusters left behind
 """
 
@@ -66,6 +67,16 @@ def _cmd_clean(a) -> int:
     return 0
 
 
+def _cmd_top(a) -> int:
+    from .cluster.top import run_top
+    try:
+        return run_top(a.cluster, interval=a.interval, iterations=1 if a.once else a.iterations)
+    except KeyboardInterrupt as exc:        # Ctrl-C is how top ends; SIGTERM/SIGHUP keep 128+n
+        if getattr(exc, "signo", None) is not None:
+            raise
+        return 0
+
+
 def _cmd_demo(a) -> int:
     if a.files:
         from .cluster.demo import run_demo
@@ -103,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     from .cluster import stress
     stress.add_arguments(st)
     st.set_defaults(fn=stress.run_cli)
+    t = sub.add_parser("top", help="live per-guest and per-virtqueue figures of a running cluster")
+    t.add_argument("--cluster", metavar="ID", help="the cluster to show (needed when several run)")
+    t.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="time between polls")
+    t.add_argument("--once", action="store_true", help="print one snapshot (two polls apart) and exit")
+    t.add_argument("--iterations", "-n", type=int, metavar="N", help="exit after N displays")
+    t.set_defaults(fn=_cmd_top)
     c = sub.add_parser("clean", help="remove shared memory, sockets and processes of dead clusters")
     c.add_argument("--all", action="store_true", help="also clusters whose launcher is still alive")
     c.set_defaults(fn=_cmd_clean)
@@ -115,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         fail("vfscluster bench", "--seconds must be a positive number of seconds (at most 3600)")
     if a.cmd == "bench" and a.plot and not os.path.isdir(os.path.dirname(os.path.abspath(a.plot))):
         fail("vfscluster bench", f"--plot {a.plot!r}: no such directory")
+    if a.cmd == "top" and not 0.05 <= a.interval <= 3600:
+        fail("vfscluster top", "--interval must be a number of seconds between 0.05 and 3600")
+    if a.cmd == "top" and a.iterations is not None and a.iterations < 1:
+        fail("vfscluster top", "--iterations must be at least 1")
+    if a.cmd == "top" and a.once and a.iterations not in (None, 1):
+        fail("vfscluster top", "--once and --iterations N disagree (--once is --iterations 1)")
     if a.cmd == "demo" and a.count < 1:
         fail("vfscluster demo", "--count must be at least 1")
     stop_on_termination()

@@ -36,18 +36,38 @@ class GuestService:
         if method == "ping":
             return {"name": self.name, "pid": os.getpid()}
         if method == "stats":
-            dev = self.mount.device
-            dax = self.mount.client.dax
-            return {"in_flight": dev.in_flight(), "cache": self.mount.client.cache.stats(),
-                    "requests": self.mount.client.requests,
-                    "dax": dict(dax.gdax.stats) if dax is not None else None,
-                    "queues": [{"index": q.index, "kicks": q.kicks, "full_waits": q.full_waits,
-                                "spin_ns": b.ns, "spin_hits": b.hits, "blocks": b.blocks}
-                               for q, b in zip(dev.queues, dev._spin)]}
+            return self.stats()
         if method == "shutdown":
             self.stop.set()
             return True
         raise AttributeError(f"unknown control request {method!r}")
+
+    def stats(self) -> dict:
+        """Counters of this guest, cheap to gather (``vfscluster top`` asks every second): its
+        ``pid``; ``requests`` sent to the host and ``in_flight`` on the request queues; the
+        ``cache`` figures (mode, entries, lookup hits/misses, page reads); ``dax``: None without a
+        DAX window, else the window's counters plus ``mapped`` and ``ranges`` (ranges in use / in
+        the window); ``queues``: per virtqueue in vring order its ``index``, ``role`` (hiprio,
+        notify or request), ``kicks``, ``full_waits``, ``in_flight`` and the spin budget's
+        ``spin_ns``, ``spin_hits`` and ``blocks``.  The counters (requests, hits, misses, kicks, waits,
+        DAX setups...) only grow while the guest lives; sizes and in-flight figures move both ways."""
+        dev = self.mount.device
+        dax = self.mount.client.dax
+        if dax is not None:
+            ranges = dax.gdax.ranges
+            dax_stats = {**dax.gdax.stats, "mapped": ranges.nranges - ranges.nfree,
+                         "ranges": ranges.nranges}
+        else:
+            dax_stats = None
+        first = dev.first_request
+        return {"pid": os.getpid(), "in_flight": dev.in_flight(),
+                "cache": self.mount.client.cache.stats(), "requests": self.mount.client.requests,
+                "dax": dax_stats,
+                "queues": [{"index": q.index, "role": "hiprio" if i == 0 else
+                            "notify" if i < first else "request",
+                            "kicks": q.kicks, "full_waits": q.full_waits, "in_flight": q.in_flight(),
+                            "spin_ns": b.ns, "spin_hits": b.hits, "blocks": b.blocks}
+                           for i, (q, b) in enumerate(zip(dev.queues, dev._spin))]}
 
 
 def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, tag: str = "vfs",
