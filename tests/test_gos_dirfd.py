@@ -289,6 +289,14 @@ def test_namespace_calls_with_dir_fd_match_os(pair):
         ("rename ancestor into fd", lambda o, P, F: o.rename("dir", "inside",
                                                              src_dir_fd=F("root"),
                                                              dst_dir_fd=F("sub"))),
+        ("rename ancestor onto a file in fd", lambda o, P, F: o.rename(
+            "dir", "deep", src_dir_fd=F("root"), dst_dir_fd=F("sub"))),
+        ("rename onto an ancestor dir of fd", lambda o, P, F: o.rename(
+            "deep", "dir", src_dir_fd=F("sub"), dst_dir_fd=F("root"))),
+        ("rename dir onto a file, both in fds", lambda o, P, F: o.rename(
+            "sub", "file", src_dir_fd=F("dir"), dst_dir_fd=F("dir"))),
+        ("rename file onto a dir, both in fds", lambda o, P, F: o.rename(
+            "file", "sub", src_dir_fd=F("dir"), dst_dir_fd=F("opath"))),
         ("replace", lambda o, P, F: o.replace("hl6", "hl2", src_dir_fd=F("dir"),
                                               dst_dir_fd=F("opath"))),
         ("rename .", lambda o, P, F: o.rename(".", "x", src_dir_fd=F("sub"))),
@@ -317,6 +325,33 @@ def test_namespace_calls_with_dir_fd_match_os(pair):
     ]
     _check(pair, steps)
     assert pair.tree(pair.share) == pair.tree(pair.local)
+
+
+def test_dir_fd_of_a_removed_directory(pair):
+    """A descriptor of a directory that was removed: creating in it is ENOENT before anything
+    else (vfs_link's may_create comes before its EPERM for a directory source)."""
+    fds = {}
+
+    def opened(o, P, F):
+        o.mkdir("gone")
+        fds[o] = o.open("gone", os.O_RDONLY)
+        o.rmdir("gone")
+        return True
+
+    def closed(o, P, F):
+        o.close(fds.pop(o))
+        return True
+
+    _check(pair, [
+        ("open, rmdir", opened),
+        ("link a dir into it", lambda o, P, F: o.link("dir", "x", dst_dir_fd=fds[o])),
+        ("link a file into it", lambda o, P, F: o.link("top", "x", dst_dir_fd=fds[o])),
+        ("link a dir into a live fd", lambda o, P, F: o.link("dir", "x", dst_dir_fd=F("sub"))),
+        ("mkdir in it", lambda o, P, F: o.mkdir("x", dir_fd=fds[o])),
+        ("open creat in it", lambda o, P, F: o.open("x", os.O_CREAT | os.O_WRONLY, dir_fd=fds[o])),
+        ("rename into it", lambda o, P, F: o.rename("top", "x", dst_dir_fd=fds[o])),
+        ("close", closed),
+    ])
 
 
 def test_dir_fd_of_a_moved_directory_walks_from_its_new_place(pair):

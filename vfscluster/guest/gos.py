@@ -460,7 +460,8 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
         source, EINVAL for moving a directory under itself, ENOTEMPTY for a target that is an
         ancestor of the source, nothing at all when both names are the same inode, then
         ENOTDIR/EISDIR for a type mismatch with an existing target.  (Ancestors above a
-        ``dir_fd`` are not on the walk's chain: the host's rename refuses those moves.)"""
+        ``dir_fd`` are not on the walk's chain: then the host's rename refuses those moves, and
+        decides a type mismatch too, so that its EINVAL/ENOTEMPTY come first, as in Linux.)"""
         raw_src, ps = fspath(src, "rename")
         raw_dst, pd = fspath(dst, "rename")
         src_dir_fd, dst_dir_fd = c_dir_fd(src_dir_fd), c_dir_fd(dst_dir_fd)
@@ -498,8 +499,8 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
             raise oserror(errno.EINVAL)
         if new is not None and new.nodeid in wo.chain_ids:
             raise oserror(errno.ENOTEMPTY)      # target is the source's parent or above
-        if new is None or new.nodeid == old.nodeid:
-            return
+        if new is None or new.nodeid == old.nodeid or not (wo.rooted and wn.rooted):
+            return                              # (unrooted: the host checks, ancestry first)
         if old.is_dir and not new.is_dir:
             raise oserror(errno.ENOTDIR)
         if not old.is_dir and new.is_dir:
@@ -513,7 +514,9 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
         Linux ``os.link`` calls link(2), which never follows a symlink source, unless a
         ``dir_fd`` is given: then linkat(2) follows it as ``follow_symlinks`` says (with
         ``follow_symlinks=False`` alone too, not following); so does this.  EPERM for a
-        directory, EEXIST for an existing target."""
+        directory, EEXIST for an existing target.  (Into a ``dir_fd``, which may name a removed
+        directory, the host decides EPERM: its ENOENT for a removed one comes first, as in
+        Linux's ``vfs_link``.)"""
         raw_src, ps = fspath(src, "link")
         raw_dst, pd = fspath(dst, "link")
         src_dir_fd, dst_dir_fd = c_dir_fd(src_dir_fd), c_dir_fd(dst_dir_fd)
@@ -523,7 +526,7 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
                 old = w.resolve(raw_src, follow=follow, fresh=True)
             try:
                 with self._creating(raw_dst, dst_dir_fd) as (wn, name):
-                    if old.is_dir:
+                    if old.is_dir and wn.rooted:
                         raise oserror(errno.EPERM)
                     entry = self.client.link(old.nodeid, wn.dir.nodeid, name)
                     self.client.put(entry.nodeid)

@@ -163,6 +163,12 @@ class PathWalk:
         climbed to the root) to :attr:`dir`: ancestors of :attr:`dir`, not necessarily all."""
         return [n.nodeid for n in self.stack]
 
+    @property
+    def rooted(self) -> bool:
+        """Whether :attr:`chain_ids` goes up to the root: every ancestor of :attr:`dir` is on it
+        (not so for a walk that started in a ``dir_fd`` and has not climbed out of it)."""
+        return self.stack[0] is ROOT
+
     def _to_root(self) -> None:
         stack = self.stack
         while len(stack) > 1:
