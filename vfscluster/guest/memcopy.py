@@ -14,15 +14,18 @@ object, once, as ``os.pread`` does; a write is slice assignment.  Going through 
 read (35.4 against 32.6 µs, in turns with ``os.pread`` at 33.4) and 0.2 µs more per 4 KiB; a
 Python loop over the pieces 0.9 µs more than two halves.
 
-What is left is where the bytes land.  Timed in turns over the same source pages, a 1 MiB copy
-into a page-aligned buffer takes 29 µs; at many (not all) destinations that are 16- but not 64-byte
-aligned it takes 33–34 µs, where the kernel's ``copy_to_user`` takes 33–34 µs at nearly all of
-them.  A result ``bytes`` lands wherever malloc puts it (the same block for every read of a loop),
-so per process a 1 MiB DAX read is 0.9–1.1× the time of ``os.pread`` into the same block; moving
-the destination to a line boundary by copying a few head bytes first does not help (the source then
-leaves its line).  Between processes, and between parts of a file (where its page-cache pages sit
-in physical memory), the same copy also varies by up to 15 % on this VM: ``bench dax`` therefore
-times ``os.pread`` in the DAX guest's own process, in turns with the DAX reads.
+What is left is where the bytes land.  ``bench dax`` copies 1 MiB of cold pages into one buffer
+placed at each 16-byte step of a page, out of the window and by the kernel (``os.preadv``): over
+those 256 placements the kernel's copy takes a median 1.09× the window copy's time (0.86–1.45×),
+but at 15–30 % of them the window copy is the slower one, with no pattern in the address a program
+could aim for (AMD's ``rep movsb`` minds ``(dst - src) % 4096``: glibc bug 30994).  A result
+``bytes`` lands wherever malloc puts it (the same block for every read of a loop, decided by the
+process's earlier allocations), so per process a 1 MiB DAX read is 0.9–1.15× the time of
+``os.pread`` into the same block; moving the destination to a line boundary by copying a few head
+bytes first does not help (the source then leaves its line).  Between processes, and between parts
+of a file (where its page-cache pages sit in physical memory), the same copy also varies by up to
+15 % on this VM: ``bench dax`` therefore times ``os.pread`` in the DAX guest's own process, in
+turns with the DAX reads.
 """
 
 from __future__ import annotations
