@@ -56,3 +56,32 @@ def test_a_reply_over_the_frame_limit_is_an_error_not_a_dead_connection(channel)
     with pytest.raises(RemoteError, match="over the control channel"):
         channel.call("huge")
     assert channel.call("echo", 6) == 6
+
+
+def test_a_guest_that_never_accepts_is_a_connection_error_within_the_timeout(tmp_path):
+    """A stopped guest's listen backlog fills up and connect(2) then blocks: call_within bounds
+    the connect too."""
+    import socket
+    path = str(tmp_path / "stuck")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    queued = []
+    try:
+        for _ in range(4):                       # fill the backlog (never accepted)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                s.close()
+                break
+            queued.append(s)
+        client = ControlClient(path)
+        with pytest.raises(ConnectionError):
+            client.call_within(0.5, "ping")
+        client.close()
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()

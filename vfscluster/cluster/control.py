@@ -186,11 +186,18 @@ class ControlClient:
         self._all: list[socket.socket] = []
         self._lock = threading.Lock()
 
-    def _sock(self) -> socket.socket:
+    def _sock(self, timeout: float | None = None) -> socket.socket:
+        """This thread's connection, made now if it has none (within ``timeout``: a stopped
+        guest whose listen backlog is full never accepts)."""
         s = getattr(self._local, "sock", None)
         if s is None:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(self.path)
+            s.settimeout(timeout)
+            try:
+                s.connect(self.path)
+            except OSError as exc:
+                s.close()
+                raise ConnectionError(f"guest control channel {self.path}: {exc}") from None
             self._local.sock = s
             with self._lock:
                 self._all.append(s)
@@ -215,7 +222,7 @@ class ControlClient:
         return self._call(method, args, kwargs, timeout)
 
     def _call(self, method: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
-        sock = self._sock()
+        sock = self._sock(timeout)
         rid = next(self._ids)
         try:
             sock.settimeout(timeout)
