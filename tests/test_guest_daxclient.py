@@ -319,30 +319,39 @@ def test_concurrent_readers_and_writers_in_a_tiny_window(tmp_path, host):
         assert all(g.ranges.pins(s) == 0 for s in g.ranges.busy())
 
 
-def test_all_ranges_pinned_waits_for_an_unpin_then_enomem(tmp_path, host):
+def test_all_ranges_held_by_mmaps_a_read_gets_enomem_at_once_an_mmap_waits(tmp_path, host):
+    """Every range pinned by a live mmap buffer: a read (which can go through FUSE_READ instead)
+    gets ENOMEM without waiting; an mmap waits for an unpin, and gets ENOMEM after
+    ``alloc_timeout``."""
     random_file(tmp_path / "f", 8 * MiB)
+    data = Path(tmp_path / "f").read_bytes()
     host.add_file(5, tmp_path / "f")
     with DaxWindow(4 * MiB) as w:                              # 2 ranges
         g = host.guest(1, w, alloc_timeout=20)
         b0 = g.mmap(5, NO_FH, 0, PAGE, False)
         b1 = g.mmap(5, NO_FH, R, PAGE, False)
+        with pytest.raises(OSError) as ei:
+            g.read(5, NO_FH, 2 * R, 10, 8 * MiB)
+        assert ei.value.errno == errno.ENOMEM and g.stats["waits"] == 0
         out = {}
-        t = threading.Thread(target=lambda: out.setdefault("r", g.read(5, NO_FH, 2 * R, 10, 8 * MiB)))
+        t = threading.Thread(target=lambda: out.setdefault("m", g.mmap(5, NO_FH, 2 * R, PAGE, False)))
         t.start()
         deadline = time.monotonic() + 20
         while g.stats["waits"] == 0 and time.monotonic() < deadline:
-            pass                                                 # spin: the reader must be waiting
-        assert g.stats["waits"] >= 1 and "r" not in out
+            pass                                                 # spin: the mmap must be waiting
+        assert g.stats["waits"] >= 1 and "m" not in out
         b1.close()                                               # unpin: the waiter reclaims it
         t.join(20)
-        assert out["r"] == Path(tmp_path / "f").read_bytes()[2 * R:2 * R + 10]
+        b2 = out["m"]
+        assert bytes(b2[:10]) == data[2 * R:2 * R + 10]
         g.alloc_timeout = 0.2
-        b2 = g.mmap(5, NO_FH, 2 * R, PAGE, False)
         with pytest.raises(OSError) as ei:
-            g.read(5, NO_FH, 3 * R, 10, 8 * MiB)
+            g.mmap(5, NO_FH, 3 * R, PAGE, False)
         assert ei.value.errno == errno.ENOMEM
-        b0.close()
+        b0.close()                                               # one range free again: reads map
+        assert g.read(5, NO_FH, 3 * R, 10, 8 * MiB) == data[3 * R:3 * R + 10]
         b2.close()
+        assert all(g.ranges.pins(s) == 0 for s in g.ranges.busy())
 
 
 def test_failed_setup_leaks_nothing(tmp_path, host):

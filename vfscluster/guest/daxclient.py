@@ -30,7 +30,9 @@ Rules of the road (the kernel's):
   reclaim removes only unpinned ranges, least recently used first, ``reclaim_chunk`` at a time in one
   REMOVEMAPPING.  It runs in the allocating thread when free ranges fall below 20 %, and synchronously
   when none is free; if every range is pinned the allocation waits for an unpin (OSError ENOMEM after
-  ``alloc_timeout`` seconds — the caller may fall back to FUSE_READ / FUSE_WRITE).
+  ``alloc_timeout`` seconds — the caller may fall back to FUSE_READ / FUSE_WRITE).  A read or write
+  does not wait when every range is held by live ``mmap`` buffers (only a program's close frees
+  those): ENOMEM at once; an ``mmap`` waits (daxslots).
 * A read-only mapping is upgraded with a new SETUPMAPPING (flag WRITE) when a write or a writable
   ``mmap`` needs it; mappings are never downgraded.
 
@@ -293,7 +295,7 @@ class GuestDax:
                 index = pos // self.R
                 cstart = index * self.R
                 cend = min(cstart + self.R, stop)
-                c = self._acquire(nodeid, fh, index, writable, cend - cstart)
+                c = self._acquire(nodeid, fh, index, writable, cend - cstart, wait_held=True)
                 chunks.append(c)
                 if c.valid < cend - cstart:
                     raise ValueError("mmap length is greater than file size")
@@ -305,8 +307,9 @@ class GuestDax:
                 self.slots.unpin(c.slot)
             raise
         slots = [c.slot for c in chunks]
-        buf._dax_release = weakref.finalize(buf, self.slots.unpin_later, slots)   # if collected
-        buf._dax_unpin = lambda: self.slots.unpin_all(slots)                       # at close()
+        self.slots.hold(slots)
+        buf._dax_release = weakref.finalize(buf, self.slots.release_later, slots)  # if collected
+        buf._dax_unpin = lambda: self.slots.release(slots)                         # at close()
         return buf
 
     # -- inode events --------------------------------------------------------------------------
@@ -448,9 +451,12 @@ class GuestDax:
                 inode = self._inodes[nodeid] = _InodeDax()
             return inode
 
-    def _acquire(self, nodeid: int, fh: int, index: int, writable: bool, need: int) -> Chunk:
+    def _acquire(self, nodeid: int, fh: int, index: int, writable: bool, need: int,
+                 wait_held: bool = False) -> Chunk:
         """The chunk, mapped (writable if asked), pinned; mapped again first if fewer than ``need``
-        bytes of it are file-backed (once: the caller copes with a chunk still short)."""
+        bytes of it are file-backed (once: the caller copes with a chunk still short).  With no
+        range free: ``wait_held`` (an mmap) waits even when every range is held by live mmap
+        buffers; a copy gets ENOMEM then, and goes through FUSE (daxslots)."""
         inode = self._inode(nodeid)
         while True:
             with inode.lock:
@@ -468,7 +474,7 @@ class GuestDax:
                         self.slots.unpin(c.slot)
                         raise
                     return c
-            slot = self.slots.take()
+            slot = self.slots.take(wait_held)
             with inode.lock:
                 if index in inode.chunks:             # another thread mapped it meanwhile
                     self.slots.unpin(slot)

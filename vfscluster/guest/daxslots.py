@@ -8,6 +8,13 @@ range is pinned it waits until an unpin or a free happens somewhere (a generatio
 condition, so a wake-up between the failed reclaim and the wait is never lost), for at most
 ``timeout`` seconds in all (then OSError ENOMEM).  :meth:`SlotPool.abort` (the host went away) ends
 every wait at once with its errno.
+
+Ranges that live ``mmap`` buffers pin are *held* (:meth:`SlotPool.hold`): they come free only when a
+program closes a buffer, not when a copy ends.  Linux never waits for those — it takes a mapped range
+back (zaps the page tables, the program faults again later) — but a buffer here is the window's
+memory itself, so its ranges cannot move.  A taker that can do without a range (a read or write,
+which then goes through FUSE_READ / FUSE_WRITE) says so (``wait_held=False``) and gets ENOMEM at
+once when every range is held; an ``mmap`` waits.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ def _reap() -> None:
             item.set()                                       # a flush marker
             continue
         try:
-            pool.unpin_all(item)
+            pool.release(item)
         except OSError as exc:
             log.warning("DAX: unpinning the ranges of a collected mmap buffer: %s", exc)
 
@@ -66,6 +73,7 @@ class SlotPool:
         self._cond = threading.Condition()
         self._gen = 0
         self._waiters = 0
+        self._held: dict[int, int] = {}     # range -> live mmap buffers pinning it
         self._dead = 0              # errno once aborted
         _start_reaper()
 
@@ -80,8 +88,9 @@ class SlotPool:
         if self._dead:
             raise OSError(self._dead, os.strerror(self._dead))
 
-    def take(self) -> int:
-        """A free range, pinned (module docstring)."""
+    def take(self, wait_held: bool = True) -> int:
+        """A free range, pinned (module docstring).  ``wait_held=False``: ENOMEM at once, instead
+        of waiting, when every range is held by live mmap buffers."""
         deadline = time.monotonic() + self.timeout
         while True:
             self._check_alive()
@@ -100,6 +109,9 @@ class SlotPool:
             try:
                 if self.reclaim():
                     continue
+                if not wait_held and self.all_held():
+                    raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)}: every DAX range is "
+                                                f"held by a live mmap buffer")
                 self.on_wait()
                 with self._cond:
                     if not self._cond.wait_for(lambda: self._gen != gen, deadline - time.monotonic()):
@@ -110,6 +122,28 @@ class SlotPool:
                 with self._cond:
                     self._waiters -= 1
 
+    def hold(self, slots: list[int]) -> None:
+        """A live mmap buffer pins ``slots`` (pinned already) until :meth:`release`."""
+        with self._cond:
+            for slot in slots:
+                self._held[slot] = self._held.get(slot, 0) + 1
+
+    def release(self, slots: list[int]) -> None:
+        """The mmap buffer of :meth:`hold` is gone: its ranges are no longer held, and unpinned."""
+        with self._cond:
+            for slot in slots:
+                n = self._held[slot] - 1
+                if n:
+                    self._held[slot] = n
+                else:
+                    del self._held[slot]
+        self.unpin_all(slots)
+
+    def all_held(self) -> bool:
+        """Is every range of the window held by some live mmap buffer?"""
+        with self._cond:
+            return len(self._held) >= self.ranges.nranges
+
     def unpin(self, slot: int) -> None:
         if self.ranges.unpin(slot) == 0 and self._waiters:
             self.changed()
@@ -118,8 +152,8 @@ class SlotPool:
         for slot in slots:
             self.unpin(slot)
 
-    def unpin_later(self, slots: list[int]) -> None:
-        """:meth:`unpin_all` soon, in another thread: for finalizers, which may run while this
+    def release_later(self, slots: list[int]) -> None:
+        """:meth:`release` soon, in another thread: for finalizers, which may run while this
         thread holds any lock (module comment).  Takes no lock."""
         _later.put((self, slots))
 
