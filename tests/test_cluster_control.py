@@ -85,3 +85,63 @@ def test_a_guest_that_never_accepts_is_a_connection_error_within_the_timeout(tmp
         for s in queued:
             s.close()
         listener.close()
+
+
+def _full_backlog(path: str):
+    """A listener at ``path`` that never accepts, its backlog filled: ``(listener, queued)``."""
+    import socket
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    queued = []
+    for _ in range(4):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            break
+        queued.append(s)
+    return listener, queued
+
+
+def test_call_within_waits_for_room_in_the_backlog_up_to_its_timeout(tmp_path):
+    """A full backlog is a busy guest as much as a stopped one: connect(2) waits for the accept,
+    up to the timeout — it is not given up at once (a Unix socket's non-blocking connect is
+    EAGAIN at once, so the wait must be a blocking connect bounded by SO_SNDTIMEO)."""
+    import time
+    path = str(tmp_path / "busy")
+    listener, queued = _full_backlog(path)
+    try:
+        client = ControlClient(path)
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError):
+            client.call_within(0.5, "ping")
+        assert time.monotonic() - t0 >= 0.4
+        client.close()
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+
+
+def test_call_within_connects_once_the_guest_accepts(tmp_path):
+    """A guest that drains its backlog while the caller waits in connect is answered."""
+    path = str(tmp_path / "late")
+    listener, queued = _full_backlog(path)
+    server = ControlServer.__new__(ControlServer)          # serve the listener already bound
+    server.path, server.handler, server.sock = path, (lambda m, a, k: ("pong", m)), listener
+    server._threads, server._conns, server.closed = [], set(), threading.Event()
+    drain = threading.Timer(0.3, lambda: threading.Thread(target=server.serve_forever,
+                                                         daemon=True).start())
+    drain.start()
+    try:
+        client = ControlClient(path)
+        assert client.call_within(20, "ping") == ("pong", "ping")
+        client.close()
+    finally:
+        drain.cancel()
+        for s in queued:
+            s.close()
+        server.close()

@@ -172,6 +172,15 @@ class ControlServer:
             pass
 
 
+def _timeval(seconds: float | None) -> bytes:
+    """A ``struct timeval`` for SO_SNDTIMEO: ``seconds`` (at least a microsecond: zero would be
+    no timeout), or zero for None."""
+    if seconds is None:
+        return struct.pack("@ll", 0, 0)
+    us = min(max(1, round(seconds * 1e6)), (1 << 62))
+    return struct.pack("@ll", us // 1_000_000, us % 1_000_000)
+
+
 class RemoteError(Exception):
     """An exception raised inside a guest that could not be sent back as itself."""
 
@@ -192,9 +201,15 @@ class ControlClient:
         s = getattr(self._local, "sock", None)
         if s is None:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(timeout)
             try:
+                # a Unix socket's connect(2) waits for room in the listener's backlog only when it
+                # blocks (non-blocking, as settimeout makes it, it is EAGAIN at once): a blocking
+                # connect, bounded by SO_SNDTIMEO (zero: no bound)
+                if timeout is not None:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
                 s.connect(self.path)
+                if timeout is not None:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(None))
             except OSError as exc:
                 s.close()
                 raise ConnectionError(f"guest control channel {self.path}: {exc}") from None
