@@ -540,6 +540,55 @@ def test_descriptors_run_out_with_emfile_as_on_linux(pair):
     g.close(c)
 
 
+def test_emfile_comes_after_getnames_errors_and_o_tmpfile_s_flag_check(pair):
+    """Linux's order (do_sys_openat2): build_open_flags (EINVAL), getname (ENOENT for an empty
+    path, ENAMETOOLONG), then get_unused_fd_flags (EMFILE), then the walk — so an O_TMPFILE open
+    with every descriptor taken is EMFILE, not the walk's answer or EOPNOTSUPP."""
+    g = pair.g
+    g._fds.limit = max(g.open_fds()) + 1           # none free
+    for path, flags, want in (("", os.O_RDONLY, errno.ENOENT),
+                              ("a" * 5000, os.O_RDONLY, errno.ENAMETOOLONG),
+                              ("x", os.O_CREAT | os.O_DIRECTORY, errno.EINVAL),
+                              ("dir", os.O_TMPFILE | os.O_RDONLY, errno.EINVAL),
+                              ("dir", os.O_TMPFILE | os.O_RDWR, errno.EMFILE),
+                              ("missing", os.O_TMPFILE | os.O_RDWR, errno.EMFILE),
+                              ("missing", os.O_RDONLY, errno.EMFILE)):
+        with pytest.raises(OSError) as e:
+            g.open(path, flags, 0o644)
+        assert e.value.errno == want, (path, flags)
+
+
+def test_open_holds_its_descriptor_while_it_opens(pair, monkeypatch):
+    """open takes its descriptor first (get_unused_fd_flags) and holds it while it looks up,
+    creates and opens: an open or dup meanwhile (another thread) finds it taken (EMFILE), dup2
+    onto it is EBUSY, and the O_CREAT never ends in EMFILE after creating its file."""
+    g, client = pair.g, pair.client
+    a = g.open("top", os.O_RDONLY)
+    g._fds.limit = max(g.open_fds()) + 2           # one number free: the creating open's
+    create, meanwhile = client.create, {}
+
+    def create_racing(*args, **kwargs):
+        for what, call in (("open", lambda: g.open("dir/file", os.O_RDONLY)),
+                           ("dup", lambda: g.dup(a)),
+                           ("dup2", lambda: g.dup2(a, g._fds.limit - 1))):
+            try:
+                meanwhile[what] = ("ok", call())
+            except OSError as exc:
+                meanwhile[what] = ("OSError", errno.errorcode[exc.errno])
+        return create(*args, **kwargs)
+    monkeypatch.setattr(client, "create", create_racing)
+    try:
+        fd = g.open("new", os.O_CREAT | os.O_WRONLY, 0o644)
+    finally:
+        for v in {v for kind, v in meanwhile.values() if kind == "ok"}:
+            g.close(v)
+    assert meanwhile == {"open": ("OSError", "EMFILE"), "dup": ("OSError", "EMFILE"),
+                         "dup2": ("OSError", "EBUSY")}
+    assert fd == g._fds.limit - 1 and g.write(fd, b"new") == 3
+    g.close(fd)
+    g.close(a)
+
+
 def test_dup2_onto_an_open_fd_releases_its_file(pair):
     g, counts = pair.g, pair.transport.counts
     a = g.open("top", os.O_RDONLY)

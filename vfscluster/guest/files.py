@@ -101,27 +101,47 @@ class FdTable:
         self._first = first
         self.limit = nofile_limit() if limit is None else limit
         self._files: dict[int, OpenFile] = {}
+        self._reserved: set[int] = set()        # numbers taken by opens in progress
         self._lock = threading.Lock()
+
+    def _lowest(self) -> int:
+        """The lowest number neither in use nor reserved (the lock held); EMFILE past the limit."""
+        fd = self._first
+        while fd in self._files or fd in self._reserved:
+            fd += 1
+        if fd >= self.limit:
+            raise oserror(errno.EMFILE)
+        return fd
 
     def install(self, file: OpenFile) -> int:
         """Give ``file`` (with its table reference) the lowest free descriptor; EMFILE when every
         number below the limit is taken (the caller keeps its reference then)."""
         with self._lock:
-            fd = self._first
-            while fd in self._files:
-                fd += 1
-            if fd >= self.limit:
-                raise oserror(errno.EMFILE)
+            fd = self._lowest()
             self._files[fd] = file
             return fd
 
-    def check_free(self) -> None:
-        """EMFILE when no number from the first to the limit is free: ``open`` and ``dup`` ask
-        first, as Linux takes the descriptor before it opens anything (``get_unused_fd_flags``)."""
+    def reserve(self) -> int:
+        """Take the lowest free number for a file still to be opened (fs/file.c
+        ``get_unused_fd_flags``, which ``open`` calls before it looks anything up): EMFILE when
+        none is free.  Until :meth:`install_reserved` or :meth:`unreserve` the number is neither
+        free (an ``open`` or ``dup`` meanwhile takes another) nor open (EBADF; ``dup2`` onto it
+        is EBUSY)."""
         with self._lock:
-            used = sum(1 for fd in self._files if self._first <= fd < self.limit)
-        if used >= self.limit - self._first:
-            raise oserror(errno.EMFILE)
+            fd = self._lowest()
+            self._reserved.add(fd)
+            return fd
+
+    def unreserve(self, fd: int) -> None:
+        """The open that reserved ``fd`` failed: the number is free again."""
+        with self._lock:
+            self._reserved.discard(fd)
+
+    def install_reserved(self, fd: int, file: OpenFile) -> None:
+        """Give ``file`` (with its table reference) the number :meth:`reserve` gave."""
+        with self._lock:
+            self._reserved.remove(fd)
+            self._files[fd] = file
 
     def get(self, fd: int) -> OpenFile:
         """The file of ``fd`` with a reference for the caller (who puts it); EBADF.  ``fd`` is
@@ -138,10 +158,13 @@ class FdTable:
     def install_at(self, fd: int, file: OpenFile) -> OpenFile | None:
         """Give ``file`` (with its table reference) descriptor ``fd`` (``dup2``): the file that
         had it, whose table reference the caller inherits, or None.  EBADF for a number at or past
-        the limit (fs/file.c ``ksys_dup3``; the caller keeps its reference then)."""
+        the limit (fs/file.c ``ksys_dup3``), EBUSY for one an ``open`` in progress reserved
+        (``do_dup2``); the caller keeps its reference then."""
         if fd >= self.limit:
             raise oserror(errno.EBADF)
         with self._lock:
+            if fd in self._reserved:
+                raise oserror(errno.EBUSY)
             old = self._files.get(fd)
             self._files[fd] = file
             return old

@@ -134,14 +134,27 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
             return self._open(raw, flags, mode, dir_fd)
 
     def _open(self, raw: bytes, flags: int, mode: int, dir_fd: int | None) -> int:
-        c = self.client
         if flags & os.O_PATH:
             flags &= _O_PATH_FLAGS
         if flags & _O_TMPFILE_ONLY:
             return self._tmpfile(raw, flags, dir_fd)
         if flags & os.O_CREAT and flags & os.O_DIRECTORY:
             raise oserror(errno.EINVAL)
-        self._fds.check_free()          # EMFILE before anything is looked up, opened or created
+        check_path(raw)                 # getname(): its ENOENT / ENAMETOOLONG come before EMFILE
+        # get_unused_fd_flags: EMFILE before anything is looked up, opened or created, and the
+        # number stays this open's meanwhile (no concurrent open or dup takes it)
+        fd = self._fds.reserve()
+        try:
+            file = self._open_file(raw, flags, mode, dir_fd)
+        except BaseException:
+            self._fds.unreserve(fd)
+            raise
+        self._fds.install_reserved(fd, file)
+        return fd
+
+    def _open_file(self, raw: bytes, flags: int, mode: int, dir_fd: int | None) -> OpenFile:
+        """:meth:`_open` once its descriptor is reserved: the open file (which owns its node)."""
+        c = self.client
         flags &= ~os.O_CLOEXEC
         is_path = bool(flags & os.O_PATH)
         creat = bool(flags & os.O_CREAT) and not is_path
@@ -187,7 +200,7 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
                 c.release(node.nodeid, created[1].fh, flags)
             c.put(node.nodeid)
             raise
-        return self._install(file)      # the file owns the node (put with it on EMFILE)
+        return file
 
     def _open_node(self, node: Node, flags: int, creat: bool, excl: bool, must_dir: bool,
                    may_write: bool) -> OpenFile:
@@ -247,10 +260,15 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
         if flags & (os.O_TMPFILE | os.O_CREAT) != os.O_TMPFILE \
                 or flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
             raise oserror(errno.EINVAL)
-        with self._walk(raw, dir_fd) as w:
-            node = w.resolve(raw, follow=not flags & os.O_NOFOLLOW, must_dir=True)
-        self.client.put(node.nodeid)
-        raise oserror(errno.EOPNOTSUPP)
+        check_path(raw)
+        fd = self._fds.reserve()        # EMFILE before the walk, as for every open
+        try:
+            with self._walk(raw, dir_fd) as w:
+                node = w.resolve(raw, follow=not flags & os.O_NOFOLLOW, must_dir=True)
+            self.client.put(node.nodeid)
+            raise oserror(errno.EOPNOTSUPP)
+        finally:
+            self._fds.unreserve(fd)
 
     # ================================================================== metadata by path
 
