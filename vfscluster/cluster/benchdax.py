@@ -151,19 +151,33 @@ def _placements(gos, name: str, host_path: str, size: int, reads: int) -> list:
     hfd = os.open(host_path, os.O_RDONLY)
     try:
         with gos.mmap(fd, size, 0, mmap.PROT_READ) as m:
-            src = memoryview(m)
-            buf = bytearray(LARGE + 2 * PAGE)
-            view = memoryview(buf)
-            pad = (-data_address(buf)) % PAGE
-            clock, half, rows, j = time.perf_counter_ns, LARGE // 2, [], 0
-            for off in range(0, size, LARGE):            # map every chunk first
-                view[pad:pad + LARGE] = src[off:off + LARGE]
-            for d in range(0, PAGE, PLACE_STEP):
-                dst = view[pad + d:pad + d + LARGE]
-                lo, hi = dst[:half], dst[half:]
+            # every view of the mapping goes before it closes (else BufferError, which would hide
+            # the error that got us out, and the mapping's ranges would stay pinned)
+            with memoryview(m) as src:
+                return _place_rows(src, hfd, size, reads)
+    finally:
+        os.close(hfd)
+        gos.close(fd)
+
+
+def _place_rows(src: memoryview, hfd: int, size: int, reads: int) -> list:
+    """:func:`_placements`' copies out of ``src`` (the mapped file) and ``hfd``: whole 1 MiB blocks
+    of the file (its size need not be a multiple of 1 MiB, nor of 2 MiB: the two streams are
+    ``blocks // 2`` blocks apart)."""
+    blocks = size // LARGE
+    if blocks < 1:
+        raise ValueError(f"_placements needs a file of at least {LARGE} bytes, not {size}")
+    buf = bytearray(LARGE + 2 * PAGE)
+    clock, half, rows, j = time.perf_counter_ns, LARGE // 2, [], 0
+    with memoryview(buf) as view:
+        pad = (-data_address(buf)) % PAGE
+        for off in range(0, blocks * LARGE, LARGE):        # map every chunk first
+            view[pad:pad + LARGE] = src[off:off + LARGE]
+        for d in range(0, PAGE, PLACE_STEP):
+            with view[pad + d:pad + d + LARGE] as dst, dst[:half] as lo, dst[half:] as hi:
                 window = kernel = 0
                 for _ in range(reads):
-                    a, b = (j * LARGE) % size, (j * LARGE + size // 2) % size
+                    a, b = j % blocks * LARGE, (j + blocks // 2) % blocks * LARGE
                     if j % 2:
                         a, b = b, a
                     j += 1
@@ -175,13 +189,7 @@ def _placements(gos, name: str, host_path: str, size: int, reads: int) -> list:
                     kernel += clock() - t1
                     window += t1 - t0
                 rows.append((d, window / reads / 1e3, kernel / reads / 1e3))
-                dst.release(), lo.release(), hi.release()
-            view.release()
-            src.release()
-        return rows
-    finally:
-        os.close(hfd)
-        gos.close(fd)
+    return rows
 
 
 def _write_file(path: str, size: int, piece: int) -> None:
