@@ -596,3 +596,45 @@ def test_a_versions_dax_guest_sees_another_guests_shrink_at_once(share):
         assert a.run(g_kept_pread, 300, 0) == b"a" * 10 + bytes(190) + b"xyz"
         a.run(g_kept_close)
     assert (share / "f").read_bytes() == b"a" * 10 + bytes(190) + b"xyz"
+
+
+def test_a_versions_size_is_never_paired_with_a_newer_fetch_s_version():
+    """Two size fetches of one file overlap (two threads of a guest): A reads the slot (v1) and
+    asks GETATTR; another guest shrinks the file (v2); B fetches (0 at v2) and stores it; then A's
+    answer, the size before the shrink, arrives and is stored.  A lock-free reader between A's
+    stores must never take A's old size with B's version (it took 100 while the file had 0)."""
+    from types import SimpleNamespace
+    from vfscluster.guest.daxfiles import DaxFiles
+    from vfscluster.guest.daxmap import FUSE_DAX_SZ
+
+    slot, size, nodeid, calls = [1], [100], 7, []
+
+    def getattr_(n, fh):
+        calls.append(n)
+        if len(calls) == 1:                         # A's GETATTR, answered before the shrink
+            old = size[0]
+            slot[0], size[0] = 2, 0                 # another guest's shrink
+            assert dax._fetch(nodeid, None) == 0    # B, meanwhile
+            return SimpleNamespace(attr=SimpleNamespace(size=old))
+        return SimpleNamespace(attr=SimpleNamespace(size=size[0]))
+
+    device = SimpleNamespace(shmem_config=SimpleNamespace(sizes=[FUSE_DAX_SZ]), on_failure=[],
+                             set_shmem_handler=lambda i, h: None)
+    client = SimpleNamespace(flags=0, cache=SimpleNamespace(view=SimpleNamespace(
+        version=lambda n: slot[0])), getattr=getattr_)
+    dax = DaxFiles(client, device, FUSE_DAX_SZ)
+    taken = []
+
+    class Watched(dict):                            # at every store: what a reader takes then
+        def __setitem__(self, k, v):
+            super().__setitem__(k, v)
+            taken.append(dax._known(nodeid))
+    try:
+        for name, value in list(vars(dax).items()):
+            if type(value) is dict:
+                setattr(dax, name, Watched(value))
+        assert dax._fetch(nodeid, None) == 100      # A: its answer is from before the shrink
+        assert all(k in (None, 0) for k in taken), taken
+        assert dax._known(nodeid) is None and dax.size(nodeid, None) == 0
+    finally:
+        dax.close()

@@ -72,10 +72,11 @@ class DaxFiles:
         self._granted = bool(client.flags & InitFlags.HAS_INODE_DAX)
         self.window = DaxWindow(size)
         self.gdax = GuestDax(self.window, self._setup, self._remove)
-        self._sizes: dict[int, int] = {}
-        #: versions=on: the mount's version table, and each known size's slot version
+        #: nodeid -> (known size, the slot version read before it was fetched: versions=on); one
+        #: entry, so a lock-free reader never pairs a size with another fetch's version
+        self._sizes: dict[int, tuple[int, int | None]] = {}
+        #: versions=on: the mount's version table
         self._view = client.cache.view
-        self._seen: dict[int, int] = {}
         self._lock = threading.Lock()
         device.set_shmem_handler(0, self.gdax.shmem_handler)
         device.on_failure.append(self.gdax.slots.abort)     # a read waiting for a range must not outlive the host
@@ -115,30 +116,26 @@ class DaxFiles:
         """An open of the file: its size is asked again at the next DAX access (close-to-open)."""
         with self._lock:
             self._sizes.pop(nodeid, None)
-            self._seen.pop(nodeid, None)
 
     def _fetch(self, nodeid: int, fh: int | None) -> int:
         view = self._view
         seen = view.version(nodeid) if view is not None else 0     # before the GETATTR
         size = self.client.getattr(nodeid, fh).attr.size
         with self._lock:
-            self._sizes[nodeid] = size
-            self._seen[nodeid] = seen
+            self._sizes[nodeid] = (size, seen)
         return size
 
     def _known(self, nodeid: int) -> int | None:
         """The known size of ``nodeid``, or None: none yet, or (versions=on) its slot moved
-        since it was fetched.  Lock-free: dict reads and the slot load are atomic, and the version
-        is read before the size (``_fetch`` stores them the other way round), so a size is never
-        taken with a version newer than its own."""
-        view = self._view
-        if view is None:
-            return self._sizes.get(nodeid)
-        seen = self._seen.get(nodeid)
-        size = self._sizes.get(nodeid)
-        if size is None or view.version(nodeid) != seen:
+        since it was fetched.  Lock-free: the dict read (a size with its own version) and the slot
+        load are atomic."""
+        known = self._sizes.get(nodeid)
+        if known is None:
             return None
-        return size
+        view = self._view
+        if view is not None and view.version(nodeid) != known[1]:
+            return None
+        return known[0]
 
     def size(self, nodeid: int, fh: int | None) -> int:
         known = self._known(nodeid)
@@ -146,20 +143,21 @@ class DaxFiles:
 
     def grew(self, nodeid: int, end: int) -> None:
         with self._lock:
-            if nodeid in self._sizes:
-                self._sizes[nodeid] = max(self._sizes[nodeid], end)
+            known = self._sizes.get(nodeid)
+            if known is not None:
+                self._sizes[nodeid] = (max(known[0], end), known[1])
 
     def truncated(self, nodeid: int, size: int) -> None:
         """This guest truncated the file to ``size`` (SETATTR size or O_TRUNC succeeded)."""
         with self._lock:
-            self._sizes[nodeid] = size
+            known = self._sizes.get(nodeid)
+            self._sizes[nodeid] = (size, None if known is None else known[1])
         self.gdax.truncated(nodeid, size)
 
     def forget(self, nodeid: int) -> None:
         """The inode is evicted: its unpinned chunks go (REMOVEMAPPING) before the FORGET."""
         with self._lock:
             self._sizes.pop(nodeid, None)
-            self._seen.pop(nodeid, None)
         try:
             self.gdax.forget(nodeid)
         except OSError as exc:
