@@ -13,53 +13,6 @@ from vfscluster import Cluster, Topology
 pytestmark = pytest.mark.timeout(60)
 
 
-def _refuse_to_load():
-    raise ValueError("this argument cannot be loaded here")
-
-
-class _Unloadable:
-    """Pickles fine; loading it raises (as a class whose module a guest cannot import would)."""
-
-    def __reduce__(self):
-        return (_refuse_to_load, ())
-
-
-@pytest.fixture
-def channel(tmp_path):
-    import threading
-    from vfscluster.cluster.control import ControlClient, ControlServer
-
-    server = ControlServer(str(tmp_path / "ctl"), lambda method, args, kwargs: args[0] if args else None)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    client = ControlClient(server.path)
-    yield client
-    client.close()
-    server.close()
-    t.join(5)
-
-
-@pytest.mark.xfail(strict=True, reason="ControlServer._serve_conn: a request whose arguments cannot "
-                   "be unpacked in the guest (recv_frame raises ValueError, not EOFError/OSError) "
-                   "kills the connection's thread with a traceback; the caller gets ConnectionError "
-                   "'control connection closed' instead of the error")
-def test_a_request_that_cannot_be_loaded_is_an_error_reply_not_a_dead_connection(channel):
-    """The mirror image of the day's fix for replies that cannot travel: an argument that fails
-    to load on the guest's side (in a cluster: ``guest.run(fn, obj)``) should come back as an
-    error and leave the connection served."""
-    import threading
-
-    with pytest.raises(Exception) as e:
-        channel.call("echo", _Unloadable())
-    if isinstance(e.value, ConnectionError):
-        # the server's connection thread died: let its traceback land in this test, not a later one
-        for t in threading.enumerate():
-            if t.name == "control":
-                t.join(5)
-        pytest.fail(f"the connection died instead of answering: {e.value}")
-    assert channel.call("echo", 5) == 5
-
-
 WINDOW = 4 << 20        # two 2 MiB ranges
 
 

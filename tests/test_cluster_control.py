@@ -145,3 +145,23 @@ def test_call_within_connects_once_the_guest_accepts(tmp_path):
         for s in queued:
             s.close()
         server.close()
+
+
+def _refuse_to_load():
+    raise ValueError("this argument cannot be loaded here")
+
+
+class _Unloadable:
+    """Pickles fine; loading it raises (as a class whose module a guest cannot import would)."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def test_a_request_that_cannot_be_loaded_is_an_error_reply_not_a_dead_connection(channel):
+    """The mirror image of the day's fix for replies that cannot travel: an argument that fails
+    to load on the guest's side (in a cluster: ``guest.run(fn, obj)``) should come back as an
+    error and leave the connection served."""
+    with pytest.raises(RemoteError, match="could not be loaded here.*cannot be loaded here"):
+        channel.call("echo", _Unloadable())
+    assert channel.call("echo", 5) == 5

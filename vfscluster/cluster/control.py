@@ -75,11 +75,16 @@ def send_frame(sock: socket.socket, obj: Any) -> None:
     sock.sendall(frame(obj))
 
 
-def recv_frame(sock: socket.socket) -> Any:
+def recv_bytes(sock: socket.socket) -> bytes:
+    """One frame's packed bytes (EOFError: closed, or a frame over ``MAX_FRAME``)."""
     (n,) = _LEN.unpack(_recv_exact(sock, 4))
     if n > MAX_FRAME:
         raise EOFError(f"control frame of {n} bytes refused")
-    return unpack(_recv_exact(sock, n))
+    return _recv_exact(sock, n)
+
+
+def recv_frame(sock: socket.socket) -> Any:
+    return unpack(recv_bytes(sock))
 
 
 class ControlServer:
@@ -112,9 +117,22 @@ class ControlServer:
         try:
             while True:
                 try:
-                    msg = recv_frame(conn)
+                    data = recv_bytes(conn)
                 except (EOFError, OSError):
                     return
+                try:
+                    msg = unpack(data)
+                except Exception as exc:        # dill.loads runs the sender's reduce functions
+                    rid = self._request_id(data)
+                    if rid is None:
+                        log.warning("malformed control request refused: %s", exc)
+                        return
+                    try:
+                        conn.sendall(frame([rid, ERROR, f"the request could not be loaded here: "
+                                                        f"{type(exc).__name__}: {exc}"]))
+                    except OSError:
+                        return
+                    continue
                 try:
                     rid, method, args, kwargs = msg
                 except (TypeError, ValueError):
@@ -138,6 +156,18 @@ class ControlServer:
         finally:
             self._conns.discard(conn)
             conn.close()
+
+    @staticmethod
+    def _request_id(data: bytes) -> int | None:
+        """The id of a request whose arguments do not load (read without loading them), or None
+        when the frame is not a request at all."""
+        try:
+            msg = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception:               # msgpack's errors have no common base but Exception
+            return None
+        if isinstance(msg, list) and len(msg) == 4 and type(msg[0]) is int:
+            return msg[0]
+        return None
 
     @staticmethod
     def _reply_frame(method: Any, reply: list) -> bytes:
