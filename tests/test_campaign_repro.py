@@ -118,37 +118,6 @@ def test_dax_stores_are_published_at_close_even_after_their_range_was_reclaimed(
             a.run(g_close_kept)
 
 
-def g_open_under_a_lowered_rlimit(gos, soft):
-    import errno
-    import resource
-    old = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, old[1]))
-    fds = []
-    try:
-        while len(fds) < soft + 10:
-            try:
-                fds.append(gos.open("f", os.O_RDONLY))
-            except OSError as exc:
-                return errno.errorcode[exc.errno], max(fds, default=None)
-        return None, max(fds)
-    finally:
-        for fd in fds:
-            gos.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, old)
-
-
-@pytest.mark.xfail(strict=True, reason="FdTable reads RLIMIT_NOFILE once, when the mount is made; "
-                   "a setrlimit in the guest process afterwards is not followed (Linux checks the "
-                   "current soft limit at every descriptor allocation)")
-def test_descriptors_follow_a_lowered_rlimit_nofile(tmp_path):
-    """README: descriptors stay below the guest process's RLIMIT_NOFILE soft limit, as on Linux."""
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / "f").write_bytes(b"")
-    with Cluster.start(Topology(share, 1)) as c:
-        assert c.guests[0].run(g_open_under_a_lowered_rlimit, 64) == ("EMFILE", 63)
-
-
 @pytest.mark.xfail(strict=True, reason="top.Poller.poll: a guest whose process is alive but whose "
                    "control socket is not there yet (a cluster starting: the launcher records the "
                    "pid before the guest binds its socket) is shown as 'gone'")

@@ -95,14 +95,24 @@ def nofile_limit() -> int:
 
 class FdTable:
     """Descriptor number -> :class:`OpenFile`, thread-safe, lowest free number first, every
-    number below ``limit`` (default: :func:`nofile_limit`, read when the table is made)."""
+    number below :attr:`limit`."""
 
     def __init__(self, first: int = FIRST_FD, limit: int | None = None) -> None:
         self._first = first
-        self.limit = nofile_limit() if limit is None else limit
+        self._limit = limit
         self._files: dict[int, OpenFile] = {}
         self._reserved: set[int] = set()        # numbers taken by opens in progress
         self._lock = threading.Lock()
+
+    @property
+    def limit(self) -> int:
+        """The bound on descriptor numbers: the one given (or set), else the process's
+        ``RLIMIT_NOFILE`` soft limit now, as Linux reads it at every allocation (one getrlimit)."""
+        return nofile_limit() if self._limit is None else self._limit
+
+    @limit.setter
+    def limit(self, value: int | None) -> None:
+        self._limit = value
 
     def _lowest(self) -> int:
         """The lowest number neither in use nor reserved (the lock held); EMFILE past the limit."""
