@@ -281,3 +281,19 @@ def test_ctrl_c_ends_top_with_status_0_and_the_end_of_the_cluster_ends_it_too(sh
         q.wait()
     assert q.returncode == 0 and f"cluster {c.id} has ended" in out, (out, err)
     assert c.id not in {x.id for x in top.live_clusters(runtime_root())}
+
+
+def test_a_live_guest_without_its_control_socket_yet_is_starting_not_gone(tmp_path):
+    """``vfscluster top`` run while ``vfscluster up`` starts ten guests showed every one of them
+    as ``gone`` in its first snapshots; README: gone means the process exited."""
+    from vfscluster.cluster import top
+
+    cdir = tmp_path / f"vfsc-{os.getpid()}-abc123"
+    cdir.mkdir()
+    (cdir / "pids").write_text(f"{os.getpid()} guest g0\n")    # alive, no g0.ctl yet
+    poller = top.Poller(top.read_cluster(str(cdir)), timeout=0.2)
+    try:
+        snap = poller.poll()
+    finally:
+        poller.close()
+    assert snap["g0"].state == top.STARTING

@@ -30,6 +30,7 @@ from .control import ControlClient
 STATS_TIMEOUT = 1.0
 _CLUSTER_ID = re.compile(r"^(\d+)-[0-9a-f]+$")
 UP, NOT_ANSWERING, STOPPED, GONE = "up", "not answering", "stopped", "gone"
+STARTING = "starting"       # alive, its control socket not there yet
 
 
 # -- finding clusters ----------------------------------------------------------------------------
@@ -146,8 +147,9 @@ def pick_cluster(clusters: list[ClusterDir], wanted: str | None, root: str | Non
 @dataclass(frozen=True)
 class Sample:
     """One poll of one guest: ``state`` is UP (``stats`` holds its reply), NOT_ANSWERING (alive
-    but no reply within the timeout), STOPPED (its process is stopped, e.g. SIGSTOP) or GONE (its
-    process exited); ``at`` is the ``time.monotonic()`` of the reply (or of giving up)."""
+    but no reply within the timeout), STARTING (alive, its control socket not made yet), STOPPED
+    (its process is stopped, e.g. SIGSTOP) or GONE (its process exited); ``at`` is the
+    ``time.monotonic()`` of the reply (or of giving up)."""
 
     name: str
     pid: int | None
@@ -270,7 +272,8 @@ def _mode(mode: str | None) -> str:
     return re.sub(r",timeout=(\S+)", r" \1s", out)
 
 
-_STATE_STYLE = {UP: "green", NOT_ANSWERING: "yellow", STOPPED: "yellow", GONE: "red"}
+_STATE_STYLE = {UP: "green", NOT_ANSWERING: "yellow", STARTING: "yellow", STOPPED: "yellow",
+                GONE: "red"}
 
 
 def render(cluster: ClusterDir, prev: Snapshot | None, cur: Snapshot, *, interval: float,
@@ -406,8 +409,10 @@ class Poller:
                 p.result = (None, at)           # an old reply is never shown twice
             else:
                 state = _state_of(g.pid)
-                if state == UP:
-                    state = NOT_ANSWERING if os.path.exists(g.control) else GONE
+                if state == UP and not os.path.exists(g.control):
+                    state = STARTING if g.pid is not None else GONE    # (no pid: the socket decides)
+                elif state == UP:
+                    state = NOT_ANSWERING
                 snap[g.name] = Sample(g.name, g.pid, state, at)
         return snap
 
