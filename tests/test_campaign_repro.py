@@ -13,63 +13,6 @@ from vfscluster import Cluster, Topology
 pytestmark = pytest.mark.timeout(60)
 
 
-WINDOW = 4 << 20        # two 2 MiB ranges
-
-
-def g_keep_open(gos):
-    gos._test_fd = gos.open("f", os.O_RDWR)
-
-
-def g_pin_the_window(gos):
-    """A live mmap buffer over the whole window: every range pinned, so DAX reads fall back."""
-    gos._test_big = gos.open("big", os.O_RDONLY)
-    gos._test_map = gos.mmap(gos._test_big, WINDOW, 0, mmap.PROT_READ)
-
-
-def g_unpin(gos):
-    gos._test_map.close()
-    gos.close(gos._test_big)
-
-
-def g_pread(gos):
-    return gos.pread(gos._test_fd, 8, 0)
-
-
-def g_pwrite(gos, data):
-    return gos.pwrite(gos._test_fd, data, 0)
-
-
-@pytest.mark.xfail(strict=True, reason="FdCalls._read_at: a DAX read that falls back (window full of "
-                   "live mmap ranges: ENOMEM) goes through the page cache of a caching mount and "
-                   "fills it; later DAX writes through the window never invalidate those pages, so "
-                   "the next fallback read returns the guest's own overwritten data")
-@pytest.mark.parametrize("cache", ["always+versions", "auto"])
-def test_a_dax_guest_reads_its_own_write_when_the_window_is_full(tmp_path, cache):
-    """One guest, one thread, one descriptor, strictly sequential: write, then read the same
-    bytes back.  The read comes back with the value before the write (seen with
-    cache=always,versions=on and with cache=auto; cache=none has no page cache)."""
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / "big").write_bytes(b"b" * WINDOW)
-    (share / "f").write_bytes(b"old!" * 1024)
-    spec = {"name": "a", "dax": "always", "window_size": WINDOW,
-            "cache": cache.split("+")[0], "versions": cache.endswith("versions")}
-    with Cluster.start(Topology(share, [spec])) as c:
-        a = c.guests[0]
-        a.run(g_keep_open)
-        a.run(g_pin_the_window)
-        assert a.run(g_pread) == b"old!old!"       # FUSE_READ fallback, into the page cache
-        a.run(g_unpin)
-        assert a.run(g_pwrite, b"NEW!NEW!") == 8  # through the window
-        assert a.run(g_pread) == b"NEW!NEW!"
-        a.run(g_pin_the_window)
-        try:
-            assert (share / "f").read_bytes()[:8] == b"NEW!NEW!"
-            assert a.run(g_pread) == b"NEW!NEW!"   # its own acknowledged write
-        finally:
-            a.run(g_unpin)
-
-
 def g_read8(gos, name):
     fd = gos.open(name, os.O_RDONLY)
     try:

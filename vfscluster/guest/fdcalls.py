@@ -191,6 +191,9 @@ class FdCalls:
             data = c.dax.read(f.nodeid, f.fh, offset, n)
             if data is not None:
                 return data
+            # the fallback (no window room) must not fill the page cache either: writes through
+            # the window never invalidate it, so a later fallback read would find old data
+            return c.read(f.nodeid, f.fh, offset, n, flags=f.flags, lock_owner=self.lock_owner)
         cache = c.cache
         if f.flags & os.O_DIRECT and cache.writeback:
             cache.pages.flush(c, f.nodeid)   # mm/filemap.c: direct I/O writes back the cache first
