@@ -178,6 +178,9 @@ class HostDax:
         #: neither record nor send anything (check it under :attr:`send_lock`)
         self.closed = False
         self.stats = {"setup": 0, "remove": 0, "revoked": 0, "restored": 0}
+        #: inodes whose writable pieces left the table since :meth:`maps_writable` last answered
+        #: for them: the guest may have stored through them, and those stores still count
+        self._wrote: set[InodeKey] = set()
 
     def __repr__(self) -> str:
         return f"<HostDax {self.window_size:#x} bytes, {len(self._table)} pieces>"
@@ -245,7 +248,7 @@ class HostDax:
             zfd = zero_source(self.window_size)
             out.append(MapRequest(_map_msg(0, moffset + file_len, length - file_len, False), zfd, True))
         with self._lock:
-            self._table.carve(moffset, moffset + length)
+            self._carve(moffset, moffset + length)
             if file_len:
                 self._table.insert(Mapping(moffset, file_len, inode_key, foffset, write))
             if file_len < length:
@@ -277,7 +280,7 @@ class HostDax:
             spans.append((moffset, length))
         with self._lock:
             for moffset, length in spans:
-                self._table.carve(moffset, moffset + length)
+                self._carve(moffset, moffset + length)
             self.stats["remove"] += len(spans)
         return [_unmap_msg(o, n) for o, n in spans]
 
@@ -304,7 +307,7 @@ class HostDax:
         with self._lock:
             for p in self._table.file_pieces(inode_key, _round_up(new_size), 1 << 64):
                 zfd = zfd if zfd is not None else zero_source(self.window_size)
-                self._table.carve(p.window_offset, p.end)
+                self._carve(p.window_offset, p.end)
                 self._table.insert(Mapping(p.window_offset, p.length, None, p.file_offset, p.writable,
                                            inode_key))
                 out.append(MapRequest(_map_msg(0, p.window_offset, p.length, False), zfd, True))
@@ -320,7 +323,7 @@ class HostDax:
         with self._lock:
             for p in self._table.file_pieces(inode_key, 0, _round_up(max(0, size)), zeroed=True):
                 write = p.writable and fd_writable
-                self._table.carve(p.window_offset, p.end)
+                self._carve(p.window_offset, p.end)
                 self._table.insert(Mapping(p.window_offset, p.length, inode_key, p.file_offset, write))
                 out.append(MapRequest(_map_msg(p.file_offset, p.window_offset, p.length, write), fd, False))
             self.stats["restored"] += len(out)
@@ -331,7 +334,7 @@ class HostDax:
         zeros for good — its ``(st_dev, st_ino)`` may soon name another file."""
         with self._lock:
             for p in self._table.file_pieces(inode_key, 0, 1 << 64, zeroed=True):
-                self._table.carve(p.window_offset, p.end)
+                self._carve(p.window_offset, p.end)
                 self._table.insert(Mapping(p.window_offset, p.length, None, p.file_offset, False))
 
     def revoked(self, inode_key: InodeKey) -> bool:
@@ -366,9 +369,21 @@ class HostDax:
         return self.ranges_past(inode_key, 0)
 
     def maps_writable(self, inode_key: InodeKey) -> bool:
-        """Whether a writable file-backed piece of the inode is in the window."""
+        """Whether a writable file-backed piece of the inode is in the window, or was since this
+        was last asked about it (a REMOVEMAPPING — the guest's reclaim — may take a range back
+        after stores through it: a close or fsync must still count them)."""
         with self._lock:
-            return any(m.file == inode_key and m.writable for m in self._table)
+            was = inode_key in self._wrote
+            self._wrote.discard(inode_key)
+            return was or any(m.file == inode_key and m.writable for m in self._table)
+
+    def _carve(self, start: int, end: int) -> list:
+        """``MappingTable.carve`` (the lock held), noting the inodes of writable pieces removed."""
+        gone = self._table.carve(start, end)
+        for m in gone:
+            if m.writable and m.file is not None:
+                self._wrote.add(m.file)
+        return gone
 
     def inodes(self) -> set:
         """Inode keys with at least one file-backed piece."""
