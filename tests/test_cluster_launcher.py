@@ -221,6 +221,23 @@ def test_kill_9_of_the_host_gives_enotconn_within_2s(share):
     assert _mine(cid) == []
 
 
+def test_a_guest_told_to_stop_by_sigterm_exits_even_when_the_host_does_not_answer(share, monkeypatch):
+    """SIGTERM (what a guest gets when its launcher dies) while the host is stopped: the unmount's
+    DESTROY is never answered, and no one is left to kill the guest, so it exits after
+    ``SIGNAL_STOP_GRACE`` (found by a campaign: it stayed for ever)."""
+    import vfscluster.guest.process as guest_process
+    monkeypatch.setattr(guest_process, "SIGNAL_STOP_GRACE", 1.0)     # (the guests are forked)
+    with Cluster.start(Topology(share, guests=1)) as c:
+        g = c.guests[0]
+        c.host.kill(signal.SIGSTOP)
+        try:
+            os.kill(g.process.pid, signal.SIGTERM)
+            g.process.join(30)
+            assert g.process.exitcode is not None, "the guest is still waiting for the host"
+        finally:
+            c.host.kill(signal.SIGCONT)
+
+
 def _fsync_then_write_more(gos, name, synced, unsynced, how):
     """Write ``synced`` and fsync it, then leave ``unsynced`` behind unsynced; the file stays open.
     ``how``: ``write`` (write + fsync) or ``mmap`` (stores through a MAP_SHARED DAX mapping, then

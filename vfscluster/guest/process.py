@@ -70,6 +70,27 @@ class GuestService:
                            for i, (q, b) in enumerate(zip(dev.queues, dev._spin))]}
 
 
+#: after SIGTERM (a launcher's death included: die_with_parent), how long the unmount may take
+#: before the guest exits anyway — a stopped or stuck host never answers its DESTROY, and no one
+#: is left to kill the guest
+SIGNAL_STOP_GRACE = 10.0
+
+
+def _stop_by_signal(service: GuestService) -> None:
+    if service.stop.is_set():
+        return
+    service.stop.set()
+    threading.Thread(target=_exit_after_grace, name="stop-grace", daemon=True).start()
+
+
+def _exit_after_grace() -> None:
+    threading.Event().wait(SIGNAL_STOP_GRACE)
+    log.warning("unmount did not end within %.0f s of SIGTERM (the host does not answer): exiting",
+                SIGNAL_STOP_GRACE)
+    logging.shutdown()
+    os._exit(1)                 # (the RAM's shared-memory name is unlinked already)
+
+
 def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, tag: str = "vfs",
               cache: str = "none", versions: bool = False, writeback: bool = False,
               timeout: float = 1.0, num_request_queues: int = 1, queue_size: int = 128,
@@ -91,7 +112,7 @@ def run_guest(name: str, socket_path: str, control_path: str, *, ram_name: str, 
         stopper = threading.Thread(target=lambda: (service.stop.wait(), ctl.close()), daemon=True)
         stopper.start()
         for sig in (signal.SIGTERM,) + (() if managed else (signal.SIGINT,)):
-            signal.signal(sig, lambda *_: service.stop.set())
+            signal.signal(sig, lambda *_: _stop_by_signal(service))
         if ready is not None:
             ready({"control": control_path, "pid": os.getpid()})
         try:
