@@ -540,6 +540,30 @@ def test_descriptors_run_out_with_emfile_as_on_linux(pair):
     g.close(c)
 
 
+def test_listing_a_directory_takes_a_descriptor_too(pair):
+    """opendir(3) opens the directory (os.listdir/scandir of a path), fdopendir(3) of a dup
+    (of a descriptor): with every number taken, EMFILE — after getname's errors and a bad
+    descriptor's EBADF, before the walk's and ENOTDIR (found by a campaign: they succeeded)."""
+    g = pair.g
+    g._fds.limit = max(g.open_fds()) + 1           # none free
+    fds = pair.fds[g]
+    for what, call, want in (("listdir", lambda: g.listdir("dir"), errno.EMFILE),
+                             ("listdir bytes", lambda: g.listdir(b"dir"), errno.EMFILE),
+                             ("listdir missing", lambda: g.listdir("missing"), errno.EMFILE),
+                             ("listdir empty", lambda: g.listdir(""), errno.ENOENT),
+                             ("scandir", lambda: g.scandir("dir"), errno.EMFILE),
+                             ("listdir fd", lambda: g.listdir(fds["dir"]), errno.EMFILE),
+                             ("scandir fd", lambda: g.scandir(fds["dir"]), errno.EMFILE),
+                             ("listdir file fd", lambda: g.listdir(fds["file"]), errno.EMFILE),
+                             ("listdir bad fd", lambda: g.listdir(fds["bad"]), errno.EBADF)):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == want, what
+    g._fds.limit = None                             # the process's limit again
+    assert sorted(g.listdir("dir")) == sorted(os.listdir(pair.local / "dir"))
+    assert len(list(g.scandir(fds["sub"]))) == 1
+
+
 def test_emfile_comes_after_getnames_errors_and_o_tmpfile_s_flag_check(pair):
     """Linux's order (do_sys_openat2): build_open_flags (EINVAL), getname (ENOENT for an empty
     path, ENAMETOOLONG), then get_unused_fd_flags (EMFILE), then the walk — so an O_TMPFILE open

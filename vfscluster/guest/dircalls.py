@@ -25,7 +25,7 @@ from typing import Any
 from .client import FuseClient
 from .dirent import DirEntry, DirRecord, ScandirIterator, read_directory
 from .files import FdTable, OpenFile
-from .namei import PathWalk, oserror
+from .namei import PathWalk, check_path, oserror
 from .osargs import errors, fspath
 
 __all__ = ["DirCalls"]
@@ -64,7 +64,7 @@ class DirCalls:
         bytes.  An int is a directory descriptor (see the module's documentation)."""
         path = _path_or_fd(path)
         if isinstance(path, int):
-            f = self._dir_file(path)
+            f, dup = self._dir_file(path)
             try:
                 with errors(path):
                     if f.is_path:
@@ -72,6 +72,7 @@ class DirCalls:
                     records = self._read_fd(f)
             finally:
                 f.put()
+                self._fds.unreserve(dup)
             return [os.fsdecode(r.name) for r in records]
         raw, p = _fspath(path, "listdir")
         records = self._list_dir(p, raw, plus=False)
@@ -83,7 +84,7 @@ class DirCalls:
         int is a directory descriptor (see the module's documentation)."""
         path = _path_or_fd(path)
         if isinstance(path, int):
-            f = self._dir_file(path)
+            f, dup = self._dir_file(path)
             try:
                 if f.is_path:               # CPython's first readdir() fails, not scandir()
                     return ScandirIterator([], error=_named_ebadf(path))
@@ -91,20 +92,28 @@ class DirCalls:
                     records = self._read_fd(f, plus=True)
             finally:
                 f.put()
+                self._fds.unreserve(dup)
             return ScandirIterator([DirEntry(self, None, r, dir_fd=path) for r in records])
         raw, p = _fspath(path, "scandir")
         records = self._list_dir(p, raw, plus=True)
         return ScandirIterator([DirEntry(self, p, r) for r in records])
 
-    def _dir_file(self, fd: int) -> OpenFile:
-        """dup() and fdopendir(): the open file of ``fd`` (a reference for the caller), EBADF
+    def _dir_file(self, fd: int) -> tuple[OpenFile, int]:
+        """dup() and fdopendir(): the open file of ``fd`` (a reference for the caller) and the
+        number its dup holds meanwhile (reserved: the caller unreserves it); EBADF and EMFILE
         unnamed, ENOTDIR named by the descriptor."""
         with errors():
             f = self._fds.get(fd)
+            try:
+                dup = self._fds.reserve()
+            except OSError:
+                f.put()
+                raise
         if not f.is_dir:
             f.put()
+            self._fds.unreserve(dup)
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), fd)
-        return f
+        return f, dup
 
     def _read_fd(self, f: OpenFile, *, plus: bool = False) -> list[DirRecord]:
         """Every entry, read through the file's own handle; its position is rewound."""
@@ -115,30 +124,39 @@ class DirCalls:
 
     def _list_dir(self, p: Any, raw: bytes, *, plus: bool) -> list[DirRecord]:
         """Resolve (following symlinks; ENOTDIR unless a directory), OPENDIR, read it all,
-        RELEASEDIR."""
+        RELEASEDIR — holding a descriptor number meanwhile, as opendir(3) does (EMFILE before the
+        walk, as open(2) gives it)."""
+        with errors(p):
+            check_path(raw)             # getname(): its ENOENT / ENAMETOOLONG come before EMFILE
+            held = self._fds.reserve()
+            try:
+                return self._list_node(raw, plus)
+            finally:
+                self._fds.unreserve(held)
+
+    def _list_node(self, raw: bytes, plus: bool) -> list[DirRecord]:
         c = self.client
         flags = os.O_RDONLY | os.O_DIRECTORY
-        with errors(p):
-            with PathWalk(c) as w:
-                node = w.resolve(raw, follow=True, must_dir=True)
+        with PathWalk(c) as w:
+            node = w.resolve(raw, follow=True, must_dir=True)
+        try:
+            cache = c.cache
+            if not plus:
+                listing = cache.get_listing(node.nodeid)
+                if listing is not None:
+                    return listing
+            stamp = cache.stamp(node.nodeid) if cache.enabled else 0
+            since = cache.local_gen
+            opened = c.opendir(node.nodeid, flags)
             try:
-                cache = c.cache
-                if not plus:
-                    listing = cache.get_listing(node.nodeid)
-                    if listing is not None:
-                        return listing
-                stamp = cache.stamp(node.nodeid) if cache.enabled else 0
-                since = cache.local_gen
-                opened = c.opendir(node.nodeid, flags)
-                try:
-                    records = read_directory(c, node.nodeid, opened.fh, plus=plus)
-                finally:
-                    c.releasedir(node.nodeid, opened.fh, flags)
-                if not plus:
-                    cache.store_listing(node.nodeid, records, stamp, since)
-                return records
+                records = read_directory(c, node.nodeid, opened.fh, plus=plus)
             finally:
-                c.put(node.nodeid)
+                c.releasedir(node.nodeid, opened.fh, flags)
+            if not plus:
+                cache.store_listing(node.nodeid, records, stamp, since)
+            return records
+        finally:
+            c.put(node.nodeid)
 
 
 def _named_ebadf(fd: int) -> OSError:
