@@ -34,8 +34,18 @@ def _os_errno(call) -> int:
     raise AssertionError("the local operation succeeded")
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _open_fds(root) -> int:
+    """Descriptors of this process open on something under ``root`` (the test's tree): other
+    tests' background threads in the same worker may open others meanwhile."""
+    root = str(root)
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:                 # closed meanwhile (the listing's own fd included)
+            continue
+        n += target == root or target.startswith(root + "/")
+    return n
 
 
 @pytest.fixture
@@ -251,9 +261,9 @@ def test_same_nodeid_in_every_session_and_counts_per_session(fs, tree):
     fs.forget(CTX, a.nodeid, 2)
     assert _errno(lambda: fs.getattr(CTX, a.nodeid, None)) == errno.EBADF  # session 0 forgot it
     assert fs.getattr(CTX1, a.nodeid, None)[0].st_size == 10  # session 1 still holds it
-    before = _open_fds()
+    before = _open_fds(tree)
     fs.forget(CTX1, a.nodeid, 1)
-    assert _open_fds() == before - 1  # the inode's O_PATH fd is closed
+    assert _open_fds(tree) == before - 1  # the inode's O_PATH fd is closed
     assert _errno(lambda: fs.getattr(CTX1, a.nodeid, None)) == errno.EBADF
     c = fs.lookup(CTX, ROOT_ID, b"file")
     assert c.nodeid != a.nodeid  # nodeids are never reused
@@ -283,7 +293,7 @@ def test_batch_forget(fs):
 
 
 def test_drop_session_frees_inodes_and_handles(fs, tree):
-    base_fds = _open_fds()
+    base_fds = _open_fds(tree)
     base_inodes = len(fs.inodes)
     keep = fs.lookup(CTX1, ROOT_ID, b"file")
     s2 = Context(session=2)
@@ -300,11 +310,11 @@ def test_drop_session_frees_inodes_and_handles(fs, tree):
     fs.drop_session(2)
     assert fs.handles.count(2) == 0
     assert len(fs.inodes) == base_inodes + 1  # only session 1's inode is left
-    assert _open_fds() == base_fds + 1
+    assert _open_fds(tree) == base_fds + 1
     assert fs.getattr(CTX1, keep.nodeid, None)[0].st_size == 10
     assert _errno(lambda: fs.getattr(s2, f.nodeid, None)) == errno.EBADF
     fs.drop_session(1)
-    assert _open_fds() == base_fds and len(fs.inodes) == base_inodes
+    assert _open_fds(tree) == base_fds and len(fs.inodes) == base_inodes
 
 
 def test_a_session_cannot_use_another_sessions_handle(fs):
@@ -751,7 +761,7 @@ def test_cache_modes(tree, cache, timeout, fopen):
 def test_sessions_in_threads(fs, tree):
     import threading
 
-    base = _open_fds()
+    base = _open_fds(tree)
     errors = []
 
     def work(session):
@@ -779,7 +789,7 @@ def test_sessions_in_threads(fs, tree):
     for t in threads:
         t.join(timeout=60)
     assert not errors
-    assert len(fs.inodes) == 1 and fs.handles.count() == 0 and _open_fds() == base
+    assert len(fs.inodes) == 1 and fs.handles.count() == 0 and _open_fds(tree) == base
 
 
 def test_a_chmod_of_a_new_file_is_not_undone_by_its_create(fs, tree, monkeypatch):
