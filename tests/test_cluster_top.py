@@ -297,3 +297,22 @@ def test_a_live_guest_without_its_control_socket_yet_is_starting_not_gone(tmp_pa
     finally:
         poller.close()
     assert snap["g0"].state == top.STARTING
+
+
+def test_closing_a_poller_ends_its_probe_threads(tmp_path):
+    """Each guest's probe thread ends with the poller (they were left waiting for good)."""
+    import threading
+    from vfscluster.cluster import top
+
+    cdir = tmp_path / f"vfsc-{os.getpid()}-abc124"
+    cdir.mkdir()
+    (cdir / "pids").write_text(f"{os.getpid()} guest g0\n{os.getpid()} guest g1\n")
+    before = {t for t in threading.enumerate() if t.name == "top-probe"}
+    poller = top.Poller(top.read_cluster(str(cdir)), timeout=0.2)
+    poller.poll()
+    mine = {t for t in threading.enumerate() if t.name == "top-probe"} - before
+    assert len(mine) == 2
+    poller.close()
+    for t in mine:
+        t.join(10)
+    assert not any(t.is_alive() for t in mine)

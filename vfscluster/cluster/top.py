@@ -340,6 +340,7 @@ class _Probe:
         self.done.set()
         self._go = threading.Event()
         self.result: tuple[dict | None, float] = (None, 0.0)
+        self._closed = False
         threading.Thread(target=self._loop, name="top-probe", daemon=True).start()
 
     def ask(self) -> bool:
@@ -353,6 +354,8 @@ class _Probe:
         while True:
             self._go.wait()
             self._go.clear()
+            if self._closed:
+                return
             try:
                 stats = self.client.call_within(self.timeout, "stats")
             except Exception:           # ConnectionError, or a guest's error reply
@@ -361,6 +364,9 @@ class _Probe:
             self.done.set()
 
     def close(self) -> None:
+        """Close the connection; the thread ends (now, or when its call in progress returns)."""
+        self._closed = True
+        self._go.set()
         self.client.close()
 
 
