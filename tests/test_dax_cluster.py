@@ -590,7 +590,9 @@ def test_a_versions_dax_guest_sees_another_guests_shrink_at_once(share):
         assert a.run(g_kept_pread, 8, 8) == b"a" * 8
         assert a.run(lambda gos: gos.client.requests) == asked   # no change: no request
         b.run(lambda gos: gos.truncate("f", 100))
+        asked = a.run(lambda gos: gos.client.requests)
         assert a.run(g_kept_pread, 200, 0) == b"a" * 100
+        assert a.run(lambda gos: gos.client.requests) == asked + 1    # one GETATTR, no more
         b.run(lambda gos: gos.truncate("f", 10))
         assert a.run(g_kept_pwrite, b"xyz", 200) == 3
         assert a.run(g_kept_pread, 300, 0) == b"a" * 10 + bytes(190) + b"xyz"

@@ -184,9 +184,8 @@ class DaxFiles:
             data = self.gdax.read_fast(nodeid, offset, n, size)
             if data is not None:
                 return data
-        size = self.size(nodeid, fh)
-        if offset + n > size:
-            size = self._fetch(nodeid, fh)           # past what we know: has the file grown?
+        if size is None or offset + n > size:    # none known (or stale), or past it: grown?
+            size = self._fetch(nodeid, fh)           # (one GETATTR either way)
         try:
             return self.gdax.read(nodeid, NO_FH, offset, n, size)
         except OSError as exc:
