@@ -128,11 +128,8 @@ class DirCalls:
         walk, as open(2) gives it)."""
         with errors(p):
             check_path(raw)             # getname(): its ENOENT / ENAMETOOLONG come before EMFILE
-            held = self._fds.reserve()
-            try:
+            with self._fds.holding():
                 return self._list_node(raw, plus)
-            finally:
-                self._fds.unreserve(held)
 
     def _list_node(self, raw: bytes, plus: bool) -> list[DirRecord]:
         c = self.client

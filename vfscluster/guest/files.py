@@ -19,7 +19,8 @@ import errno
 import os
 import resource
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .namei import Node, oserror
 from .osargs import c_int
@@ -146,6 +147,16 @@ class FdTable:
         """The open that reserved ``fd`` failed: the number is free again."""
         with self._lock:
             self._reserved.discard(fd)
+
+    @contextmanager
+    def holding(self) -> Iterator[int]:
+        """A number :meth:`reserve`\ d for the block and freed after it, for a call that needs a
+        descriptor only while it runs (opendir(3) in ``listdir``; an open that never installs)."""
+        fd = self.reserve()
+        try:
+            yield fd
+        finally:
+            self.unreserve(fd)
 
     def install_reserved(self, fd: int, file: OpenFile) -> None:
         """Give ``file`` (with its table reference) the number :meth:`reserve` gave."""

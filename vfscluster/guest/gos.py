@@ -261,14 +261,11 @@ class GuestOS(DirFd, DirCalls, FdCalls, VectorCalls, MetaCalls, XattrCalls, Lock
                 or flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
             raise oserror(errno.EINVAL)
         check_path(raw)
-        fd = self._fds.reserve()        # EMFILE before the walk, as for every open
-        try:
+        with self._fds.holding():       # EMFILE before the walk, as for every open
             with self._walk(raw, dir_fd) as w:
                 node = w.resolve(raw, follow=not flags & os.O_NOFOLLOW, must_dir=True)
             self.client.put(node.nodeid)
             raise oserror(errno.EOPNOTSUPP)
-        finally:
-            self._fds.unreserve(fd)
 
     # ================================================================== metadata by path
 
