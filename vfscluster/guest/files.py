@@ -150,8 +150,8 @@ class FdTable:
 
     @contextmanager
     def holding(self) -> Iterator[int]:
-        """A number :meth:`reserve`\ d for the block and freed after it, for a call that needs a
-        descriptor only while it runs (opendir(3) in ``listdir``; an open that never installs)."""
+        """A number taken as :meth:`reserve` takes it, for the block only: for a call that needs
+        a descriptor just while it runs (opendir(3) in ``listdir``; an open that never installs)."""
         fd = self.reserve()
         try:
             yield fd
